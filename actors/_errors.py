@@ -1,0 +1,53 @@
+"""Errors of the domain actors. All validation errors are `ClientError`s."""
+
+from __future__ import annotations
+
+from supervision import ClientError
+
+__all__ = [
+    "FactoryError",
+    "InvalidLock",
+    "InvalidName",
+    "InvalidOwner",
+    "Locked",
+    "NameSourceError",
+    "NotLocked",
+    "RemoteError",
+]
+
+
+class NameSourceError(ClientError, RuntimeError):
+    """The name source raised, timed out, or yielded no usable name."""
+
+
+class InvalidName(ClientError, ValueError):
+    """A name that fails validation (see `actors.validate_name`)."""
+
+
+class InvalidOwner(ClientError, TypeError):
+    """An owner that is not None, a positive int pid or a str."""
+
+
+class FactoryError(ClientError, RuntimeError):
+    """The agent pool's factory raised; nothing was registered."""
+
+
+class Locked(ClientError, RuntimeError):
+    """The worker lock is held by another live owner (the message names pid and session)."""
+
+
+class NotLocked(ClientError, RuntimeError):
+    """Release of a lock that nobody (alive) holds."""
+
+
+class InvalidLock(ClientError, ValueError):
+    """The lock record is corrupt, or the lock path is a symlink."""
+
+
+class RemoteError(Exception):
+    """An error from the daemon whose type this package does not export."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.remote_message = message

@@ -1,0 +1,79 @@
+"""Erlang/OTP-style supervision for pykka actors.
+
+    from supervision import ChildSpec, Handle, Supervisor
+
+    root = Supervisor.start([ChildSpec("worker", Worker)])
+    worker = Handle(root, "worker").proxy()
+    worker.do_work().get(timeout=5)   # survives restarts of "worker"
+    root.stop()
+
+Modules: `_actor` (crash semantics, `kill`), `_supervisor` (strategies, intensity,
+dynamic children), `_spec` (specs and pure decisions), `_handle` (stable addresses),
+`_clock` (clocks and timers), `_snapshot` (durable state), `testing` (pytest plugin).
+"""
+
+from supervision._actor import (
+    DeferredReply,
+    ExitReason,
+    Killed,
+    SupervisedActor,
+    Undelivered,
+    abandoned_actors,
+    kill,
+    supervised_class,
+)
+from supervision._clock import Clock, ManualClock, SystemClock, Timer, send_after, send_interval
+from supervision._errors import (
+    ActorCrashed,
+    AlreadyPresent,
+    AlreadyStarted,
+    BadCall,
+    ChildNotFound,
+    ChildRunning,
+    ClientError,
+    StartError,
+    UnknownMessage,
+)
+from supervision._handle import Handle
+from supervision._spec import ChildInfo, ChildSpec, Restart, Strategy
+from supervision._supervisor import RestartIntensityExceeded, Supervisor
+
+try:
+    from supervision._snapshot import SnapshotError, SnapshotStore
+except ImportError:  # pragma: no cover - being written
+    pass
+
+__all__ = [
+    "ActorCrashed",
+    "AlreadyPresent",
+    "AlreadyStarted",
+    "BadCall",
+    "ChildInfo",
+    "ChildNotFound",
+    "ChildRunning",
+    "ChildSpec",
+    "ClientError",
+    "Clock",
+    "DeferredReply",
+    "ExitReason",
+    "Handle",
+    "Killed",
+    "ManualClock",
+    "Restart",
+    "RestartIntensityExceeded",
+    "SnapshotError",
+    "SnapshotStore",
+    "StartError",
+    "Strategy",
+    "SupervisedActor",
+    "Supervisor",
+    "SystemClock",
+    "Timer",
+    "Undelivered",
+    "UnknownMessage",
+    "abandoned_actors",
+    "kill",
+    "send_after",
+    "send_interval",
+    "supervised_class",
+]

@@ -1,0 +1,525 @@
+"""Crash semantics for pykka actors ("let it crash").
+
+`SupervisedActor` is a `pykka.ThreadingActor` whose own loop turns every escaping
+exception into a crash, never a process-wide stop::
+
+    class Counter(SupervisedActor):
+        def __init__(self) -> None:
+            super().__init__()
+            self.count = 0
+
+        def add(self, n: int) -> int:
+            if n < 0:
+                raise BadCall("n must be >= 0")   # a ClientError: the caller's fault
+            self.count += n
+            return self.count
+
+    ref = Counter.start()          # synchronous: on_start has run
+    ref.proxy().add(2).get()       # 2
+    kill(ref)                      # crashes at its next message boundary
+
+A supervisor runs any other `pykka.ThreadingActor` subclass as a class derived from
+it and this one (`supervised_class`), so pykka itself is never patched.
+
+Rules, in one place (see the contract, "Crash semantics"): an exception escaping a
+handler (ask or tell) or `on_start` stops the actor, runs `on_failure` (not
+`on_stop`), hands the ask its original exception, fails queued asks with an
+`ActorDeadError` (`Undelivered`, safe to retry) and drops queued tells with a
+WARNING. A `ClientError` is returned to the caller and the actor keeps running.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import queue
+import sys
+import threading
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, ClassVar, Self
+
+import pykka
+from loguru import logger
+from pykka import messages as pykka_messages
+from pykka._envelope import Envelope
+
+from supervision._errors import ActorCrashed, BadCall, ClientError, StartError, UnknownMessage
+
+__all__ = [
+    "DeferredReply",
+    "ExitReason",
+    "Killed",
+    "SupervisedActor",
+    "Undelivered",
+    "abandoned_actors",
+    "kill",
+    "supervised_class",
+]
+
+
+class Undelivered(pykka.ActorDeadError):
+    """An ask that never reached a handler: its actor stopped first. Safe to retry."""
+
+
+class Killed(Exception):
+    """The crash `kill()` causes; its message is the reason given."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExitReason:
+    """How an incarnation ended: `normal` (stopped) or `crash` (with the exception)."""
+
+    kind: str
+    exception: BaseException | None = None
+
+    @property
+    def is_crash(self) -> bool:
+        return self.kind == "crash"
+
+
+NORMAL_EXIT = ExitReason("normal")
+
+
+class _Kill:
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+class _Inbox(queue.Queue[Envelope[Any]]):
+    """pykka's inbox, plus closing (nothing is lost in a dead inbox) and a front door for kill."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = False
+        self.owner_name = "actor"
+
+    def _put(self, envelope: Envelope[Any]) -> None:  # runs under self.mutex
+        if self.closed:
+            _reject(envelope, self.owner_name)
+        else:
+            self.queue.append(envelope)
+
+    def put_front(self, envelope: Envelope[Any]) -> bool:
+        """Queue `envelope` ahead of everything else; False if the inbox is closed."""
+        with self.not_empty:
+            if self.closed:
+                return False
+            self.queue.appendleft(envelope)
+            self.unfinished_tasks += 1
+            self.not_empty.notify()
+            return True
+
+    def close(self) -> list[Envelope[Any]]:
+        """Refuse all further messages; return what was still queued."""
+        with self.mutex:
+            self.closed = True
+            left = list(self.queue)
+            self.queue.clear()
+            return left
+
+
+def _reject(envelope: Envelope[Any], owner_name: str) -> None:
+    message = envelope.message
+    if isinstance(message, _Kill):
+        return
+    if envelope.reply_to is None:
+        logger.bind(actor=owner_name).warning(
+            "{} is not running; dropped a message sent to it: {!r}", owner_name, _short(message)
+        )
+        return
+    if isinstance(message, pykka_messages._ActorStop):
+        _settle(envelope.reply_to, None)  # stopping a stopped actor succeeds, as in pykka
+        return
+    error = Undelivered(f"{owner_name} stopped before handling the message")
+    _settle(envelope.reply_to, None, (Undelivered, error, None))
+
+
+def _settle(future: pykka.Future[Any], value: Any, exc_info: Any = None) -> bool:
+    """Complete `future` once; False if it was already complete."""
+    try:
+        if exc_info is None:
+            future.set(value)
+        else:
+            future.set_exception(exc_info)
+    except queue.Full:
+        return False
+    return True
+
+
+def _short(message: Any) -> str:
+    text = repr(message)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+class DeferredReply(pykka.ThreadingFuture[Any]):
+    """A future a handler returns to answer later (`set`/`set_exception` from any thread).
+
+    Any `pykka.Future` works as a handler's return value; this one also notifies
+    callbacks, so the caller's reply needs no helper thread.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._callbacks: list[Callable[[DeferredReply], None]] = []
+
+    def add_done_callback(self, callback: Callable[[DeferredReply], None]) -> None:
+        with self._condition:
+            if self._result is None:
+                self._callbacks.append(callback)
+                return
+        callback(self)
+
+    def set(self, value: Any | None = None) -> None:
+        super().set(value)
+        self._run_callbacks()
+
+    def set_exception(self, exc_info: Any = None) -> None:
+        if exc_info is None:
+            exc_info = sys.exc_info()
+        super().set_exception(exc_info)
+        self._run_callbacks()
+
+    @property
+    def done(self) -> bool:
+        return self._result is not None
+
+    def _run_callbacks(self) -> None:
+        with self._condition:
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback(self)
+
+
+def _forward(source: pykka.Future[Any], target: pykka.Future[Any]) -> None:
+    try:
+        value = source.get(timeout=0)
+    except BaseException:
+        _settle(target, None, sys.exc_info())
+    else:
+        _settle(target, value)
+
+
+# Incarnations a supervisor gave up on after their grace; they may still be running.
+_abandoned: weakref.WeakSet[SupervisedActor] = weakref.WeakSet()
+
+
+def abandoned_actors() -> list[SupervisedActor]:
+    """Incarnations abandoned after their shutdown grace whose threads still run."""
+    return [actor for actor in list(_abandoned) if actor._thread_alive()]
+
+
+ExitListener = Callable[[pykka.ActorRef[Any], ExitReason], None]
+
+
+class SupervisedActor(pykka.ThreadingActor):
+    """A `pykka.ThreadingActor` with the supervision crash semantics.
+
+    `start()` is synchronous: it returns once `on_start` has run, and raises
+    `StartError` if it failed. Threads are daemon threads, so an abandoned
+    incarnation never keeps the process alive.
+    """
+
+    use_daemon_thread: ClassVar[bool] = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._started = threading.Event()
+        self._terminated = threading.Event()
+        self._exit_reason: ExitReason | None = None
+        self._exit_listeners: list[ExitListener] = []
+        self._pending_replies: set[pykka.Future[Any]] = set()
+        self._thread: threading.Thread | None = None
+        self._child_id: str | None = None
+        self._incarnation = 0
+        super().__init__(*args, **kwargs)
+        self.actor_inbox.owner_name = str(self)  # type: ignore[attr-defined]
+        self._log = logger.bind(actor=self.__class__.__name__, incarnation=0, urn=self.actor_urn)
+
+    @staticmethod
+    def _create_actor_inbox() -> _Inbox:  # type: ignore[override]
+        return _Inbox()
+
+    # -- starting ---------------------------------------------------------------------
+
+    @classmethod
+    def start(cls, *args: Any, **kwargs: Any) -> pykka.ActorRef[Self]:
+        """Start the actor and wait for its `on_start`; `StartError` if that fails."""
+        return cls(*args, **kwargs)._launch()
+
+    def _launch(
+        self,
+        *,
+        child_id: str | None = None,
+        incarnation: int = 0,
+        exit_listener: ExitListener | None = None,
+    ) -> pykka.ActorRef[Self]:
+        self._child_id = child_id
+        self._incarnation = incarnation
+        self._log = logger.bind(
+            actor=child_id or self.__class__.__name__, incarnation=incarnation, urn=self.actor_urn
+        )
+        if exit_listener is not None:
+            self._exit_listeners.append(exit_listener)
+        pykka.ActorRegistry.register(self.actor_ref)
+        self._start_actor_loop()
+        self._started.wait()
+        if self._exit_reason is not None and self._exit_reason.is_crash and not self._started_ok:
+            cause = self._exit_reason.exception
+            if isinstance(cause, StartError):
+                raise cause
+            label = child_id or self.__class__.__name__
+            raise StartError(f"{label} failed to start: {cause!r}") from cause
+        return self.actor_ref
+
+    _started_ok = False
+
+    def _start_actor_loop(self) -> None:
+        self._thread = threading.Thread(
+            target=self._actor_loop,
+            name=f"{self._child_id or self.__class__.__name__}-{self._incarnation}",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _thread_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def _actor_loop(self) -> None:
+        try:
+            try:
+                self.on_start()
+            except BaseException as error:
+                self._crash(error, sys.exc_info()[2])
+                return
+            self._started_ok = True
+            self._started.set()
+            self._run_loop()
+        finally:
+            self._teardown()
+
+    def _run_loop(self) -> None:
+        get = self.actor_inbox.get
+        stopped = self.actor_stopped
+        handle = self._handle_receive
+        future_type = pykka.Future
+        while not stopped.is_set():
+            envelope = get()
+            message = envelope.message
+            if message.__class__ is _Kill:
+                self._crash(Killed(message.reason), None)
+                return
+            reply_to = envelope.reply_to
+            try:
+                response = handle(message)
+            except ClientError:
+                self._refuse(reply_to, message)
+                continue
+            except TypeError as error:
+                if _is_signature_mismatch(error, self, message):
+                    self._refuse(reply_to, message, BadCall(f"{_describe_call(message)}: {error}"))
+                    continue
+                if reply_to is not None:
+                    reply_to.set_exception()
+                self._crash(error, sys.exc_info()[2])
+                return
+            except BaseException as error:
+                if reply_to is not None:
+                    reply_to.set_exception()
+                self._crash(error, sys.exc_info()[2])
+                return
+            if reply_to is not None:
+                if isinstance(response, future_type):
+                    self._chain(response, reply_to)
+                else:
+                    reply_to.set(response)
+
+    def _refuse(self, reply_to: pykka.Future[Any] | None, message: Any, error: Exception | None = None) -> None:
+        if reply_to is not None:
+            if error is None:
+                reply_to.set_exception()
+            else:
+                reply_to.set_exception((type(error), error, None))
+            return
+        shown = error if error is not None else sys.exc_info()[1]
+        self._log.warning("ignored a message sent without reply ({!r}): {}", _short(message), shown)
+
+    def _chain(self, response: pykka.Future[Any], reply_to: pykka.Future[Any]) -> None:
+        pending = self._pending_replies
+        pending.add(reply_to)
+
+        def done(source: pykka.Future[Any]) -> None:
+            pending.discard(reply_to)
+            _forward(source, reply_to)
+
+        if isinstance(response, DeferredReply):
+            response.add_done_callback(done)
+        else:
+            threading.Thread(target=lambda: done(_wait(response)), daemon=True, name="reply-forward").start()
+
+    def _handle_receive(self, message: Any) -> Any:
+        cls = message.__class__
+        if cls is pykka_messages.ProxyCall:
+            return self._resolve_attr(message.attr_path, call=True)(*message.args, **message.kwargs)
+        if cls is pykka_messages.ProxyGetAttr:
+            return self._resolve_attr(message.attr_path, call=False)
+        if cls is pykka_messages._ActorStop:
+            return self._stop()
+        if cls is pykka_messages.ProxySetAttr:
+            return super()._handle_receive(message)
+        # Not defined on this class: in a class derived from a user's actor it would
+        # shadow the user's own on_receive.
+        if type(self).on_receive is pykka.Actor.on_receive:
+            raise UnknownMessage(f"{self.__class__.__name__} does not handle {_short(message)}")
+        return self.on_receive(message)
+
+    def _resolve_attr(self, attr_path: tuple[str, ...], *, call: bool) -> Any:
+        target: Any = self
+        for name in attr_path:
+            if name.startswith("_"):
+                raise BadCall(f"{self.__class__.__name__}.{'.'.join(attr_path)} is private")
+            try:
+                target = getattr(target, name)
+            except AttributeError:
+                raise BadCall(f"{self.__class__.__name__} has no attribute {'.'.join(attr_path)!r}") from None
+        if call and not callable(target):
+            raise BadCall(f"{self.__class__.__name__}.{'.'.join(attr_path)} is not callable")
+        return target
+
+
+    # -- ending -------------------------------------------------------------------------
+
+    def _stop(self) -> None:
+        pykka.ActorRegistry.unregister(self.actor_ref)
+        self.actor_stopped.set()
+        try:
+            self.on_stop()
+        except BaseException as error:
+            self._log.opt(exception=error).error("{} failed in on_stop", self._label)
+            self._exit_reason = ExitReason("crash", error)
+        else:
+            self._log.debug("{} stopped", self._label)
+            self._exit_reason = NORMAL_EXIT
+
+    def _crash(self, error: BaseException, tb: TracebackType | None) -> None:
+        pykka.ActorRegistry.unregister(self.actor_ref)
+        self.actor_stopped.set()
+        self._exit_reason = ExitReason("crash", error)
+        if isinstance(error, Killed):
+            self._log.error("{} killed: {}", self._label, error)
+        else:
+            self._log.opt(exception=(type(error), error, tb)).error("{} crashed: {!r}", self._label, error)
+        try:
+            self.on_failure(type(error), error, tb)
+        except BaseException as hook_error:
+            self._log.opt(exception=hook_error).error("{} failed in on_failure", self._label)
+        if self._pending_replies:
+            cut_off = ActorCrashed(f"{self._label} crashed before answering: {error!r}")
+            cut_off.__cause__ = error
+            for reply_to in list(self._pending_replies):
+                _settle(reply_to, None, (ActorCrashed, cut_off, None))
+            self._pending_replies.clear()
+
+    def _teardown(self) -> None:
+        if not self.actor_stopped.is_set():  # abandoned by its supervisor mid-handler
+            pykka.ActorRegistry.unregister(self.actor_ref)
+            self.actor_stopped.set()
+        left = self.actor_inbox.close()  # type: ignore[attr-defined]
+        for envelope in left:
+            _reject(envelope, str(self))
+        if self._exit_reason is None:
+            self._exit_reason = NORMAL_EXIT
+        self._started.set()  # wakes a start() waiting on a failed on_start
+        self._terminated.set()
+        for listener in self._exit_listeners:
+            try:
+                listener(self.actor_ref, self._exit_reason)
+            except Exception:
+                self._log.exception("exit listener failed")
+
+    def _abandon(self) -> None:
+        """Give up on this incarnation (it outlived its grace): refuse further messages."""
+        _abandoned.add(self)
+        pykka.ActorRegistry.unregister(self.actor_ref)
+        self.actor_stopped.set()
+        for envelope in self.actor_inbox.close():  # type: ignore[attr-defined]
+            _reject(envelope, str(self))
+
+    @property
+    def _label(self) -> str:
+        if self._child_id is None:
+            return str(self)
+        return f"{self._child_id} (incarnation {self._incarnation})"
+
+    @property
+    def exit_reason(self) -> ExitReason | None:
+        """How this incarnation ended, or None while it runs."""
+        return self._exit_reason
+
+
+def _wait(future: pykka.Future[Any]) -> pykka.Future[Any]:
+    try:
+        future.get()
+    except BaseException:
+        pass
+    return future
+
+
+def _describe_call(message: Any) -> str:
+    if isinstance(message, pykka_messages.ProxyCall):
+        return ".".join(message.attr_path) + "()"
+    return type(message).__name__
+
+
+def _is_signature_mismatch(error: TypeError, actor: Any, message: Any) -> bool:
+    """True when a proxy call's arguments do not fit the method (not a bug inside it)."""
+    if not isinstance(message, pykka_messages.ProxyCall):
+        return False
+    # Arguments are bound before a method's first line runs: if they do not bind, the
+    # TypeError came from the call itself, not from a bug inside the method.
+    try:
+        method = actor._resolve_attr(message.attr_path, call=True)
+        inspect.signature(method).bind(*message.args, **message.kwargs)
+    except TypeError:
+        return True
+    except (ValueError, ClientError):
+        return False
+    return False
+
+
+@functools.cache
+def supervised_class(actor_class: type[pykka.ThreadingActor]) -> type[SupervisedActor]:
+    """`actor_class` itself if it has the crash semantics, else a class derived from it that has."""
+    if issubclass(actor_class, SupervisedActor):
+        return actor_class
+    if not (isinstance(actor_class, type) and issubclass(actor_class, pykka.ThreadingActor)):
+        raise TypeError(f"{actor_class!r} is not a pykka.ThreadingActor subclass")
+    return type(
+        actor_class.__name__,
+        (SupervisedActor, actor_class),
+        {"__module__": actor_class.__module__, "__qualname__": actor_class.__qualname__},
+    )
+
+
+def kill(ref: pykka.ActorRef[Any], reason: str = "killed") -> None:
+    """Make a live actor crash from the outside (Erlang's `exit(Pid, kill)`).
+
+    It takes effect at the actor's next message boundary, ahead of anything queued;
+    a handler already running completes and its reply is delivered. A dead actor is
+    left alone.
+    """
+    if not isinstance(ref, pykka.ActorRef):
+        raise TypeError(f"kill() takes an ActorRef, not {type(ref).__name__}")
+    if not isinstance(reason, str):
+        raise TypeError(f"kill() reason must be a str, not {type(reason).__name__}")
+    inbox = ref.actor_inbox
+    if not isinstance(inbox, _Inbox):
+        if not ref.is_alive():
+            return
+        raise TypeError(f"{ref} is a plain pykka actor; kill() needs a supervised actor")
+    inbox.put_front(Envelope(_Kill(reason)))

@@ -1,0 +1,230 @@
+"""Stable addresses for supervised children, across restarts and nested supervisors.
+
+    names = Handle(root_ref, "names").proxy()
+    names.checkout_name().get(timeout=5)      # reaches whichever incarnation runs now
+    Handle(root_ref, "locks/worker-3").ask("status")
+
+Resolving sends no message to the supervisor: the handle reads the supervisor's
+published `Directory` and caches the incarnation it found while that one lives.
+A call that never reached a handler (the actor died or was restarting) is sent to
+the next incarnation while the caller waits; a call whose handler raised is not
+retried.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pykka
+from pykka import messages as pykka_messages
+from pykka._envelope import Envelope
+
+from supervision._actor import Undelivered
+from supervision._directory import Directory
+from supervision._errors import ChildNotFound
+
+__all__ = ["Handle"]
+
+
+def _directory_of(ref: pykka.ActorRef[Any]) -> Directory | None:
+    actor = ref._actor_weakref()
+    directory = getattr(actor, "_directory", None)
+    return directory if isinstance(directory, Directory) else None
+
+
+class Handle:
+    """A stable address: a supervisor and a child path (`"locks/worker-3"`)."""
+
+    def __init__(self, supervisor_ref: pykka.ActorRef[Any], path: str) -> None:
+        if not isinstance(supervisor_ref, pykka.ActorRef):
+            raise TypeError(f"Handle needs a supervisor ActorRef, not {type(supervisor_ref).__name__}")
+        if not isinstance(path, str):
+            raise TypeError(f"Handle path must be a str, not {type(path).__name__}")
+        parts = path.split("/")
+        if not path or any(not part for part in parts):
+            raise ValueError(f"invalid handle path {path!r}")
+        directory = _directory_of(supervisor_ref)
+        if directory is None and supervisor_ref.is_alive():
+            raise TypeError(f"{supervisor_ref} is not a Supervisor")
+        self.supervisor_ref = supervisor_ref
+        self.path = path
+        self._parts = parts
+        self._root = directory
+        self._cached: pykka.ActorRef[Any] | None = None
+        self._proxy: _HandleProxy | None = None
+
+    def __repr__(self) -> str:
+        return f"Handle({self.supervisor_ref}, {self.path!r})"
+
+    # -- resolving --------------------------------------------------------------------------
+
+    def ref(self, timeout: float | None = 5.0) -> pykka.ActorRef[Any]:
+        """The current incarnation; waits up to `timeout` real seconds for a pending restart."""
+        cached = self._cached
+        if cached is not None and not cached.actor_stopped.is_set():
+            return cached
+        return self._resolve(None if timeout is None else time.monotonic() + timeout)
+
+    def current(self) -> pykka.ActorRef[Any] | None:
+        """The running incarnation now, or None; never waits, never raises."""
+        cached = self._cached
+        if cached is not None and not cached.actor_stopped.is_set():
+            return cached
+        try:
+            return self._resolve(time.monotonic())
+        except ChildNotFound:
+            return None
+
+    def _resolve(self, deadline: float | None) -> pykka.ActorRef[Any]:
+        directory = self._root
+        if directory is None:
+            raise ChildNotFound(f"{self.path!r}: supervisor {self.supervisor_ref} is not running")
+        ref: pykka.ActorRef[Any] | None = None
+        for depth, part in enumerate(self._parts):
+            where = "/".join(self._parts[: depth + 1])
+            with directory.condition:
+                while True:
+                    if not directory.alive:
+                        raise ChildNotFound(f"{where!r}: its supervisor has stopped")
+                    slot = directory.slots.get(part)
+                    if slot is None:
+                        raise ChildNotFound(f"no child {where!r}")
+                    ref = slot.ref
+                    if ref is not None and not ref.actor_stopped.is_set():
+                        break
+                    if not slot.pending and ref is None:
+                        raise ChildNotFound(f"child {where!r} is not running")
+                    # A restart is pending, or the incarnation is ending and its
+                    # supervisor has not decided yet: wait for the next change.
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise ChildNotFound(f"child {where!r} did not come back in time")
+                    directory.condition.wait(remaining if remaining is None else min(remaining, 0.5))
+                next_directory = slot.directory
+            if depth < len(self._parts) - 1:
+                if next_directory is None:
+                    raise ChildNotFound(f"{where!r} is not a supervisor, so {self.path!r} does not exist")
+                directory = next_directory
+        assert ref is not None
+        self._cached = ref
+        return ref
+
+    # -- calling ------------------------------------------------------------------------------
+
+    def proxy(self) -> _HandleProxy:
+        """A proxy whose calls go to the current incarnation each time (futures back)."""
+        if self._proxy is None:
+            self._proxy = _HandleProxy(self)
+        return self._proxy
+
+    def ask(self, message: Any, timeout: float | None = None) -> Any:
+        """Send `message` and wait for the reply; `timeout` also covers a pending restart."""
+        return _HandleFuture(self, message).get(timeout=timeout)
+
+    def ask_future(self, message: Any) -> pykka.Future[Any]:
+        """`ask` without waiting."""
+        return _HandleFuture(self, message)
+
+    def tell(self, message: Any) -> None:
+        """Deliver to the running incarnation; dropped quietly while none runs."""
+        ref = self.current()
+        if ref is None:
+            return
+        try:
+            ref.tell(message)
+        except pykka.ActorDeadError:
+            pass
+
+
+class _HandleFuture(pykka.ThreadingFuture[Any]):
+    """The reply to a call through a `Handle`; resends a call that was never handled."""
+
+    def __init__(self, handle: Handle | None = None, message: Any = None) -> None:
+        super().__init__()
+        self._handle = handle
+        self._message = message
+        self._inner: pykka.Future[Any] | None = None
+        self._send_lock = threading.Lock()
+        if handle is not None:
+            # Sent now, like a pykka proxy call; only while a restart is pending does
+            # sending wait for get().
+            ref = handle.current()
+            if ref is not None:
+                self._send(ref)
+
+    def _send(self, ref: pykka.ActorRef[Any]) -> None:
+        inner: pykka.Future[Any] = pykka.ThreadingFuture()
+        self._inner = inner
+        ref.actor_inbox.put(Envelope(self._message, reply_to=inner))
+
+    def get(self, *, timeout: float | None = None) -> Any:
+        handle = self._handle
+        if handle is None:  # made by pykka's own map()/join() helpers
+            return super().get(timeout=timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._send_lock:
+                inner = self._inner
+                if inner is None:
+                    remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    self._send(handle.ref(timeout=remaining))
+                    inner = self._inner
+            assert inner is not None
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                return inner.get(timeout=remaining)
+            except Undelivered:
+                with self._send_lock:
+                    if self._inner is inner:
+                        self._inner = None
+
+
+class _HandleProxy:
+    """Method calls become asks to the current incarnation; `.defer()` makes them tells."""
+
+    def __init__(self, handle: Handle) -> None:
+        self._handle = handle
+        self._methods: dict[str, _HandleMethod] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        method = self._methods.get(name)
+        if method is not None:
+            return method
+        ref = self._handle.current()
+        if ref is not None:
+            attribute = getattr(ref.actor_class, name, _MISSING)
+            if attribute is _MISSING:
+                actor = ref._actor_weakref()
+                attribute = getattr(actor, name, _MISSING) if actor is not None else _MISSING
+                if attribute is _MISSING:
+                    raise AttributeError(f"{ref.actor_class.__name__} has no attribute {name!r}")
+            if not callable(attribute) or isinstance(attribute, property):
+                return _HandleFuture(self._handle, pykka_messages.ProxyGetAttr(attr_path=(name,)))
+        method = self._methods[name] = _HandleMethod(self._handle, name)
+        return method
+
+    def __repr__(self) -> str:
+        return f"<HandleProxy for {self._handle!r}>"
+
+
+_MISSING = object()
+
+
+class _HandleMethod:
+    __slots__ = ("_attr_path", "_handle")
+
+    def __init__(self, handle: Handle, name: str) -> None:
+        self._handle = handle
+        self._attr_path = (name,)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> pykka.Future[Any]:
+        return _HandleFuture(
+            self._handle, pykka_messages.ProxyCall(attr_path=self._attr_path, args=args, kwargs=kwargs)
+        )
+
+    def defer(self, *args: Any, **kwargs: Any) -> None:
+        self._handle.tell(pykka_messages.ProxyCall(attr_path=self._attr_path, args=args, kwargs=kwargs))
