@@ -21,13 +21,43 @@ def process_start_time(pid: int) -> float | None:
     """Creation time (epoch seconds) of the live, non-zombie process `pid`, or None."""
     if pid <= 0:
         return None
+    if _PROC_STAT:
+        return _linux_start_time(pid)
+    return _psutil_start_time(pid)
+
+
+def _psutil_start_time(pid: int) -> float | None:
     try:
         process = psutil.Process(pid)
         if process.status() == psutil.STATUS_ZOMBIE:
             return None
         return process.create_time()
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, ValueError):
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, ValueError, OverflowError):
         return None
+
+
+def _linux_start_time(pid: int) -> float | None:
+    # /proc/<pid>/stat directly: ~10x cheaper than psutil.Process(), and the same
+    # figure psutil computes (boot time + start ticks / clock ticks per second).
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat_file:
+            data = stat_file.read()
+    except (FileNotFoundError, ProcessLookupError, PermissionError, OSError):
+        return None
+    # The command name may contain spaces and parentheses: fields start after the last ')'.
+    fields = data[data.rfind(b")") + 2 :].split()
+    if not fields or fields[0] in (b"Z", b"X"):  # zombie or dead
+        return None
+    try:
+        ticks = int(fields[19])
+    except (IndexError, ValueError):
+        return _psutil_start_time(pid)
+    return _BOOT_TIME + ticks / _CLOCK_TICKS
+
+
+_PROC_STAT = os.path.exists(f"/proc/{os.getpid()}/stat") and hasattr(os, "sysconf")
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if _PROC_STAT else 100
+_BOOT_TIME = psutil.boot_time()
 
 
 def is_same_process_alive(pid: int, start_time: float | None) -> bool:

@@ -63,6 +63,8 @@ __all__ = [
 class Undelivered(pykka.ActorDeadError):
     """An ask that never reached a handler: its actor stopped first. Safe to retry."""
 
+    reply_to: pykka.Future[Any] | None = None
+
 
 class Killed(Exception):
     """The crash `kill()` causes; its message is the reason given."""
@@ -136,6 +138,9 @@ def _reject(envelope: Envelope[Any], owner_name: str) -> None:
         _settle(envelope.reply_to, None)  # stopping a stopped actor succeeds, as in pykka
         return
     error = Undelivered(f"{owner_name} stopped before handling the message")
+    # Ties the error to this envelope: a Handle re-sends only its own undelivered call,
+    # never one whose handler raised an Undelivered from a nested ask.
+    error.reply_to = envelope.reply_to
     _settle(envelope.reply_to, None, (Undelivered, error, None))
 
 

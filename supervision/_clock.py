@@ -242,6 +242,8 @@ def _deliver(target: Any, message: Any) -> bool:
         except pykka.ActorDeadError:
             return False
         return True
+    if target.is_gone():  # a Handle whose supervisor stopped: nothing will ever answer
+        return False
     target.tell(message)  # a Handle: drops quietly while no incarnation runs
     return True
 

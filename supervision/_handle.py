@@ -34,6 +34,10 @@ def _directory_of(ref: pykka.ActorRef[Any]) -> Directory | None:
     return directory if isinstance(directory, Directory) else None
 
 
+class _NestedSupervisorGone(Exception):
+    """A supervisor inside the path stopped while we looked; walk again from the root."""
+
+
 class Handle:
     """A stable address: a supervisor and a child path (`"locks/worker-3"`)."""
 
@@ -78,15 +82,34 @@ class Handle:
             return None
 
     def _resolve(self, deadline: float | None) -> pykka.ActorRef[Any]:
+        while True:
+            try:
+                return self._resolve_once(deadline)
+            except _NestedSupervisorGone as gone:
+                # The supervisor is still on its way out; its parent decides once it is
+                # gone. Wait for a change in the parent's directory, then walk again.
+                parent, child_id = gone.args
+                with parent.condition:
+                    slot = parent.slots.get(child_id)
+                    if slot is not None and slot.ref is not None and not slot.ref.actor_stopped.is_set():
+                        remaining = None if deadline is None else deadline - time.monotonic()
+                        if remaining is not None and remaining <= 0:
+                            raise ChildNotFound(f"{self.path!r}: {child_id!r} did not come back in time") from None
+                        parent.condition.wait(0.05 if remaining is None else min(remaining, 0.05))
+
+    def _resolve_once(self, deadline: float | None) -> pykka.ActorRef[Any]:
         directory = self._root
         if directory is None:
             raise ChildNotFound(f"{self.path!r}: supervisor {self.supervisor_ref} is not running")
         ref: pykka.ActorRef[Any] | None = None
+        parent_directory = directory
         for depth, part in enumerate(self._parts):
             where = "/".join(self._parts[: depth + 1])
             with directory.condition:
                 while True:
                     if not directory.alive:
+                        if depth > 0:
+                            raise _NestedSupervisorGone(parent_directory, self._parts[depth - 1])
                         raise ChildNotFound(f"{where!r}: its supervisor has stopped")
                     slot = directory.slots.get(part)
                     if slot is None:
@@ -106,7 +129,7 @@ class Handle:
             if depth < len(self._parts) - 1:
                 if next_directory is None:
                     raise ChildNotFound(f"{where!r} is not a supervisor, so {self.path!r} does not exist")
-                directory = next_directory
+                parent_directory, directory = directory, next_directory
         assert ref is not None
         self._cached = ref
         return ref
@@ -114,7 +137,11 @@ class Handle:
     # -- calling ------------------------------------------------------------------------------
 
     def proxy(self) -> _HandleProxy:
-        """A proxy whose calls go to the current incarnation each time (futures back)."""
+        """A proxy whose calls go to the current incarnation each time (futures back).
+
+        A call made while a restart is pending is sent when the caller waits on its
+        future (`get()`), as the contract allows; otherwise it is sent at once.
+        """
         if self._proxy is None:
             self._proxy = _HandleProxy(self)
         return self._proxy
@@ -126,6 +153,10 @@ class Handle:
     def ask_future(self, message: Any) -> pykka.Future[Any]:
         """`ask` without waiting."""
         return _HandleFuture(self, message)
+
+    def is_gone(self) -> bool:
+        """True once the handle's own supervisor has stopped: nothing will ever answer."""
+        return self._root is None or not self._root.alive
 
     def tell(self, message: Any) -> None:
         """Deliver to the running incarnation; dropped quietly while none runs."""
@@ -175,7 +206,9 @@ class _HandleFuture(pykka.ThreadingFuture[Any]):
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 return inner.get(timeout=remaining)
-            except Undelivered:
+            except Undelivered as error:
+                if error.reply_to is not inner:
+                    raise  # the handler ran and raised it: not ours to retry
                 with self._send_lock:
                     if self._inner is inner:
                         self._inner = None

@@ -142,13 +142,17 @@ class Supervisor(SupervisedActor):
             started.append(record)
 
     def on_stop(self) -> None:
-        self._terminate_all()
-        self._directory.close()
+        self._shut_down()
 
     def on_failure(self, *exc_info: Any) -> None:
         # Never two live copies of a subtree: our children go before our parent restarts us.
-        self._terminate_all()
+        self._shut_down()
+
+    def _shut_down(self) -> None:
+        # Closed first: handles waiting below us then wait for our parent's decision
+        # instead of reading "not running" into each child we stop on the way out.
         self._directory.close()
+        self._terminate_all()
 
     # -- starting and stopping one child -----------------------------------------------------
 
@@ -266,7 +270,7 @@ class Supervisor(SupervisedActor):
             f"{self._intensity.max_seconds}s (last: {why}); stopping all children and giving up"
         )
         self._log.error(message)
-        self._terminate_all()
+        self._shut_down()
         raise RestartIntensityExceeded(message)
 
     def _forget(self, child_id: str) -> None:

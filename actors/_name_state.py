@@ -1,0 +1,549 @@
+"""The name pool's rules over plain data: the functional core behind the `NamePool` actor.
+
+`NameState` holds which names are available, who holds which name, and applies every
+rule of the pool as a method. It does no I/O and keeps no clock: the actor asks the
+source for chunks, checks processes with psutil and persists `to_snapshot()`::
+
+    state = NameState(chunk_size=12, default_name="Nameless Agent")
+    name = state.checkout("urn:worker:1")           # None: the pool is empty
+    if name is None:
+        batch = source(state.chunk_request(), state.used_names())   # off-thread
+        state.accept_chunk(batch)                   # [] -> NameSourceError
+        name = state.checkout("urn:worker:1")
+    state.associate(name, 4242, start_time=1.7e9)   # a child process shares the name
+    state.checkin(name)                             # back on top of the stack
+
+Owners are `None` (anonymous), an `int` pid > 0 or a `str`. Anonymous holders and
+`str` owners leave a name only by check-in (or dissociate, for `str`); `int` owners
+also leave when the shell finds their process dead (`reap`, `remove_dead_owners`).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from actors._errors import InvalidName, InvalidOwner
+from actors._names import is_valid_name, validate_name
+from actors._process import CREATE_TIME_TOLERANCE
+
+__all__ = ["CheckinOutcome", "NameState", "Owner", "SNAPSHOT_VERSION", "validate_owner"]
+
+#: An owner: None (anonymous), an int process id > 0, or a str such as an actor URN.
+Owner = int | str | None
+
+#: Format version written by `NameState.to_snapshot`.
+SNAPSHOT_VERSION = 1
+
+
+def validate_owner(owner: object) -> Owner:
+    """Return `owner` as None, a plain `int` > 0 or a plain `str`; else raise `InvalidOwner`."""
+    if owner is None:
+        return None
+    if isinstance(owner, str):
+        return str(owner)  # a plain str comes back as itself; a subclass becomes plain
+    # bool is an int, but True as a pid is a bug in the caller, not pid 1.
+    if isinstance(owner, int) and not isinstance(owner, bool) and owner > 0:
+        return int(owner)
+    raise InvalidOwner(f"invalid owner {owner!r}: an owner is None, an int process id > 0 or a str")
+
+
+def _normalise_start_time(start_time: float | None) -> float | None:
+    if start_time is None:
+        return None
+    if isinstance(start_time, bool) or not isinstance(start_time, (int, float)):
+        raise TypeError(f"start_time must be a number or None, not {type(start_time).__name__}")
+    return float(start_time)
+
+
+def _is_same_process(recorded: float | None, given: float | None) -> bool:
+    """False only when both creation times are known and differ: the pid was reused."""
+    return recorded is None or given is None or abs(recorded - given) <= CREATE_TIME_TOLERANCE
+
+
+class CheckinOutcome(str, enum.Enum):
+    """What `NameState.checkin` did; the shell logs a warning for `NOT_CHECKED_OUT`."""
+
+    RETURNED = "returned"
+    NOT_CHECKED_OUT = "not_checked_out"
+    DEFAULT_NAME = "default_name"
+
+
+class NameState:
+    """The name pool's state and rules, without I/O (see the module docstring).
+
+    Invariants:
+    - a name is either available or checked out (held by one or more owners), never both;
+    - a non-anonymous owner holds at most one name;
+    - every name the pool knows is available or checked out: names leave only by `reset`,
+      so `used_names()` ("all used") never shrinks on check-in;
+    - the default name is never a pool name: never accepted, checked out or handed out.
+
+    Every structure is an insertion-ordered dict, so behaviour and snapshots are
+    deterministic, and check-out and check-in are O(1).
+    """
+
+    def __init__(self, chunk_size: int = 12, default_name: str = "Nameless Agent") -> None:
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be an int >= 1, not {chunk_size!r}")
+        self._chunk_size = chunk_size
+        self._default_name = validate_name(default_name)
+        # Stack of available names; the last key is the top. A dict, not a list, so that a
+        # name can also leave from the middle in O(1) (associate, reconcile).
+        self._available: dict[str, None] = {}
+        # Checked-out name -> its owners (an ordered set; None is the anonymous holder).
+        self._holders: dict[str, dict[Owner, None]] = {}
+        # Non-anonymous owner -> the one name it holds.
+        self._owner_names: dict[int | str, str] = {}
+        # int owner -> its process creation time (None: unknown), to tell a reused pid.
+        self._start_times: dict[int, float | None] = {}
+        self._revision = 0
+
+    # -- reading ---------------------------------------------------------------------
+
+    @property
+    def chunk_size(self) -> int:
+        """How many names `chunk_request` asks the source for."""
+        return self._chunk_size
+
+    @property
+    def default_name(self) -> str:
+        """The name of an agent without a pool name; never handed out."""
+        return self._default_name
+
+    @property
+    def revision(self) -> int:
+        """Grows by one on every change: the shell persists when it differs from the saved one."""
+        return self._revision
+
+    def name_of(self, owner: object, start_time: float | None = None) -> str | None:
+        """The name `owner` holds or is associated with, or None (`get_name_by_pid`).
+
+        With `start_time`, an int owner recorded with a different creation time is a
+        reused pid and gets None. Raises `InvalidOwner`.
+        """
+        owner = validate_owner(owner)
+        if owner is None:
+            return None
+        name = self._owner_names.get(owner)
+        if name is not None and type(owner) is int:
+            if not _is_same_process(self._start_times[owner], _normalise_start_time(start_time)):
+                return None
+        return name
+
+    def is_checked_out(self, name: str) -> bool:
+        """True when `name` has at least one owner."""
+        return name in self._holders
+
+    def available_names(self) -> list[str]:
+        """Available names, bottom of the stack first (the last one is handed out next)."""
+        return list(self._available)
+
+    def holders(self) -> dict[str, list[Owner]]:
+        """Checked-out name -> its owners (None for an anonymous holder), in check-out order."""
+        return {name: list(owners) for name, owners in self._holders.items()}
+
+    def int_owners(self) -> dict[int, float | None]:
+        """Every int owner and its recorded process creation time, for the reaper."""
+        return dict(self._start_times)
+
+    def used_names(self) -> frozenset[str]:
+        """Every name the pool knows (the `used` argument of the source). O(n): per chunk only."""
+        return frozenset(self._available).union(self._holders)
+
+    def stats(self) -> dict[str, int]:
+        """`available_count`, `checked_out_count`, `all_used_count`, `chunk_size`, `owner_count`."""
+        available = len(self._available)
+        checked_out = len(self._holders)
+        return {
+            "available_count": available,
+            "checked_out_count": checked_out,
+            # Names never leave the pool except by reset, so "all used" is their sum.
+            "all_used_count": available + checked_out,
+            "chunk_size": self._chunk_size,
+            "owner_count": len(self._owner_names),
+        }
+
+    def needs_chunk(self) -> bool:
+        """True when no name is available: an anonymous or new owner's checkout needs the source."""
+        return not self._available
+
+    def chunk_request(self) -> int:
+        """The `count` to pass to the source."""
+        return self._chunk_size
+
+    def __repr__(self) -> str:
+        stats = self.stats()
+        return (
+            f"NameState(available={stats['available_count']}, "
+            f"checked_out={stats['checked_out_count']}, owners={stats['owner_count']})"
+        )
+
+    # -- changing --------------------------------------------------------------------
+
+    def checkout(self, owner: object = None, start_time: float | None = None) -> str | None:
+        """Check out a name for `owner`, or return None when a chunk is needed first.
+
+        An owner that already holds or is associated with a name gets that name again
+        (unless `start_time` shows its pid was reused: the old process's names end first);
+        `owner=None` always gets a new name. Names come off the top of the stack, so
+        checked-in names are reused last in, first out. Raises `InvalidOwner`.
+        """
+        owner = validate_owner(owner)
+        if start_time is not None:
+            start_time = _normalise_start_time(start_time)  # may raise: before any change
+        if owner is not None:
+            name = self._owner_names.get(owner)
+            if name is not None:
+                if type(owner) is not int or self._refresh_process(owner, start_time):
+                    return name
+        if not self._available:
+            return None
+        name, _ = self._available.popitem()
+        self._holders[name] = {owner: None}
+        if owner is not None:
+            self._add_owner(owner, name, start_time)
+        self._revision += 1
+        return name
+
+    def accept_chunk(self, names: object) -> list[str]:
+        """Add the source's new valid names; return them (in source order).
+
+        Dropped without error: anything that is not a list/tuple-like of `str`, invalid
+        names, names the pool already knows, repeats within the chunk and the default name.
+        The new names go under any name checked in meanwhile (those are reused first) and
+        come out in the order the source gave them. An empty result means the source
+        yielded nothing usable: the shell raises `NameSourceError`.
+        """
+        if isinstance(names, (str, bytes, bytearray, Mapping)):
+            return []  # iterating these would yield characters or keys, not names
+        try:
+            candidates = list(names)  # type: ignore[call-overload]
+        except TypeError:
+            return []
+        accepted: dict[str, None] = {}
+        for name in candidates:
+            if (
+                isinstance(name, str)
+                and is_valid_name(name)
+                and name != self._default_name
+                and name not in self._available
+                and name not in self._holders
+            ):
+                accepted.setdefault(str(name), None)
+        if not accepted:
+            return []
+        new_on_top = {name: None for name in reversed(accepted)}
+        if self._available:
+            new_on_top.update(self._available)  # keep earlier names above the new ones
+        self._available = new_on_top
+        self._revision += 1
+        return list(accepted)
+
+    def checkin(self, name: object) -> CheckinOutcome:
+        """Return `name` to the top of the stack; all its owners and associations end.
+
+        Raises `InvalidName`. A valid name that is not checked out changes nothing
+        (`NOT_CHECKED_OUT`: the shell logs a warning); the default name is ignored.
+        """
+        name = validate_name(name)
+        if name == self._default_name:
+            return CheckinOutcome.DEFAULT_NAME
+        if name not in self._holders:
+            return CheckinOutcome.NOT_CHECKED_OUT
+        self._release(name)
+        self._revision += 1
+        return CheckinOutcome.RETURNED
+
+    def associate(self, name: object, owner: object, start_time: float | None = None) -> None:
+        """Make `owner` resolve to `name` (a worker inheriting its parent's identity).
+
+        A checked-out name is shared: `owner` joins its owners. A name that is not checked
+        out is checked out for `owner` (taken off the stack, or learned if new). The
+        owner's previous association ends first. `name=None` and the default name do
+        nothing. Raises `InvalidOwner`, then `InvalidName`.
+        """
+        owner = validate_owner(owner)
+        if name is None:
+            return
+        name = validate_name(name)
+        if name == self._default_name:
+            return
+        start_time = _normalise_start_time(start_time)
+        if owner is not None:
+            previous = self._owner_names.get(owner)
+            if previous == name:
+                if type(owner) is int and self._start_times[owner] != start_time and start_time is not None:
+                    self._start_times[owner] = start_time  # same name, now pinned to this process
+                    self._revision += 1
+                return
+            if previous is not None:
+                self._remove_owner(owner)
+        owners = self._holders.get(name)
+        if owners is None:
+            self._available.pop(name, None)
+            self._holders[name] = {owner: None}
+        elif owner in owners:
+            return  # only the anonymous holder can get here: it is there already
+        else:
+            owners[owner] = None
+        if owner is not None:
+            self._add_owner(owner, name, start_time)
+        self._revision += 1
+
+    def dissociate(self, owner: object) -> str | None:
+        """End `owner`'s ownership or association; return the name if it went back to the pool.
+
+        The name returns (on top of the stack) once no owner is left. Unknown owners and
+        `None` change nothing. Raises `InvalidOwner`.
+        """
+        owner = validate_owner(owner)
+        if owner is None or owner not in self._owner_names:
+            return None
+        self._revision += 1
+        return self._remove_owner(owner)
+
+    def remove_dead_owners(self, dead: Iterable[tuple[int, float | None]]) -> list[str]:
+        """Remove the int owners `(pid, start_time)` found dead; return the names that went back.
+
+        An owner is removed only if its recorded creation time is still the one that was
+        checked, so a pid that re-registered meanwhile (a new process) keeps its name.
+        """
+        returned: list[str] = []
+        for pid, start_time in dead:
+            if pid in self._start_times and self._start_times[pid] == start_time:
+                self._revision += 1
+                name = self._remove_owner(pid)
+                if name is not None:
+                    returned.append(name)
+        return returned
+
+    def reap(self, is_alive: Callable[[int, float | None], bool]) -> list[str]:
+        """Remove every int owner for which `is_alive(pid, start_time)` is false.
+
+        Names whose every owner is gone go back to the pool; they are returned.
+        Anonymous and `str` owners are never reaped.
+        """
+        dead = [(pid, start) for pid, start in self._start_times.items() if not is_alive(pid, start)]
+        return self.remove_dead_owners(dead)
+
+    def reset(self) -> None:
+        """Forget every name and owner (the source starts over)."""
+        self._available.clear()
+        self._holders.clear()
+        self._owner_names.clear()
+        self._start_times.clear()
+        self._revision += 1
+
+    def reconcile(
+        self,
+        names_in_use: Iterable[object],
+        is_live_int_owner: Callable[[int, float | None], bool],
+    ) -> list[str]:
+        """Make exactly `names_in_use` the checked-out names (gastown's sync with reality).
+
+        All names are validated first: one invalid name raises `InvalidName` and changes
+        nothing. Listed names become checked out (an anonymous holder is added, so they
+        stay until checked in; existing owners keep them too). Other checked-out names go
+        back to the pool, except one held by a live int owner: it stays held by its live
+        int owners only, and is returned so the shell can log a WARNING. The default name
+        is ignored.
+        """
+        if isinstance(names_in_use, (str, bytes, bytearray)):
+            raise InvalidName(f"reconcile expects a list of names, not a single {type(names_in_use).__name__}")
+        try:
+            listed_names = [validate_name(name) for name in names_in_use]
+        except TypeError:
+            raise InvalidName(f"reconcile expects a list of names, not {names_in_use!r}") from None
+        listed = dict.fromkeys(name for name in listed_names if name != self._default_name)
+
+        # Ask about every process before changing anything, so a failing check leaves
+        # the state as it was.
+        live_owners = {
+            name: [
+                owner
+                for owner in owners
+                if type(owner) is int and is_live_int_owner(owner, self._start_times[owner])
+            ]
+            for name, owners in self._holders.items()
+            if name not in listed
+        }
+        kept_for_live_owner: list[str] = []
+        for name, live in live_owners.items():
+            if live:
+                kept_for_live_owner.append(name)
+                for owner in list(self._holders[name]):
+                    if owner not in live:
+                        self._remove_owner_from(name, owner)
+            else:
+                self._release(name)
+        for name in listed:
+            owners = self._holders.get(name)
+            if owners is None:
+                self._available.pop(name, None)
+                self._holders[name] = {None: None}
+            else:
+                owners[None] = None
+        self._revision += 1
+        return kept_for_live_owner
+
+    # -- persistence -----------------------------------------------------------------
+
+    def to_snapshot(self) -> dict[str, Any]:
+        """The whole state as plain msgpack/JSON-able data (str keys, lists, ints, floats).
+
+        `{"version": 1, "available": [name, ...] (bottom first), "holders": [[name,
+        [owner, ...]], ...]}` with each owner encoded as `["anon"]`, `["pid", pid,
+        start_time_or_None]` or `["str", owner]`. Order is kept, so a round trip through
+        `from_snapshot` is exact.
+        """
+        return {
+            "version": SNAPSHOT_VERSION,
+            "available": list(self._available),
+            "holders": [
+                [name, [self._encode_owner(owner) for owner in owners]] for name, owners in self._holders.items()
+            ],
+        }
+
+    @classmethod
+    def from_snapshot(
+        cls, data: object, chunk_size: int = 12, default_name: str = "Nameless Agent"
+    ) -> NameState:
+        """Rebuild a state from `to_snapshot()` data; raise ValueError if anything is malformed.
+
+        `chunk_size` and `default_name` come from the caller's configuration, not the file.
+        If the default name was changed to a name the file knows, that name is dropped.
+        """
+        state = cls(chunk_size, default_name)
+        if not isinstance(data, Mapping):
+            raise ValueError(f"name pool snapshot must be a map, not {type(data).__name__}")
+        version = data.get("version")
+        if type(version) is not int or version != SNAPSHOT_VERSION:
+            raise ValueError(f"unsupported name pool snapshot version {version!r}")
+        available = _sequence(data.get("available"), "available")
+        held = _sequence(data.get("holders"), "holders")
+
+        for name in available:
+            _check_snapshot_name(name, "available")
+            if name in state._available:
+                raise ValueError(f"name {name!r} is twice in 'available'")
+            state._available[name] = None
+        for entry in held:
+            pair = _sequence(entry, "holders entry")
+            if len(pair) != 2:
+                raise ValueError(f"holders entry must be [name, owners], not {entry!r}")
+            name, encoded_owners = pair
+            _check_snapshot_name(name, "holders")
+            if name in state._available or name in state._holders:
+                raise ValueError(f"name {name!r} is both available and held, or held twice")
+            encoded_owners = _sequence(encoded_owners, f"owners of {name!r}")
+            if not encoded_owners:
+                raise ValueError(f"checked-out name {name!r} has no owner")
+            owners: dict[Owner, None] = {}
+            for encoded in encoded_owners:
+                owner, start_time = _decode_owner(encoded)
+                if owner in owners:
+                    raise ValueError(f"owner {owner!r} is twice among the owners of {name!r}")
+                if owner is not None:
+                    if owner in state._owner_names:
+                        raise ValueError(f"owner {owner!r} holds two names")
+                    state._owner_names[owner] = name
+                    if type(owner) is int:
+                        state._start_times[owner] = start_time
+                owners[owner] = None
+            state._holders[name] = owners
+
+        # A default name that the file knows (the configuration changed) must never be
+        # handed out: drop it, and the associations to it.
+        state._available.pop(state._default_name, None)
+        if state._default_name in state._holders:
+            for owner in state._holders.pop(state._default_name):
+                if owner is not None:
+                    state._drop_owner_record(owner)
+        return state
+
+    def _encode_owner(self, owner: Owner) -> list[Any]:
+        if owner is None:
+            return ["anon"]
+        if type(owner) is int:
+            return ["pid", owner, self._start_times[owner]]
+        return ["str", owner]
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _add_owner(self, owner: int | str, name: str, start_time: float | None) -> None:
+        """Record `owner` -> `name` (`start_time` already normalised)."""
+        self._owner_names[owner] = name
+        if type(owner) is int:
+            self._start_times[owner] = start_time
+
+    def _refresh_process(self, pid: int, start_time: float | None) -> bool:
+        """Keep `pid`'s record if `start_time` is its process; end it if the pid was reused.
+
+        Returns True when the record still stands.
+        """
+        recorded = self._start_times[pid]
+        if _is_same_process(recorded, start_time):
+            if recorded is None and start_time is not None:
+                self._start_times[pid] = start_time
+                self._revision += 1
+            return True
+        # The recorded process is gone and a new one has its pid: its names end now.
+        self._remove_owner(pid)
+        self._revision += 1
+        return False
+
+    def _drop_owner_record(self, owner: int | str) -> None:
+        del self._owner_names[owner]
+        if type(owner) is int:
+            del self._start_times[owner]
+
+    def _remove_owner(self, owner: int | str) -> str | None:
+        """End `owner`'s hold on its name; return the name if that left it without owners."""
+        name = self._owner_names[owner]
+        return self._remove_owner_from(name, owner)
+
+    def _remove_owner_from(self, name: str, owner: Owner) -> str | None:
+        owners = self._holders[name]
+        del owners[owner]
+        if owner is not None:
+            self._drop_owner_record(owner)
+        if owners:
+            return None
+        del self._holders[name]
+        self._available[name] = None
+        return name
+
+    def _release(self, name: str) -> None:
+        """Return a checked-out name to the top of the stack, ending all its owners."""
+        for owner in self._holders.pop(name):
+            if owner is not None:
+                self._drop_owner_record(owner)
+        self._available[name] = None
+
+
+def _sequence(value: object, what: str) -> list[Any] | tuple[Any, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{what} must be a list, not {type(value).__name__}")
+    return value
+
+
+def _check_snapshot_name(name: object, where: str) -> None:
+    if type(name) is not str or not is_valid_name(name):
+        raise ValueError(f"invalid name {name!r} in {where!r}")
+
+
+def _decode_owner(encoded: object) -> tuple[Owner, float | None]:
+    """`(owner, start_time)` from `["anon"]`, `["pid", pid, start_time]` or `["str", owner]`."""
+    fields = _sequence(encoded, "owner")
+    kind = fields[0] if fields else None
+    if kind == "anon" and len(fields) == 1:
+        return None, None
+    if kind == "str" and len(fields) == 2 and type(fields[1]) is str:
+        return fields[1], None
+    if kind == "pid" and len(fields) == 3:
+        pid, start_time = fields[1], fields[2]
+        if type(pid) is int and pid > 0 and (start_time is None or type(start_time) in (int, float)):
+            return pid, None if start_time is None else float(start_time)
+    raise ValueError(f"malformed owner {encoded!r}")

@@ -1,0 +1,336 @@
+"""Benchmark runner (CONTRACT §6): every section measured against a baseline in the same run.
+
+    python scripts/bench.py                    # every section, full rounds
+    python scripts/bench.py --quick            # a smoke run (~20 s)
+    python scripts/bench.py --section supervision --section agent_pool
+    python scripts/bench.py --json             # machine-readable, on stdout
+
+Each row prints ours, the baseline, their ratio and the target; a missed target prints FAIL
+but the exit status stays 0 (this is a benchmark, not a test). A section that raises prints
+ERROR and makes the exit status 1. Sections not built yet, or unknown, print "skipped".
+
+Adding a section: write `def section_x(quick: bool) -> SectionResult` (raise `Skipped` when
+it cannot run) and add one line `("x", section_x)` to `SECTIONS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import gc
+import importlib.util
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+SCRIPTS = Path(__file__).resolve().parent
+ROOT = SCRIPTS.parent
+if str(ROOT) not in sys.path:  # `import supervision` without installing
+    sys.path.insert(0, str(ROOT))
+
+
+# -- what a section returns -----------------------------------------------------------------
+
+
+class Skipped(Exception):
+    """A section that cannot run here; its message says why."""
+
+
+@dataclass
+class Row:
+    """One measured comparison: `ratio` = ours / baseline, held against `target`."""
+
+    name: str
+    ours: float | None
+    baseline: float | None
+    unit: str  # how ours/baseline read: "s" (durations) or "/s" (rates) or "" (plain numbers)
+    ratio: float | None
+    target: float | None
+    better: str = ">="  # ">=": the ratio must be at least the target; "<=": at most
+    note: str = ""
+
+    @property
+    def passed(self) -> bool | None:
+        if self.ratio is None or self.target is None or math.isnan(self.ratio):
+            return None
+        return self.ratio >= self.target if self.better == ">=" else self.ratio <= self.target
+
+
+@dataclass
+class SectionResult:
+    rows: list[Row]
+    details: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def load_script(name: str) -> ModuleType:
+    """Import `scripts/<name>.py` by path, however this runner was started."""
+    if name in sys.modules:
+        return sys.modules[name]
+    path = SCRIPTS / f"{name}.py"
+    if not path.exists():
+        raise Skipped("not built yet")
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as error:
+        del sys.modules[name]
+        raise Skipped(f"{path.name} does not import: {error!r}") from error
+    return module
+
+
+def script_function(module_name: str, function_name: str) -> Callable[..., Any]:
+    function = getattr(load_script(module_name), function_name, None)
+    if not callable(function):
+        raise Skipped(f"{module_name}.py has no {function_name}() yet")
+    return function
+
+
+# -- sections -------------------------------------------------------------------------------
+
+
+def section_supervision(quick: bool) -> SectionResult:
+    bench = load_script("bench_supervision")
+    if quick:
+        overhead = bench.bench_handle_overhead(rounds=6, calls=1_000, warmup=300)
+        restart = bench.bench_restart_latency(rounds=12, warmup=2)
+    else:
+        overhead = bench.bench_handle_overhead()
+        restart = bench.bench_restart_latency()
+    rows = [
+        Row("handle overhead (calls/s)", overhead["handle_calls_per_s"], overhead["bare_calls_per_s"],
+            "/s", overhead["ratio"], overhead["target"], ">=", overhead["layout"]),
+        Row("restart latency (kill→answer vs start+proxy call)", restart["restart_s"],
+            restart["bare_start_proxy_call_s"], "s", restart["ratio"], restart["target"], "<=",
+            restart["layout"]),
+        Row("  same, vs start+ref.ask (no proxy build; info)", restart["restart_s"],
+            restart["bare_start_ask_s"], "s", restart["ratio_vs_ask"], None, "<=", restart["layout"]),
+    ]
+    return SectionResult(rows, details={"handle_overhead": overhead, "restart_latency": restart})
+
+
+# How the agent pool's figures map onto rows: ratio key -> (label, ours keys, baseline keys,
+# unit); the first key present in the figures is shown (bench_agents.py is still changing).
+_AGENT_ROWS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...], str]] = {
+    "sweep_vs_sorted": ("sweep 100k (TTL evicts ~half) vs sorted()",
+                        ("sweep_100k_s", "plan_evict_s", "sweep_s"), ("sorted_100k_s", "sorted_s"), "s"),
+    "sweep_100k_vs_10k": ("sweep 100k vs sweep 10k",
+                          ("sweep_100k_s", "plan_evict_s", "sweep_s"), ("sweep_10k_s", "small_s"), "s"),
+}
+
+
+def section_agent_pool(quick: bool) -> SectionResult:
+    bench_sweep = script_function("bench_agents", "bench_sweep")
+    figures = bench_sweep(rounds=2) if quick else bench_sweep()
+    if not isinstance(figures, dict):
+        raise TypeError(f"bench_sweep() returned {type(figures).__name__}, not a dict")
+    return SectionResult(rows_from_figures(figures, _AGENT_ROWS), details=figures)
+
+
+def rows_from_figures(
+    figures: dict[str, Any], known: dict[str, tuple[str, tuple[str, ...], tuple[str, ...], str]]
+) -> list[Row]:
+    """Rows for a section that returns a dict with `targets` {ratio key: target}.
+
+    A target may be a number (the ratio must be at most it), or a string ">= x" / "<= x".
+    For a ratio key not in `known`, "a_vs_b" shows the figures "a_s" and "b_s" if present.
+    """
+
+    def first(keys: tuple[str, ...]) -> float | None:
+        for key in keys:
+            value = figures.get(key)
+            if isinstance(value, int | float):
+                return float(value)
+        return None
+
+    rows = []
+    for key, target in dict(figures.get("targets") or {}).items():
+        better = "<="
+        if isinstance(target, str):
+            text = target.replace(" ", "")
+            better, target = (text[:2], float(text[2:])) if text[:2] in (">=", "<=") else ("<=", float(text))
+        if key in known:
+            label, ours_keys, base_keys, unit = known[key]
+        else:
+            a, _, b = key.partition("_vs_")
+            label, ours_keys, base_keys, unit = key, (f"{a}_s",), (f"{b}_s",), "s"
+        ratio = figures.get(key)
+        rows.append(Row(label, first(ours_keys), first(base_keys), unit,
+                        float(ratio) if isinstance(ratio, int | float) else None, float(target), better))
+    return rows
+
+
+def not_built(quick: bool) -> SectionResult:
+    raise Skipped("not built yet")
+
+
+SECTIONS: list[tuple[str, Callable[[bool], SectionResult]]] = [
+    ("supervision", section_supervision),
+    ("agent_pool", section_agent_pool),
+    ("name_pool", not_built),
+    ("locks", not_built),
+    ("gateway", not_built),
+]
+
+
+# -- running and printing -------------------------------------------------------------------
+
+
+def _key(name: str) -> str:
+    return name.lower().replace("-", "_").replace(" ", "_")
+
+
+def run_sections(names: list[str] | None, quick: bool, progress: Callable[[str], None]) -> list[dict[str, Any]]:
+    known = dict(SECTIONS)
+    wanted = [name for name, _ in SECTIONS] if not names else [_key(name) for name in names]
+    results = []
+    for name in wanted:
+        entry: dict[str, Any] = {"name": name}
+        function = known.get(name)
+        if function is None:
+            entry.update(status="skipped", reason=f"unknown section (known: {', '.join(known)})")
+            results.append(entry)
+            continue
+        progress(f"running {name}{' (quick)' if quick else ''} ...")
+        gc.collect()
+        started = time.perf_counter()
+        try:
+            result = function(quick)
+        except Skipped as why:
+            entry.update(status="skipped", reason=str(why))
+        except Exception as error:
+            entry.update(status="error", reason=repr(error), traceback=traceback.format_exc())
+        else:
+            entry.update(status="ok", rows=[_row_json(row) for row in result.rows],
+                         details=result.details, notes=result.notes)
+            entry["_rows"] = result.rows
+        entry["seconds"] = round(time.perf_counter() - started, 2)
+        results.append(entry)
+    return results
+
+
+def _row_json(row: Row) -> dict[str, Any]:
+    data = asdict(row)
+    data["result"] = {True: "PASS", False: "FAIL", None: "info"}[row.passed]
+    return data
+
+
+def _amount(value: float | None, unit: str) -> str:
+    if value is None or not isinstance(value, int | float) or math.isnan(value):
+        return "-"
+    if unit == "s":
+        for scale, suffix in ((1, "s"), (1e-3, "ms"), (1e-6, "µs")):
+            if abs(value) >= scale:
+                return f"{value / scale:.3g} {suffix}"
+        return f"{value * 1e9:.3g} ns"
+    if unit == "/s":
+        return f"{value:,.0f}/s"
+    return f"{value:.4g}{unit}"
+
+
+def print_report(results: list[dict[str, Any]], quick: bool, layout: str) -> None:
+    print(f"benchmarks{' (quick)' if quick else ''}: {os.cpu_count()} CPUs online, "
+          f"{len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else '?'} usable; {layout}")
+    header = ("benchmark", "ours", "baseline", "ratio", "target", "result")
+    lines: list[tuple[str, ...]] = []
+    for entry in results:
+        lines.append((f"[{entry['name']}]", "", "", "", "", ""))
+        if entry["status"] == "skipped":
+            lines.append((f"  skipped ({entry['reason']})", "", "", "", "", ""))
+            continue
+        if entry["status"] == "error":
+            lines.append((f"  ERROR: {entry['reason']}", "", "", "", "", ""))
+            continue
+        for row in entry["_rows"]:
+            ratio = "-" if row.ratio is None else f"{row.ratio:.3f}"
+            target = "-" if row.target is None else f"{row.better} {row.target:g}"
+            result = {True: "PASS", False: "FAIL  <<<", None: "(info)"}[row.passed]
+            lines.append((f"  {row.name}", _amount(row.ours, row.unit), _amount(row.baseline, row.unit),
+                           ratio, target, result))
+    measured = [header, *(line for line in lines if any(line[1:]))]
+    widths = [max(len(line[i]) for line in measured) for i in range(6)]
+    rule = "  ".join("-" * width for width in widths)
+    print(rule)
+    print("  ".join(text.ljust(widths[i]) for i, text in enumerate(header)).rstrip())
+    print(rule)
+    for line in lines:
+        if not any(line[1:]):
+            print(line[0])
+        else:
+            print("  ".join(text.ljust(widths[i]) if i == 0 else text.rjust(widths[i])
+                            for i, text in enumerate(line)).rstrip())
+    print(rule)
+    for entry in results:
+        if entry["status"] == "error":
+            print(f"\n[{entry['name']}] ERROR\n{entry['traceback']}")
+        if entry["status"] != "ok":
+            continue
+        print(f"\n[{entry['name']}] figures ({entry['seconds']} s)")
+        for note in entry["notes"]:
+            print(f"  {note}")
+        _print_details(entry["details"], indent="  ")
+    failed = [row.name.strip() for entry in results if entry["status"] == "ok"
+              for row in entry["_rows"] if row.passed is False]
+    print()
+    print(f"FAIL: {len(failed)} target(s) missed: {'; '.join(failed)}" if failed else "all targets met")
+
+
+def _print_details(details: dict[str, Any], indent: str) -> None:
+    for key, value in details.items():
+        if isinstance(value, dict):
+            print(f"{indent}{key}:")
+            _print_details(value, indent + "  ")
+        elif isinstance(value, float):
+            print(f"{indent}{key:34s} {value:.6g}")
+        else:
+            print(f"{indent}{key:34s} {value}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run the benchmarks of CONTRACT §6 and print ratios.")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds: a smoke run (~20 s)")
+    parser.add_argument("--section", action="append", metavar="NAME",
+                        help=f"run only this section (repeatable): {', '.join(name for name, _ in SECTIONS)}")
+    parser.add_argument("--json", action="store_true", help="print JSON on stdout instead of the table")
+    parser.add_argument("--logs", action="store_true", help="keep the library's log output (default: discarded)")
+    args = parser.parse_args(argv)
+
+    faulthandler.dump_traceback_later(1800, exit=True)  # a hung benchmark must not hang CI forever
+    if not args.logs:
+        try:
+            from loguru import logger
+        except ImportError:
+            pass
+        else:  # kill/restart log lines would measure the terminal; records are still formatted
+            logger.remove()
+            logger.add(lambda _message: None, level="INFO")
+    try:
+        layout = load_script("bench_supervision").cpu_layout()["note"]
+    except Skipped:
+        layout = "no CPU pinning"
+    progress = (lambda text: print(text, file=sys.stderr, flush=True))
+    results = run_sections(args.section, args.quick, progress)
+    faulthandler.cancel_dump_traceback_later()
+    if args.json:
+        for entry in results:
+            entry.pop("_rows", None)
+        print(json.dumps({"quick": args.quick, "cpus": os.cpu_count(), "layout": layout,
+                          "sections": results}, indent=2, default=str))
+    else:
+        print_report(results, args.quick, layout)
+    return 1 if any(entry["status"] == "error" for entry in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,875 @@
+"""The worker identity lock's core: the pure verdict, the files, and races between processes."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import select
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from loguru import logger
+
+from actors import _lock_file
+from actors._errors import InvalidLock, InvalidOwner, Locked, NotLocked
+from actors._lock_file import (
+    GUARD_NAME,
+    RECORD_NAME,
+    LockFile,
+    LockInfo,
+    LockState,
+    Verdict,
+    encode_record,
+    judge,
+    parse_record,
+)
+from actors._process import process_start_time
+from supervision import ClientError
+
+RACER = Path(__file__).resolve().parent / "_lock_racer.py"
+HOST = socket.gethostname()
+MY_PID = os.getpid()
+MY_START = process_start_time(MY_PID)
+BOOT = 1_000_000.0  # for the pure tests: records "modified" after it unless said otherwise
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def record_bytes(**overrides: Any) -> bytes:
+    fields: dict[str, Any] = {
+        "pid": 4242,
+        "start_time": 1_700_000_000.5,
+        "acquired_at": "2024-01-01T00:00:00.000000Z",
+        "session_id": "%4",
+        "hostname": HOST,
+    }
+    fields.update(overrides)
+    return json.dumps(fields).encode()
+
+
+def always_alive(pid: int, start_time: float) -> bool:
+    return True
+
+
+def never_alive(pid: int, start_time: float) -> bool:
+    return False
+
+
+def write_record(lock: LockFile, data: bytes) -> Path:
+    """Plant a record by hand (as another writer, or a crash, would leave it)."""
+    path = Path(lock.record_path)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def open_fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture
+def worker_dir(tmp_path: Path) -> Path:
+    return tmp_path / "worker"
+
+
+@pytest.fixture
+def lock(worker_dir: Path) -> LockFile:
+    return LockFile(worker_dir)
+
+
+@pytest.fixture
+def captured_logs() -> Iterator[list[Any]]:
+    records: list[Any] = []
+    handler_id = logger.add(lambda message: records.append(message.record), level="DEBUG", format="{message}")
+    yield records
+    logger.remove(handler_id)
+
+
+@pytest.fixture
+def spawn_process() -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
+    """Start idle child processes (live pids to own locks); all are reaped afterwards."""
+    children: list[subprocess.Popen[bytes]] = []
+
+    def spawn() -> subprocess.Popen[bytes]:
+        child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+        children.append(child)
+        return child
+
+    yield spawn
+    for child in children:
+        child.kill()
+        child.wait()
+
+
+def dead_pid_and_start_time(spawn: Callable[[], subprocess.Popen[bytes]]) -> tuple[int, float]:
+    child = spawn()
+    start_time = process_start_time(child.pid)
+    assert start_time is not None
+    child.kill()
+    child.wait()  # reaped: the pid no longer names this process
+    return child.pid, start_time
+
+
+# -- the pure verdict ------------------------------------------------------------------
+
+
+def test_no_record_is_unlocked() -> None:
+    assert judge(None, mtime=0.0, boot_time=BOOT, this_host=HOST) == Verdict(LockState.UNLOCKED)
+
+
+def test_a_live_owner_on_this_host_holds_it() -> None:
+    verdict = judge(record_bytes(), mtime=BOOT + 5, boot_time=BOOT, this_host=HOST, is_alive=always_alive)
+    assert verdict.state is LockState.HELD and verdict.is_held
+    assert verdict.info is not None and verdict.info.pid == 4242 and verdict.info.session_id == "%4"
+
+
+def test_liveness_is_asked_with_pid_and_start_time() -> None:
+    asked: list[tuple[int, float]] = []
+
+    def is_alive(pid: int, start_time: float) -> bool:
+        asked.append((pid, start_time))
+        return False
+
+    verdict = judge(record_bytes(), mtime=BOOT + 5, boot_time=BOOT, this_host=HOST, is_alive=is_alive)
+    assert asked == [(4242, 1_700_000_000.5)]
+    assert verdict.state is LockState.STALE and not verdict.is_held
+
+
+def test_a_record_from_before_boot_is_stale_even_if_its_pid_lives() -> None:
+    verdict = judge(record_bytes(), mtime=BOOT - 1, boot_time=BOOT, this_host=HOST, is_alive=always_alive)
+    assert verdict.state is LockState.STALE
+    assert verdict.info is not None and verdict.info.pid == 4242
+
+
+@pytest.mark.parametrize("mtime", [BOOT - 1e6, BOOT + 5])
+@pytest.mark.parametrize("is_alive", [always_alive, never_alive])
+def test_another_hosts_record_is_foreign_whatever_its_age_or_pid(
+    mtime: float, is_alive: Callable[[int, float], bool]
+) -> None:
+    verdict = judge(record_bytes(hostname="far"), mtime=mtime, boot_time=BOOT, this_host=HOST, is_alive=is_alive)
+    assert verdict.state is LockState.FOREIGN and verdict.is_held
+    assert verdict.describe("/x") == "held on host far"
+
+
+CORRUPT_RECORDS = {
+    "empty": b"",
+    "truncated": record_bytes()[:25],
+    "not utf-8": b"\xff\xfe\x00garbage",
+    "list": b"[1, 2]",
+    "null": b"null",
+    "number": b"42",
+    "pid as string": record_bytes(pid="4242"),
+    "pid as bool": record_bytes(pid=True),
+    "pid zero": record_bytes(pid=0),
+    "pid negative": record_bytes(pid=-5),
+    "pid huge": record_bytes(pid=2**63),
+    "pid float": record_bytes(pid=4242.0),
+    "start_time missing": json.dumps({"pid": 1, "acquired_at": "", "session_id": "", "hostname": HOST}).encode(),
+    "start_time string": record_bytes(start_time="yesterday"),
+    "start_time NaN": record_bytes(start_time=float("nan")),
+    "hostname empty": record_bytes(hostname=""),
+    "hostname number": record_bytes(hostname=7),
+    "session null": record_bytes(session_id=None),
+    "acquired_at number": record_bytes(acquired_at=5),
+    "refreshed_at number": record_bytes(refreshed_at=5),
+    "deeply nested": b"[" * 100_000 + b"]" * 100_000,
+    "too large": record_bytes(session_id="x" * 70_000),
+}
+
+
+@pytest.mark.parametrize("data", CORRUPT_RECORDS.values(), ids=CORRUPT_RECORDS.keys())
+def test_an_unreadable_record_is_corrupt_unless_from_before_boot(data: bytes) -> None:
+    verdict = judge(data, mtime=BOOT + 5, boot_time=BOOT, this_host=HOST, is_alive=always_alive)
+    assert verdict.state is LockState.CORRUPT and verdict.info is None and verdict.reason
+    assert verdict.describe("/w/.runtime/agent.lock") == "corrupt (/w/.runtime/agent.lock)"
+    before_boot = judge(data, mtime=BOOT - 5, boot_time=BOOT, this_host=HOST, is_alive=always_alive)
+    assert before_boot.state is LockState.STALE and before_boot.info is None
+    assert before_boot.describe("/x") == "stale (from before boot)"
+
+
+def test_status_lines_of_each_verdict() -> None:
+    info = parse_record(record_bytes(session_id="%7"))
+    assert Verdict(LockState.UNLOCKED).describe("/x") == "unlocked"
+    assert Verdict(LockState.HELD, info).describe("/x") == "locked by pid 4242 (session %7)"
+    assert Verdict(LockState.STALE, info).describe("/x") == "stale (dead pid 4242)"
+    assert Verdict(LockState.STALE, None).describe("/x") == "stale (from before boot)"
+    assert Verdict(LockState.FOREIGN, info).describe("/x") == f"held on host {HOST}"
+    assert Verdict(LockState.CORRUPT, None, "bad").describe("/p/agent.lock") == "corrupt (/p/agent.lock)"
+
+
+def test_parse_ignores_unknown_keys_and_accepts_an_int_start_time() -> None:
+    info = parse_record(record_bytes(start_time=17, future_field=[1, 2]))
+    assert info == LockInfo(4242, 17.0, "2024-01-01T00:00:00.000000Z", "%4", HOST)
+
+
+@given(st.binary(max_size=300), st.booleans())
+def test_judge_never_raises_and_never_calls_a_pre_boot_record_corrupt(data: bytes, is_before_boot: bool) -> None:
+    mtime = BOOT - 1 if is_before_boot else BOOT + 1
+    verdict = judge(data, mtime=mtime, boot_time=BOOT, this_host=HOST, is_alive=always_alive)
+    assert verdict.state is not LockState.UNLOCKED
+    if is_before_boot:
+        assert verdict.state in (LockState.STALE, LockState.FOREIGN)
+
+
+infos = st.builds(
+    LockInfo,
+    pid=st.integers(1, 2**31 - 1),
+    start_time=st.floats(0, 4e9, allow_nan=False),
+    acquired_at=st.text(max_size=40),
+    session_id=st.text(max_size=40),
+    hostname=st.text(min_size=1, max_size=40),
+    refreshed_at=st.none() | st.text(max_size=40),
+)
+
+
+@given(infos)
+def test_records_round_trip(info: LockInfo) -> None:
+    assert parse_record(encode_record(info)) == info
+
+
+# -- acquire, refresh, read, check, status ---------------------------------------------
+
+
+def test_lock_info_has_the_record_fields() -> None:
+    assert list(LockInfo.__dataclass_fields__) == [
+        "pid",
+        "start_time",
+        "acquired_at",
+        "session_id",
+        "hostname",
+        "refreshed_at",
+    ]
+
+
+def test_acquire_writes_the_identity_record(lock: LockFile) -> None:
+    assert lock.status() == "unlocked" and lock.read() is None
+    info = lock.acquire(MY_PID, "%4")
+    assert (info.pid, info.session_id, info.hostname, info.refreshed_at) == (MY_PID, "%4", HOST, None)
+    assert info.start_time == MY_START
+    assert info.acquired_at.endswith("Z") and "T" in info.acquired_at
+    on_disk = json.loads(Path(lock.record_path).read_bytes())
+    assert on_disk["pid"] == MY_PID and on_disk["start_time"] == MY_START
+    assert on_disk["hostname"] == HOST and on_disk["session_id"] == "%4"
+    assert lock.read() == info
+    assert lock.inspect() == Verdict(LockState.HELD, info)
+    assert lock.status() == f"locked by pid {MY_PID} (session %4)"
+    lock.check(MY_PID)  # the owner itself is not locked out
+
+
+def test_acquired_at_comes_from_the_injected_wall_time(worker_dir: Path) -> None:
+    lock = LockFile(worker_dir, wall_time=lambda: 86400.25)
+    assert lock.acquire(MY_PID).acquired_at == "1970-01-02T00:00:00.250000Z"
+
+
+def test_the_same_owner_again_refreshes(worker_dir: Path) -> None:
+    clock = iter([100.0, 200.0, 300.0])
+    lock = LockFile(worker_dir, wall_time=lambda: next(clock))
+    first = lock.acquire(MY_PID, "%1")
+    second = lock.acquire(MY_PID, "%2")
+    assert (second.acquired_at, second.start_time) == (first.acquired_at, first.start_time)
+    assert second.session_id == "%2" and second.refreshed_at == "1970-01-01T00:03:20.000000Z"
+    third = lock.acquire(MY_PID)  # no session given: keeps the current one
+    assert third.session_id == "%2" and third.refreshed_at == "1970-01-01T00:05:00.000000Z"
+    assert lock.read() == third
+
+
+def test_another_live_owner_is_refused_with_its_pid_and_session(
+    lock: LockFile, spawn_process: Callable[[], subprocess.Popen[bytes]]
+) -> None:
+    holder = spawn_process()
+    held = lock.acquire(holder.pid, "%9")
+    with pytest.raises(Locked, match=rf"locked by pid {holder.pid} \(session %9\)") as raised:
+        lock.acquire(MY_PID, "%1")
+    assert isinstance(raised.value, ClientError)
+    with pytest.raises(Locked, match=rf"pid {holder.pid}"):
+        lock.check(MY_PID)
+    lock.check(holder.pid)
+    assert lock.read() == held
+    # A second LockFile on the same directory (another actor) sees the same.
+    with pytest.raises(Locked):
+        LockFile(lock.worker_dir).acquire(MY_PID)
+
+
+def test_a_different_start_time_for_the_holders_pid_is_another_owner(lock: LockFile) -> None:
+    assert MY_START is not None
+    lock.acquire(MY_PID, "%1")
+    with pytest.raises(Locked):
+        lock.acquire(MY_PID, owner_start_time=MY_START - 100)
+    with pytest.raises(Locked):
+        lock.check(MY_PID, owner_start_time=MY_START - 100)
+
+
+@pytest.mark.parametrize("owner", ["123", 12.0, True, False, 0, -1, None, 2**40, [1]])
+def test_acquire_refuses_owners_that_are_not_pids(worker_dir: Path, owner: Any) -> None:
+    lock = LockFile(worker_dir)
+    with pytest.raises(InvalidOwner):
+        lock.acquire(owner)
+    with pytest.raises(InvalidOwner):
+        lock.check(owner)
+    assert not worker_dir.exists()  # refused before touching the disk
+
+
+def test_acquire_refuses_a_pid_that_does_not_run(
+    lock: LockFile, spawn_process: Callable[[], subprocess.Popen[bytes]]
+) -> None:
+    dead_pid, _ = dead_pid_and_start_time(spawn_process)
+    with pytest.raises(InvalidOwner, match=str(dead_pid)):
+        lock.acquire(dead_pid)
+
+
+@pytest.mark.parametrize("session_id", [None, 5, b"%4", "x" * 1025])
+def test_acquire_refuses_a_bad_session_id(lock: LockFile, session_id: Any) -> None:
+    with pytest.raises(ClientError):
+        lock.acquire(MY_PID, session_id)
+
+
+@pytest.mark.parametrize("start_time", ["now", float("inf"), True])
+def test_acquire_refuses_a_bad_start_time(lock: LockFile, start_time: Any) -> None:
+    with pytest.raises(InvalidOwner):
+        lock.acquire(MY_PID, owner_start_time=start_time)
+
+
+# -- stale records ---------------------------------------------------------------------
+
+
+def test_the_lock_of_a_dead_process_is_taken_over(
+    lock: LockFile, spawn_process: Callable[[], subprocess.Popen[bytes]], captured_logs: list[Any]
+) -> None:
+    child = spawn_process()
+    lock.acquire(child.pid, "%3")
+    assert lock.status() == f"locked by pid {child.pid} (session %3)"
+    child.kill()
+    child.wait()
+    assert lock.status() == f"stale (dead pid {child.pid})"
+    stale = lock.read()  # read shows the record as it is; the verdict says stale
+    assert stale is not None and stale.pid == child.pid
+    assert lock.inspect().state is LockState.STALE
+    lock.check(MY_PID)  # a dead owner locks nobody out
+    info = lock.acquire(MY_PID, "%1")
+    assert info.pid == MY_PID and lock.read() == info
+    assert lock.status() == f"locked by pid {MY_PID} (session %1)"
+    [warning] = [r for r in captured_logs if r["level"].name == "WARNING"]
+    assert f"dead pid {child.pid}" in warning["message"]
+    assert warning["extra"]["worker_dir"] == lock.worker_dir
+
+
+def test_a_reused_pid_does_not_keep_the_lock(lock: LockFile) -> None:
+    # The record names this (live) pid, but a process that started 100 s earlier.
+    assert MY_START is not None
+    lock.acquire(MY_PID, "%old", owner_start_time=MY_START - 100)
+    assert lock.status() == f"stale (dead pid {MY_PID})"
+    lock.check(MY_PID)
+    info = lock.acquire(MY_PID, "%new")
+    assert info.start_time == MY_START and info.session_id == "%new"
+
+
+def test_a_record_from_before_boot_is_stale_even_naming_a_live_owner(lock: LockFile) -> None:
+    lock.acquire(MY_PID, "%1")
+    os.utime(lock.record_path, (0, 0))
+    assert lock.status() == f"stale (dead pid {MY_PID})"
+    with pytest.raises(NotLocked):
+        lock.release(MY_PID)
+    assert not os.path.lexists(lock.record_path)
+
+
+def test_boot_time_is_injectable(worker_dir: Path) -> None:
+    LockFile(worker_dir).acquire(MY_PID, "%1")
+    rebooted = LockFile(worker_dir, boot_time=time.time() + 3600)
+    assert rebooted.status() == f"stale (dead pid {MY_PID})"
+
+
+def test_release_of_a_stale_record_removes_it_and_raises_not_locked(
+    lock: LockFile, spawn_process: Callable[[], subprocess.Popen[bytes]]
+) -> None:
+    dead_pid, start_time = dead_pid_and_start_time(spawn_process)
+    lock.acquire(dead_pid, "%3", owner_start_time=start_time)
+    with pytest.raises(NotLocked, match=f"dead pid {dead_pid}"):
+        lock.release()
+    assert lock.status() == "unlocked"
+    assert sorted(os.listdir(Path(lock.record_path).parent)) == [GUARD_NAME]
+
+
+def test_release_if_stale_removes_only_a_dead_owners_record(
+    lock: LockFile, spawn_process: Callable[[], subprocess.Popen[bytes]]
+) -> None:
+    assert lock.release_if_stale() is None
+    lock.acquire(MY_PID)
+    assert lock.release_if_stale() is None
+    assert lock.status().startswith("locked by")
+    dead_pid, start_time = dead_pid_and_start_time(spawn_process)
+    lock.force_release()
+    lock.acquire(dead_pid, "%3", owner_start_time=start_time)
+    verdict = lock.release_if_stale()
+    assert verdict is not None and verdict.state is LockState.STALE
+    assert verdict.info is not None and verdict.info.pid == dead_pid
+    assert lock.status() == "unlocked"
+
+
+def test_release_if_stale_leaves_other_hosts_and_corrupt_records_and_logs_once(
+    lock: LockFile, captured_logs: list[Any]
+) -> None:
+    write_record(lock, b"{")
+    assert lock.release_if_stale() is None
+    assert lock.release_if_stale() is None
+    warnings = [r for r in captured_logs if r["level"].name == "WARNING"]
+    assert len(warnings) == 1 and lock.record_path in warnings[0]["message"]
+    assert Path(lock.record_path).read_bytes() == b"{"
+    write_record(lock, record_bytes(hostname="far", pid=MY_PID))
+    assert lock.release_if_stale() is None
+    assert lock.status() == "held on host far"
+
+
+def test_a_mismatch_after_renaming_aside_puts_the_record_back(lock: LockFile) -> None:
+    # A stale record is judged; before it is broken, a writer that ignores the guard
+    # replaces it with a live one. Breaking must notice and restore the live record.
+    stale_data = record_bytes(pid=MY_PID, start_time=1.0)
+    write_record(lock, stale_data)
+    dir_fd = os.open(Path(lock.record_path).parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        snapshot = lock._read_snapshot(dir_fd, RECORD_NAME)
+        assert snapshot is not None
+        live_data = record_bytes(pid=MY_PID, start_time=MY_START, session_id="%live")
+        write_record(lock, live_data)
+        verdict = Verdict(LockState.STALE, parse_record(stale_data))
+        assert lock._break_stale(dir_fd, snapshot, verdict) is False
+    finally:
+        os.close(dir_fd)
+    assert Path(lock.record_path).read_bytes() == live_data
+    assert not [n for n in os.listdir(Path(lock.record_path).parent) if n.startswith(_lock_file._ASIDE_PREFIX)]
+    assert lock.status() == f"locked by pid {MY_PID} (session %live)"
+
+
+def test_leftovers_of_killed_writers_are_cleaned(lock: LockFile) -> None:
+    runtime = Path(lock.record_path).parent
+    runtime.mkdir(mode=0o700, parents=True)
+    (runtime / "agent.lock.tmp").write_bytes(b"half a rec")
+    (runtime / "agent.lock.stale-1-abcdef").write_bytes(b"{}")
+    write_record(lock, record_bytes(pid=MY_PID, start_time=1.0))  # stale: breaking sweeps
+    lock.acquire(MY_PID)
+    assert sorted(os.listdir(runtime)) == [RECORD_NAME, GUARD_NAME]
+
+
+# -- other hosts -----------------------------------------------------------------------
+
+
+def test_another_hosts_record_is_broken_only_by_force_release(worker_dir: Path) -> None:
+    far = LockFile(worker_dir, hostname="far-host")
+    far.acquire(MY_PID, "%5")
+    lock = LockFile(worker_dir)
+    assert lock.status() == "held on host far-host"
+    attempts: list[Callable[[], object]] = [
+        lambda: lock.acquire(MY_PID),
+        lambda: lock.release(),
+        lambda: lock.release(MY_PID),
+        lambda: lock.check(MY_PID),
+    ]
+    for attempt in attempts:
+        with pytest.raises(Locked, match="held on host far-host"):
+            attempt()
+    assert lock.release_if_stale() is None
+    os.utime(lock.record_path, (0, 0))  # our boot says nothing of theirs
+    assert lock.status() == "held on host far-host"
+    lock.force_release()
+    assert lock.status() == "unlocked" and lock.read() is None
+    lock.force_release()  # nothing left: nothing to do
+    lock.acquire(MY_PID)
+
+
+# -- corrupt records -------------------------------------------------------------------
+
+CORRUPT_FILES = {name: CORRUPT_RECORDS[name] for name in ("empty", "truncated", "list", "pid as string", "too large")}
+
+
+@pytest.mark.parametrize("data", CORRUPT_FILES.values(), ids=CORRUPT_FILES.keys())
+def test_a_corrupt_record_is_refused_until_force_release(lock: LockFile, data: bytes) -> None:
+    path = write_record(lock, data)
+    attempts: list[Callable[[], object]] = [
+        lambda: lock.acquire(MY_PID),
+        lambda: lock.read(),
+        lambda: lock.check(MY_PID),
+        lambda: lock.release(),
+        lambda: lock.release(MY_PID),
+    ]
+    for attempt in attempts:
+        with pytest.raises(InvalidLock, match="corrupt lock record"):
+            attempt()
+    assert lock.status() == f"corrupt ({lock.record_path})"
+    assert path.read_bytes() == data  # left for a human
+    lock.force_release()
+    assert lock.status() == "unlocked"
+    lock.acquire(MY_PID)
+
+
+@pytest.mark.parametrize("data", CORRUPT_FILES.values(), ids=CORRUPT_FILES.keys())
+def test_a_corrupt_record_from_before_boot_is_stale_and_taken_over(lock: LockFile, data: bytes) -> None:
+    path = write_record(lock, data)
+    os.utime(path, (0, 0))
+    assert lock.status() == "stale (from before boot)"
+    assert lock.read() is None
+    lock.check(MY_PID)
+    assert lock.acquire(MY_PID, "%1").pid == MY_PID
+    assert lock.status() == f"locked by pid {MY_PID} (session %1)"
+
+
+# -- release ---------------------------------------------------------------------------
+
+
+def test_release_by_the_owner(lock: LockFile) -> None:
+    lock.acquire(MY_PID)
+    lock.release(MY_PID)
+    assert lock.status() == "unlocked" and not os.path.lexists(lock.record_path)
+    with pytest.raises(NotLocked):
+        lock.release(MY_PID)
+
+
+def test_release_by_another_owner_is_refused_naming_the_holder(
+    lock: LockFile, spawn_process: Callable[[], subprocess.Popen[bytes]]
+) -> None:
+    holder = spawn_process()
+    lock.acquire(holder.pid, "%8")
+    with pytest.raises(Locked, match=rf"locked by pid {holder.pid} \(session %8\)"):
+        lock.release(MY_PID)
+    assert lock.read() is not None
+    lock.release()  # without an owner: any live owner's record goes
+    assert lock.status() == "unlocked"
+
+
+def test_release_without_a_record_raises_not_locked(lock: LockFile, worker_dir: Path) -> None:
+    with pytest.raises(NotLocked):
+        lock.release()
+    assert not worker_dir.exists()  # nothing created just to say so
+    lock.acquire(MY_PID)
+    lock.release()
+    with pytest.raises(NotLocked):
+        lock.release()
+
+
+@pytest.mark.parametrize("owner", ["1", True, 0, 1.5])
+def test_release_refuses_owners_that_are_not_pids(lock: LockFile, owner: Any) -> None:
+    with pytest.raises(InvalidOwner):
+        lock.release(owner)
+
+
+# -- symlinks and odd files --------------------------------------------------------------
+
+
+def test_a_symlinked_runtime_dir_is_refused_and_never_written_through(lock: LockFile, tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    Path(lock.worker_dir).mkdir()
+    runtime = Path(lock.record_path).parent
+    runtime.symlink_to(target)
+    attempts: list[Callable[[], object]] = [
+        lambda: lock.acquire(MY_PID),
+        lambda: lock.read(),
+        lambda: lock.inspect(),
+        lambda: lock.check(MY_PID),
+        lambda: lock.release(),
+        lambda: lock.force_release(),
+    ]
+    for attempt in attempts:
+        with pytest.raises(InvalidLock, match="symlink"):
+            attempt()
+    assert lock.status() == f"corrupt ({runtime})"
+    assert lock.release_if_stale() is None
+    assert list(target.iterdir()) == []
+    assert runtime.is_symlink()
+
+
+def test_a_symlinked_record_is_refused_and_its_target_untouched(lock: LockFile, tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere.json"
+    target.write_bytes(record_bytes(pid=MY_PID, start_time=MY_START))
+    os.utime(target, (1_000_000, 1_000_000))
+    Path(lock.record_path).parent.mkdir(parents=True)
+    Path(lock.record_path).symlink_to(target)
+    attempts: list[Callable[[], object]] = [
+        lambda: lock.acquire(MY_PID),
+        lambda: lock.read(),
+        lambda: lock.check(MY_PID),
+        lambda: lock.release(),
+        lambda: lock.release(MY_PID),
+    ]
+    for attempt in attempts:
+        with pytest.raises(InvalidLock, match="symlink"):
+            attempt()
+    assert lock.status() == f"corrupt ({lock.record_path})"
+    assert lock.release_if_stale() is None
+    lock.force_release()  # unlinks the link itself
+    assert not os.path.lexists(lock.record_path)
+    assert target.read_bytes() == record_bytes(pid=MY_PID, start_time=MY_START)
+    assert target.stat().st_mtime == 1_000_000
+    lock.acquire(MY_PID)
+
+
+def test_a_symlinked_guard_is_refused(lock: LockFile, tmp_path: Path) -> None:
+    target = tmp_path / "not-there"
+    runtime = Path(lock.record_path).parent
+    runtime.mkdir(parents=True)
+    (runtime / GUARD_NAME).symlink_to(target)
+    with pytest.raises(InvalidLock, match="agent.lock.flock"):
+        lock.acquire(MY_PID)
+    with pytest.raises(InvalidLock):
+        lock.force_release()
+    assert lock.status() == f"corrupt ({lock.guard_path})"
+    assert not target.exists() and not os.path.lexists(lock.record_path)
+
+
+def test_a_directory_or_fifo_under_the_records_name_is_refused(lock: LockFile) -> None:
+    runtime = Path(lock.record_path).parent
+    runtime.mkdir(parents=True)
+    os.mkfifo(lock.record_path)  # opening it must not hang
+    with pytest.raises(InvalidLock, match="not a regular file"):
+        lock.read()
+    assert lock.status() == f"corrupt ({lock.record_path})"
+    lock.force_release()
+    os.mkdir(lock.record_path)
+    with pytest.raises(InvalidLock):
+        lock.acquire(MY_PID)
+    with pytest.raises(InvalidLock, match="directory"):
+        lock.force_release()
+
+
+def test_a_runtime_that_is_a_file_is_refused(lock: LockFile) -> None:
+    Path(lock.worker_dir).mkdir()
+    Path(lock.record_path).parent.write_bytes(b"")
+    with pytest.raises(InvalidLock, match="not a directory"):
+        lock.acquire(MY_PID)
+    assert lock.status() == f"corrupt ({Path(lock.record_path).parent})"
+
+
+# -- files, permissions, descriptors ---------------------------------------------------
+
+
+def test_files_are_owner_only_whatever_the_umask(lock: LockFile) -> None:
+    previous = os.umask(0)
+    try:
+        lock.acquire(MY_PID)
+    finally:
+        os.umask(previous)
+    runtime = Path(lock.record_path).parent
+    assert stat.S_IMODE(runtime.stat().st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(lock.record_path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(lock.guard_path).st_mode) == 0o600
+
+
+def test_a_loose_runtime_dir_and_guard_are_tightened(lock: LockFile) -> None:
+    runtime = Path(lock.record_path).parent
+    runtime.mkdir(parents=True)
+    runtime.chmod(0o755)
+    Path(lock.guard_path).touch()
+    Path(lock.guard_path).chmod(0o666)
+    lock.acquire(MY_PID)
+    assert stat.S_IMODE(runtime.stat().st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(lock.guard_path).st_mode) == 0o600
+
+
+def test_the_guard_file_is_never_replaced_or_deleted(
+    lock: LockFile, spawn_process: Callable[[], subprocess.Popen[bytes]]
+) -> None:
+    lock.acquire(MY_PID)
+    inode = os.stat(lock.guard_path).st_ino
+    lock.release(MY_PID)
+    lock.acquire(MY_PID)
+    lock.force_release()
+    dead_pid, start_time = dead_pid_and_start_time(spawn_process)
+    lock.acquire(dead_pid, owner_start_time=start_time)
+    lock.acquire(MY_PID)  # breaks the stale record
+    lock.release()
+    assert os.stat(lock.guard_path).st_ino == inode
+
+
+def test_no_descriptor_stays_open(lock: LockFile, worker_dir: Path, tmp_path: Path) -> None:
+    lock.status()
+    before = open_fd_count()
+    lock.acquire(MY_PID, "%1")
+    lock.acquire(MY_PID, "%2")
+    lock.read()
+    lock.check(MY_PID)
+    lock.status()
+    lock.release_if_stale()
+    with pytest.raises(Locked):
+        LockFile(worker_dir, hostname="other").acquire(MY_PID)
+    lock.release(MY_PID)
+    with pytest.raises(NotLocked):
+        lock.release()
+    write_record(lock, b"[]")
+    with pytest.raises(InvalidLock):
+        lock.acquire(MY_PID)
+    with pytest.raises(InvalidLock):
+        lock.release()
+    lock.status()
+    lock.force_release()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / ".runtime").symlink_to(tmp_path)
+    with pytest.raises(InvalidLock):
+        LockFile(other).acquire(MY_PID)
+    assert open_fd_count() == before
+
+
+def test_a_guard_held_too_long_times_out_as_locked(lock: LockFile, worker_dir: Path) -> None:
+    lock.acquire(MY_PID, "%1")
+    stuck = os.open(lock.guard_path, os.O_RDONLY)
+    try:
+        fcntl.flock(stuck, fcntl.LOCK_EX)
+        impatient = LockFile(worker_dir, guard_timeout=0.05)
+        with pytest.raises(Locked, match="stayed locked"):
+            impatient.release(MY_PID)
+        # Reads take no lock and still answer.
+        assert impatient.status() == f"locked by pid {MY_PID} (session %1)"
+    finally:
+        os.close(stuck)
+    lock.release(MY_PID)
+
+
+# -- exclusion ---------------------------------------------------------------------------
+
+
+def test_flock_on_two_descriptions_of_one_file_excludes_within_a_process(tmp_path: Path) -> None:
+    # What makes two LockFile objects (two actors) in one process exclude each other.
+    path = tmp_path / "guard"
+    path.touch()
+    first = os.open(path, os.O_RDONLY)
+    second = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(first, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(second, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(first, fcntl.LOCK_UN)
+        fcntl.flock(second, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(first)
+        os.close(second)
+
+
+def test_threads_with_their_own_lock_objects_exclude_each_other(
+    worker_dir: Path, spawn_process: Callable[[], subprocess.Popen[bytes]]
+) -> None:
+    # One process, two LockFile objects (as two lock actors would be), four threads, each
+    # acquiring for a different live owner. Every round exactly one may win.
+    owners = [spawn_process().pid for _ in range(4)]
+    locks = [LockFile(worker_dir), LockFile(worker_dir)]
+    rounds = 200
+    barrier = threading.Barrier(len(owners) + 1)
+    results: list[list[str]] = [[] for _ in owners]
+
+    def contend(index: int) -> None:
+        lock = locks[index % 2]
+        for _ in range(rounds):
+            barrier.wait()
+            try:
+                lock.acquire(owners[index], f"thread-{index}")
+                results[index].append("won")
+            except Locked:
+                results[index].append("locked")
+            except Exception as error:  # shown by the assertion below
+                results[index].append(repr(error))
+            barrier.wait()
+
+    threads = [threading.Thread(target=contend, args=(i,), daemon=True) for i in range(len(owners))]
+    for thread in threads:
+        thread.start()
+    referee = LockFile(worker_dir)
+    for round_index in range(rounds):
+        barrier.wait(timeout=30)  # go
+        barrier.wait(timeout=30)  # all answered
+        outcome = [results[i][round_index] for i in range(len(owners))]
+        assert sorted(outcome) == ["locked"] * (len(owners) - 1) + ["won"], outcome
+        holder = referee.read()
+        assert holder is not None and holder.pid == owners[outcome.index("won")]
+        referee.release(holder.pid)
+    for thread in threads:
+        thread.join(timeout=30)
+
+
+class Racer:
+    """A `_lock_racer.py` child process, spoken to line by line."""
+
+    def __init__(self, worker_dir: Path, stderr_path: Path) -> None:
+        self.stderr_path = stderr_path
+        with open(stderr_path, "wb") as stderr:
+            self.process = subprocess.Popen(
+                [sys.executable, str(RACER), str(worker_dir)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                bufsize=0,
+            )
+        self._buffer = b""
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def send(self, command: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(f"{command}\n".encode())
+
+    def reply(self, timeout: float = 30.0) -> str:
+        """The next line from the child; fails the test if none comes within `timeout`."""
+        assert self.process.stdout is not None
+        fd = self.process.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            chunk = os.read(fd, 4096) if ready else b""
+            if not chunk:
+                pytest.fail(f"racer {self.pid} said nothing: {self.stderr_path.read_text()[-2000:]}")
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line.decode()
+
+    def stop(self) -> None:
+        try:
+            self.send("quit")
+            self.process.wait(timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.mark.slow
+def test_of_eight_racing_processes_exactly_one_wins_every_round(
+    worker_dir: Path, tmp_path: Path, spawn_process: Callable[[], subprocess.Popen[bytes]]
+) -> None:
+    # Eight processes, each with its own LockFile, are told "acquire" together, round
+    # after round. Every third round starts from a stale record of a dead process, so
+    # breaking it races too. The winner releases before the next round.
+    racers = [Racer(worker_dir, tmp_path / f"racer-{i}.err") for i in range(8)]
+    referee = LockFile(worker_dir)
+    dead_pid, dead_start = dead_pid_and_start_time(spawn_process)
+    try:
+        for racer in racers:
+            assert racer.reply() == "ready"
+        for round_index in range(240):
+            if round_index % 3 == 2:
+                referee.acquire(dead_pid, "%dead", owner_start_time=dead_start)
+                assert referee.status() == f"stale (dead pid {dead_pid})"
+            for racer in racers:
+                racer.send("acquire")
+            replies = {racer.pid: racer.reply() for racer in racers}
+            winners = [pid for pid, reply in replies.items() if reply == "won"]
+            assert len(winners) == 1 and sorted(replies.values()).count("locked") == 7, (round_index, replies)
+            holder = referee.read()
+            assert holder is not None and holder.pid == winners[0]
+            assert holder.session_id == f"racer-{winners[0]}"
+            [winner] = [racer for racer in racers if racer.pid == winners[0]]
+            winner.send("release")
+            assert winner.reply() == "released"
+            assert referee.status() == "unlocked"
+    finally:
+        for racer in racers:
+            racer.stop()
+    assert sorted(os.listdir(Path(referee.record_path).parent)) == [GUARD_NAME]
