@@ -1,28 +1,106 @@
-"""Command line: `python -m actors demo`."""
+"""Command line: `python -m actors serve | status | demo`."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from typing import Any
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _configure_logging(level: str) -> None:
+    from loguru import logger
+
+    logger.remove()  # the CLI owns the process's log output; the library never does this
+    logger.add(sys.stderr, level=level, format="{time:HH:mm:ss.SSS} {level:<7} {message}", backtrace=False, diagnose=False)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m actors", description="Supervised actor tree for agent fleets.")
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="a supervised tree whose child crashes and is restarted")
+
+    serve = commands.add_parser("serve", help="run the tree and its socket in the foreground")
+    serve.add_argument("--state-dir", required=True)
+    serve.add_argument("--heartbeat", type=_positive, default=5.0, help="seconds between daemon.state writes")
+    serve.add_argument("--reap-interval", type=_positive, default=5.0)
+    serve.add_argument("--check-interval", type=_positive, default=5.0)
+    serve.add_argument("--max-restarts", type=_non_negative_int, default=3)
+    serve.add_argument("--max-seconds", type=_non_negative, default=5.0)
+    serve.add_argument("--demo", action="store_true", help="also run a few demo worker processes")
+    serve.add_argument("--log-level", default="INFO")
+
+    status = commands.add_parser("status", help="print the running daemon's tree, names, locks and agents")
+    status.add_argument("--state-dir", required=True)
+    status.add_argument("--json", action="store_true")
+
+    demo = commands.add_parser("demo", help="an in-process supervised tree whose child crashes and restarts")
     demo.add_argument("--rounds", type=int, default=3)
+
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        from loguru import logger
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "status":
+        return _status(args)
+    _configure_logging("WARNING")
+    from actors._demo import run_demo
 
-        from actors._demo import run_demo
+    return run_demo(args.rounds)
 
-        logger.remove()  # the CLI owns the process's log output; the library never does this
-        logger.add(sys.stderr, level="WARNING", format="{time:HH:mm:ss.SSS} {level:<7} {message}", backtrace=False, diagnose=False)
 
-        return run_demo(args.rounds)
-    parser.error(f"unknown command {args.command}")
-    return 2
+def _serve(args: Any) -> int:
+    from actors._daemon import serve
+
+    _configure_logging(args.log_level)
+    options = {
+        "reap_interval": args.reap_interval,
+        "check_interval": args.check_interval,
+        "max_restarts": args.max_restarts,
+        "max_seconds": args.max_seconds,
+    }
+    on_started = None
+    if args.demo:
+        from actors._demo import start_demo_workers
+
+        on_started = start_demo_workers
+    return serve(args.state_dir, heartbeat=args.heartbeat, tree_options=options, on_started=on_started)
+
+
+def _status(args: Any) -> int:
+    from actors._client import connect
+    from actors._status import render_status
+
+    try:
+        with connect(args.state_dir, timeout=10.0) as client:
+            status = client.call("tree.status")
+    except (OSError, ConnectionError) as error:
+        sys.stderr.write(f"actors: no daemon answers at {args.state_dir}: {error}\n")
+        return 1
+    if args.json:
+        sys.stdout.write(json.dumps(status, indent=2, sort_keys=True, default=str) + "\n")
+    else:
+        sys.stdout.write(render_status(status) + "\n")
+    return 0
 
 
 if __name__ == "__main__":

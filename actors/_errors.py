@@ -12,6 +12,7 @@ __all__ = [
     "Locked",
     "NameSourceError",
     "NotLocked",
+    "NotPermitted",
     "RemoteError",
 ]
 
@@ -26,6 +27,10 @@ class InvalidName(ClientError, ValueError):
 
 class InvalidOwner(ClientError, TypeError):
     """An owner that is not None, a positive int pid or a str."""
+
+
+class NotPermitted(ClientError, PermissionError):
+    """A socket peer asked to act for another process (a worker acts only for itself)."""
 
 
 class FactoryError(ClientError, RuntimeError):

@@ -1,0 +1,400 @@
+"""The daemon's socket: serves the tree to worker processes (msgpack over a Unix socket).
+
+    gateway = Gateway(tree, state_dir / "tree.sock", on_shutdown=stop_event.set)
+    gateway.start()          # socket 0600; one thread per connection
+    ...
+    gateway.stop()
+
+Every request is checked before it reaches an actor; every failure is answered with an
+error reply and stays inside its connection. A malformed frame (or one whose id cannot
+be read) is answered with ``"id": nil`` and closes that connection only. The peer's
+pid and uid come from the kernel (`SO_PEERCRED`): a peer of another uid is refused,
+`names.*` calls default their owner to the peer's pid, and `locks.*` calls always act
+for the peer.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pykka
+from loguru import logger
+from pykka import messages as pykka_messages
+
+from actors._errors import NotPermitted
+from actors._protocol import FrameError, FrameReader, encode, error_reply, ok_reply
+from actors._status import collect_status
+from actors._tree import Tree
+from supervision import BadCall, ChildNotFound, ClientError, Handle, UnknownMessage
+
+__all__ = ["CALL_TIMEOUT", "Gateway", "Peer"]
+
+CALL_TIMEOUT = 30.0
+MAX_CONNECTIONS = 256
+
+NAME_METHODS = {
+    "checkout_name": 0,  # position of the `owner` argument, or None when it has none
+    "checkin_name": None,
+    "associate_name": 1,
+    "dissociate": 0,
+    "get_name_by_pid": 0,
+    "pool_stats": None,
+    "reset": None,
+    "reconcile": None,
+    "default_name": None,
+}
+# Position of `owner` after the worker directory has been taken off the arguments.
+LOCK_METHODS = {"acquire": 1, "release": 0, "read": None, "check": 0, "status": None}
+AGENT_METHODS = {"health", "sweep", "close_chat"}
+TREE_METHODS = {"which_children", "status", "restart_child", "terminate_child", "shutdown"}
+
+_log = logger.bind(component="gateway")
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Who is on the other end, as the kernel says."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+def peer_of(connection: socket.socket) -> Peer:
+    data = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", data)
+    return Peer(pid, uid, gid)
+
+
+class _Accepted(Exception):
+    """A lifecycle request that must be answered before it acts (it may end the caller)."""
+
+    def __init__(self, action: Callable[[], Any], what: str) -> None:
+        super().__init__(what)
+        self.action = action
+        self.what = what
+
+
+class Gateway:
+    """Serves `tree` on the Unix socket at `socket_path`."""
+
+    def __init__(
+        self,
+        tree: Tree,
+        socket_path: str | os.PathLike[str],
+        *,
+        on_shutdown: Callable[[], None] | None = None,
+        status: Callable[[], dict[str, Any]] | None = None,
+        call_timeout: float = CALL_TIMEOUT,
+    ) -> None:
+        self.tree = tree
+        self.socket_path = Path(socket_path)
+        self._on_shutdown = on_shutdown
+        self._status = status
+        self._call_timeout = call_timeout
+        self._listener: socket.socket | None = None
+        self._stopping = threading.Event()
+        self._threads: set[threading.Thread] = set()
+        self._connections: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._accept_thread: threading.Thread | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bind (replacing a stale socket file), chmod 0600, listen, accept on a thread."""
+        if self.socket_path.is_symlink():
+            raise ValueError(f"{self.socket_path} is a symlink; refusing to bind through it")
+        try:
+            self.socket_path.unlink()
+        except FileNotFoundError:
+            pass
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)  # the socket is born 0600: no window where others may connect
+        try:
+            listener.bind(str(self.socket_path))
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.socket_path, 0o600)
+        listener.listen(64)
+        listener.settimeout(0.2)
+        self._listener = listener
+        self._accept_thread = threading.Thread(target=self._accept_loop, name="gateway-accept", daemon=True)
+        self._accept_thread.start()
+        _log.info("serving on {}", self.socket_path)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop accepting, close every connection, remove the socket file."""
+        self._stopping.set()
+        if self._accept_thread is not None:
+            self._accept_thread.join(timeout)
+        if self._listener is not None:
+            self._listener.close()
+        with self._lock:
+            connections = list(self._connections)
+            threads = list(self._threads)
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        try:
+            self.socket_path.unlink()
+        except FileNotFoundError:
+            pass
+
+    @property
+    def connection_count(self) -> int:
+        with self._lock:
+            return len(self._connections)
+
+    # -- connections --------------------------------------------------------------------------------
+
+    def _accept_loop(self) -> None:
+        assert self._listener is not None
+        while not self._stopping.is_set():
+            try:
+                connection, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                _log.exception("accept failed")
+                time.sleep(0.05)  # e.g. out of file descriptors: do not spin
+                continue
+            with self._lock:
+                if len(self._connections) >= MAX_CONNECTIONS:
+                    crowded = True
+                else:
+                    crowded = False
+                    self._connections.add(connection)
+            if crowded:
+                self._refuse(connection, "TooManyConnections", f"the daemon serves at most {MAX_CONNECTIONS} connections")
+                continue
+            thread = threading.Thread(target=self._serve, args=(connection,), name="gateway-conn", daemon=True)
+            with self._lock:
+                self._threads.add(thread)
+            thread.start()
+
+    def _refuse(self, connection: socket.socket, error_type: str, message: str) -> None:
+        try:
+            connection.sendall(encode(error_reply(None, error_type, message)))
+        except OSError:
+            pass
+        connection.close()
+
+    def _serve(self, connection: socket.socket) -> None:
+        try:
+            peer = peer_of(connection)
+            log = _log.bind(peer_pid=peer.pid)
+            if peer.uid != os.geteuid():
+                log.warning("refused a peer of uid {} (the daemon runs as {})", peer.uid, os.geteuid())
+                self._refuse(connection, "PermissionError", f"peer uid {peer.uid} is not the daemon's uid")
+                return
+            self._serve_peer(connection, peer, log)
+        except OSError:
+            pass  # the peer vanished; nothing of its calls is left half done in an actor
+        except Exception:
+            _log.exception("connection failed")
+        finally:
+            connection.close()
+            with self._lock:
+                self._connections.discard(connection)
+                self._threads.discard(threading.current_thread())
+
+    def _serve_peer(self, connection: socket.socket, peer: Peer, log: Any) -> None:
+        reader = FrameReader()
+        connection.settimeout(0.5)
+        while not self._stopping.is_set():
+            try:
+                data = connection.recv(65536)
+            except TimeoutError:
+                continue
+            if not data:
+                return
+            try:
+                frames = reader.feed(data)
+            except FrameError as error:
+                log.warning("closing a connection after a bad frame: {}", error)
+                connection.sendall(encode(error_reply(None, "FrameError", str(error))))
+                return
+            for frame in frames:
+                request_id = frame.get("id") if isinstance(frame, dict) else None
+                if not isinstance(frame, dict) or type(request_id) is not int:
+                    connection.sendall(encode(error_reply(None, "FrameError", "a request is a map with an int 'id'")))
+                    return
+                accepted: _Accepted | None = None
+                try:
+                    reply = ok_reply(request_id, self._dispatch(frame, peer))
+                except _Accepted as acceptance:
+                    accepted = acceptance
+                    reply = ok_reply(request_id, "accepted")
+                except ClientError as error:
+                    reply = error_reply(request_id, error)
+                except pykka.Timeout:
+                    reply = error_reply(request_id, "Timeout", f"no answer within {self._call_timeout}s")
+                except Exception as error:
+                    log.opt(exception=error).warning("request {} failed", frame.get("op"))
+                    reply = error_reply(request_id, error)
+                try:
+                    payload = encode(reply)
+                except (FrameError, TypeError, ValueError) as error:
+                    payload = encode(error_reply(request_id, "EncodeError", str(error)))
+                connection.sendall(payload)
+                if accepted is not None:
+                    self._run_accepted(accepted)
+
+    def _run_accepted(self, accepted: _Accepted) -> None:
+        def act() -> None:
+            try:
+                accepted.action()
+            except Exception:
+                # Already answered "accepted": a failure must not pass silently.
+                _log.exception("accepted lifecycle request failed: {}", accepted.what)
+
+        threading.Thread(target=act, name="gateway-lifecycle", daemon=True).start()
+
+    # -- dispatch -----------------------------------------------------------------------------------
+
+    def _dispatch(self, frame: dict[str, Any], peer: Peer) -> Any:
+        op = frame.get("op")
+        args = frame.get("args", [])
+        kwargs = frame.get("kwargs", {})
+        if not isinstance(op, str):
+            raise BadCall("'op' must be a str")
+        if args is None:
+            args = []
+        if kwargs is None:
+            kwargs = {}
+        if not isinstance(args, list) or not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+            raise BadCall("'args' must be a list and 'kwargs' a map with str keys")
+        service, _, method = op.partition(".")
+        if service == "names" and method in NAME_METHODS:
+            args, kwargs = _default_owner(args, kwargs, NAME_METHODS[method], peer.pid)
+            return self._call(self.tree.names, method, args, kwargs)
+        if service == "locks" and method in LOCK_METHODS:
+            return self._call_lock(method, args, kwargs, peer)
+        if service == "agents" and method in AGENT_METHODS:
+            return self._call(self.tree.agents, method, args, kwargs)
+        if service == "tree" and method in TREE_METHODS:
+            handler = getattr(self, f"_tree_{method}")
+            try:
+                inspect.signature(handler).bind(peer, *args, **kwargs)
+            except TypeError as error:
+                raise BadCall(f"{op}: {error}") from None
+            return handler(peer, *args, **kwargs)
+        raise UnknownMessage(f"unknown op {op!r}")
+
+    def _call(self, target: Handle | pykka.ActorRef[Any], method: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        message = pykka_messages.ProxyCall(attr_path=(method,), args=tuple(args), kwargs=kwargs)
+        if isinstance(target, Handle):
+            return target.ask(message, timeout=self._call_timeout)
+        return target.ask(message, timeout=self._call_timeout)
+
+    def _call_lock(self, method: str, args: list[Any], kwargs: dict[str, Any], peer: Peer) -> Any:
+        if args:
+            worker_dir, args = args[0], args[1:]
+        elif "worker_dir" in kwargs:
+            kwargs = dict(kwargs)
+            worker_dir = kwargs.pop("worker_dir")
+        else:
+            raise BadCall(f"locks.{method} takes the worker directory as its first argument")
+        if not isinstance(worker_dir, str):
+            raise BadCall(f"worker directory must be a str, not {type(worker_dir).__name__}")
+        position = LOCK_METHODS[method]
+        if position is not None:
+            explicit = args[position] if len(args) > position else kwargs.get("owner")
+            if explicit is not None and explicit != peer.pid:
+                raise NotPermitted(f"locks.{method}: a worker acts only for itself (pid {peer.pid}), not for {explicit!r}")
+            args, kwargs = _default_owner(args, kwargs, position, peer.pid, force=True)
+        lock_ref = self._call(self.tree.locks, "lock_for", [worker_dir], {})
+        return self._call(lock_ref, method, args, kwargs)
+
+    # -- tree.* ---------------------------------------------------------------------------------------
+
+    def _tree_which_children(self, peer: Peer) -> Any:
+        return self.tree.supervisor.proxy().which_children().get(timeout=self._call_timeout)
+
+    def _tree_status(self, peer: Peer) -> Any:
+        if self._status is not None:
+            return self._status()
+        return collect_status(self.tree, timeout=self._call_timeout)
+
+    def _tree_shutdown(self, peer: Peer) -> Any:
+        if self._on_shutdown is None:
+            raise UnknownMessage("tree.shutdown is served by the daemon")
+        raise _Accepted(self._on_shutdown, "shutdown")
+
+    def _tree_terminate_child(self, peer: Peer, path: Any = None) -> Any:
+        supervisor, child_id = self._parent_of(path)
+        if self._is_peer_child(supervisor, child_id, peer):
+            raise _Accepted(lambda: _ask(supervisor, "terminate_child", child_id), f"terminate_child {path}")
+        _ask(supervisor, "terminate_child", child_id, timeout=self._call_timeout)
+        return None
+
+    def _tree_restart_child(self, peer: Peer, path: Any = None) -> Any:
+        supervisor, child_id = self._parent_of(path)
+
+        def cycle(timeout: float | None = None) -> str:
+            _ask(supervisor, "terminate_child", child_id, timeout=timeout)
+            ref = _ask(supervisor, "restart_child", child_id, timeout=timeout)
+            return ref.actor_urn
+
+        if self._is_peer_child(supervisor, child_id, peer):
+            raise _Accepted(cycle, f"restart_child {path}")
+        return cycle(self._call_timeout)
+
+    def _parent_of(self, path: Any) -> tuple[pykka.ActorRef[Any], str]:
+        if not isinstance(path, str) or not path or path.startswith("/") or "//" in path:
+            raise BadCall(f"a child path is a str like 'names' or 'locks/<id>', not {path!r}")
+        parent_path, _, child_id = path.rpartition("/")
+        if not parent_path:
+            return self.tree.supervisor, child_id
+        parent = Handle(self.tree.supervisor, parent_path).ref(timeout=self._call_timeout)
+        if not getattr(parent.actor_class, "is_supervisor", False):
+            raise ChildNotFound(f"{parent_path!r} is not a supervisor, so {path!r} does not exist")
+        return parent, child_id
+
+    def _is_peer_child(self, supervisor: pykka.ActorRef[Any], child_id: str, peer: Peer) -> bool:
+        """True when the child runs the calling process (so it must be answered first)."""
+        ref = _ask(supervisor, "whereis", child_id, timeout=self._call_timeout)
+        if ref is None or not hasattr(ref.actor_class, "process_pid"):
+            return False
+        try:
+            return _ask(ref, "process_pid", timeout=self._call_timeout) == peer.pid
+        except pykka.ActorDeadError:
+            return False
+
+
+def _ask(ref: pykka.ActorRef[Any], method: str, *args: Any, timeout: float | None = None) -> Any:
+    message = pykka_messages.ProxyCall(attr_path=(method,), args=args, kwargs={})
+    return ref.ask(message, timeout=timeout)
+
+
+def _default_owner(
+    args: list[Any], kwargs: dict[str, Any], position: int | None, pid: int, *, force: bool = False
+) -> tuple[list[Any], dict[str, Any]]:
+    """Fill in `owner` with the peer's pid where it is omitted or nil (always, with `force`)."""
+    if position is None:
+        return args, kwargs
+    if len(args) > position:
+        if force or args[position] is None:
+            args = [*args[:position], pid, *args[position + 1 :]]
+        return args, kwargs
+    if force or kwargs.get("owner") is None:
+        kwargs = {**kwargs, "owner": pid}
+    return args, kwargs
+

@@ -1,0 +1,88 @@
+"""The daemon's wire protocol: a stream of msgpack maps over a Unix socket.
+
+Request ``{"id": int, "op": str, "args": list, "kwargs": map}``; reply
+``{"id": int, "ok": value}`` or ``{"id": int, "error": {"type": str, "message": str}}``.
+Each frame is at most `MAX_FRAME` bytes. Replies to one connection come in request order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any
+
+import msgpack
+import pykka
+
+from supervision import ChildInfo
+
+__all__ = ["MAX_FRAME", "FrameError", "FrameReader", "encode", "error_reply", "ok_reply", "to_wire"]
+
+MAX_FRAME = 1024 * 1024
+
+
+class FrameError(ValueError):
+    """Bytes that are not a valid frame: the connection cannot be trusted any further."""
+
+
+def to_wire(value: Any) -> Any:
+    """What msgpack cannot pack as is, made plain: dataclasses, refs, enums, sets, paths."""
+    if isinstance(value, ChildInfo):
+        return {"id": value.id, "running": value.running, "restarts": value.restarts, "is_supervisor": value.is_supervisor}
+    if isinstance(value, pykka.ActorRef):
+        return value.actor_urn
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {field.name: getattr(value, field.name) for field in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    if hasattr(value, "__fspath__"):
+        return str(value)
+    raise TypeError(f"cannot send a {type(value).__name__} over the socket")
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """One frame; a reply too large for a frame becomes an error reply."""
+    data: bytes = msgpack.packb(message, default=to_wire, use_bin_type=True)
+    if len(data) > MAX_FRAME:
+        raise FrameError(f"frame of {len(data)} bytes exceeds the {MAX_FRAME}-byte limit")
+    return data
+
+
+def ok_reply(request_id: Any, value: Any) -> dict[str, Any]:
+    return {"id": request_id, "ok": value}
+
+
+def error_reply(request_id: Any, error: BaseException | str, message: str | None = None) -> dict[str, Any]:
+    if isinstance(error, BaseException):
+        return {"id": request_id, "error": {"type": type(error).__name__, "message": str(error)}}
+    return {"id": request_id, "error": {"type": error, "message": message or ""}}
+
+
+class FrameReader:
+    """Feeds socket bytes in, yields whole frames out; `FrameError` on garbage or oversize."""
+
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+        self._max_frame = max_frame
+        self._unpacker = msgpack.Unpacker(
+            raw=False,
+            strict_map_key=False,
+            max_buffer_size=max_frame,
+            use_list=True,
+        )
+
+    def feed(self, data: bytes) -> list[Any]:
+        try:
+            self._unpacker.feed(data)
+        except msgpack.BufferFull:
+            raise FrameError(f"frame exceeds the {self._max_frame}-byte limit") from None
+        frames = []
+        try:
+            for frame in self._unpacker:
+                frames.append(frame)
+        except msgpack.BufferFull:
+            raise FrameError(f"frame exceeds the {self._max_frame}-byte limit") from None
+        except Exception as error:  # msgpack raises several types for malformed bytes
+            raise FrameError(f"malformed msgpack: {error or type(error).__name__}") from None
+        return frames
