@@ -23,12 +23,14 @@ _EXPORTS = {
     "AgentPool": "actors._agent_pool",
     "WorkerLock": "actors._worker_lock",
     "LockSupervisor": "actors._worker_lock",
+    "InvalidWorkerDir": "actors._worker_lock",
     "LockInfo": "actors._lock_file",
     "start_tree": "actors._tree",
     "Tree": "actors._tree",
     "WorkerProcess": "actors._worker_process",
     "Backoff": "actors._worker_process",
     "inherit_identity": "actors._worker_process",
+    "WorkerExited": "actors._worker_process",
     "Client": "actors._client",
     "connect": "actors._client",
     "NameSourceError": "actors._errors",
@@ -80,5 +82,5 @@ if TYPE_CHECKING:
     from actors._name_pool import NamePool
     from actors._names import RESERVED_NAMES, THEMES, ThemedSource, validate_name
     from actors._tree import Tree, start_tree
-    from actors._worker_lock import LockSupervisor, WorkerLock
-    from actors._worker_process import Backoff, WorkerProcess, inherit_identity
+    from actors._worker_lock import InvalidWorkerDir, LockSupervisor, WorkerLock
+    from actors._worker_process import Backoff, WorkerExited, WorkerProcess, inherit_identity

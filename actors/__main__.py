@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--max-restarts", type=_non_negative_int, default=3)
     serve.add_argument("--max-seconds", type=_non_negative, default=5.0)
     serve.add_argument("--demo", action="store_true", help="also run a few demo worker processes")
+    serve.add_argument("--demo-seconds", type=_non_negative, default=0.0, help="with --demo: stop after this long (0: run until signalled)")
     serve.add_argument("--log-level", default="INFO")
 
     status = commands.add_parser("status", help="print the running daemon's tree, names, locks and agents")
@@ -82,7 +83,8 @@ def _serve(args: Any) -> int:
     if args.demo:
         from actors._demo import start_demo_workers
 
-        on_started = start_demo_workers
+        def on_started(daemon: Any) -> None:
+            start_demo_workers(daemon, seconds=args.demo_seconds)
     return serve(args.state_dir, heartbeat=args.heartbeat, tree_options=options, on_started=on_started)
 
 

@@ -6,7 +6,9 @@ Run it with `python -m actors demo` (the README's main-job command).
 from __future__ import annotations
 
 import sys
+import threading
 import time
+from typing import Any
 
 from supervision import ChildSpec, Handle, Strategy, SupervisedActor, Supervisor, kill
 
@@ -72,3 +74,45 @@ def run_demo(rounds: int = 3) -> int:
         root.stop(timeout=10)
     _say("\ntree stopped in reverse order; demo done")
     return 0
+
+
+def start_demo_workers(daemon: Any, *, workers: int = 3, seconds: float = 0.0, status_every: float = 4.0) -> None:
+    """Add demo worker processes to a running daemon's root; one of them is flaky.
+
+    Every `status_every` seconds the status is written to stdout; with `seconds` > 0 the
+    daemon stops itself after that long (so the demo ends on its own).
+    """
+    from actors._client import SOCKET_NAME
+    from actors._status import render_status
+    from actors._worker_process import Backoff, WorkerProcess
+
+    root = daemon.tree.supervisor
+    for index in range(1, workers + 1):
+        worker_dir = daemon.state_dir / "workers" / f"w{index}"
+        worker_dir.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "actors._demo_worker", str(worker_dir)]
+        flaky = index == workers
+        if flaky:
+            argv.append("--flaky")
+        spec = ChildSpec(
+            f"worker-{index}",
+            WorkerProcess,
+            kwargs={
+                "argv": argv,
+                "names": daemon.tree.names,
+                "socket_path": str(daemon.state_dir / SOCKET_NAME),
+                "term_timeout": 2.0,
+                "backoff": Backoff(0.5, 4.0) if flaky else None,
+            },
+        )
+        root.proxy().start_child(spec).get(timeout=10)
+
+    def report() -> None:
+        started = time.monotonic()
+        while not daemon.stopping.wait(status_every):
+            _say("\n" + render_status(daemon.status()))
+            if seconds and time.monotonic() - started >= seconds:
+                _say(f"\ndemo ran {seconds:.0f}s; stopping the daemon")
+                daemon.request_stop()
+
+    threading.Thread(target=report, name="demo-status", daemon=True).start()

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pykka
 from loguru import logger
 from pykka import messages as pykka_messages
@@ -374,9 +375,20 @@ class Gateway:
         if ref is None or not hasattr(ref.actor_class, "process_pid"):
             return False
         try:
-            return _ask(ref, "process_pid", timeout=self._call_timeout) == peer.pid
+            process_pid = _ask(ref, "process_pid", timeout=self._call_timeout)
         except pykka.ActorDeadError:
             return False
+        return process_pid is not None and _runs_under(peer.pid, process_pid)
+
+
+def _runs_under(pid: int, ancestor: int) -> bool:
+    """True when `pid` is `ancestor` or one of its descendants (e.g. a shell its agent spawned)."""
+    if pid == ancestor:
+        return True
+    try:
+        return any(parent.pid == ancestor for parent in psutil.Process(pid).parents())
+    except psutil.Error:
+        return False
 
 
 def _ask(ref: pykka.ActorRef[Any], method: str, *args: Any, timeout: float | None = None) -> Any:

@@ -7,6 +7,7 @@ from urllib.parse import unquote
 
 from pykka import messages as pykka_messages
 
+from actors._name_pool import HOLDERS_REQUEST
 from actors._protocol import to_wire
 from actors._tree import Tree
 
@@ -36,9 +37,6 @@ def collect_status(tree: Tree, *, timeout: float = 5.0, extra: dict[str, Any] | 
     status["locks"] = _section(lambda: _lock_statuses(tree, timeout))
     status["agents"] = _section(lambda: _ask(tree.agents, "health", timeout))
     return status
-
-
-HOLDERS_REQUEST = "holders"
 
 
 def _lock_statuses(tree: Tree, timeout: float) -> list[dict[str, Any]]:

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Create/refresh the virtualenv, then run the main job (the demo of a supervised tree).
+# Create/refresh the virtualenv, then run the main job: the daemon on ./state with a demo
+# (worker processes taking names and locks; one crashes now and then and is restarted).
+# It stops by itself after 30 s; pass --demo-seconds 0 to run until Ctrl-C. While it runs,
+# `.venv/bin/python -m actors status --state-dir state` shows the tree from another shell.
 set -euo pipefail
 source "$(dirname "$0")/_venv.sh" base ""
 cd "$ROOT"
-exec "$VENV/bin/python" -m actors demo "$@"
+exec "$VENV/bin/python" -m actors serve --state-dir "${STATE_DIR:-$ROOT/state}" --demo --demo-seconds 30 "$@"

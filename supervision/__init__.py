@@ -38,10 +38,7 @@ from supervision._handle import Handle
 from supervision._spec import ChildInfo, ChildSpec, Restart, Strategy
 from supervision._supervisor import RestartIntensityExceeded, Supervisor
 
-try:
-    from supervision._snapshot import SnapshotError, SnapshotStore
-except ImportError:  # pragma: no cover - being written
-    pass
+from supervision._snapshot import SnapshotError, SnapshotStore, quarantine_file
 
 __all__ = [
     "ActorCrashed",
@@ -75,5 +72,6 @@ __all__ = [
     "kill",
     "send_after",
     "send_interval",
+    "quarantine_file",
     "supervised_class",
 ]

@@ -127,8 +127,8 @@ class _Inbox(queue.Queue[Envelope[Any]]):
 
 def _reject(envelope: Envelope[Any], owner_name: str) -> None:
     message = envelope.message
-    if isinstance(message, _Kill):
-        return
+    if isinstance(message, _Kill) or (envelope.reply_to is None and isinstance(message, pykka_messages._ActorStop)):
+        return  # a kill or stop for an actor already gone has nothing left to do
     if envelope.reply_to is None:
         logger.bind(actor=owner_name).warning(
             "{} is not running; dropped a message sent to it: {!r}", owner_name, _short(message)
@@ -410,6 +410,13 @@ class SupervisedActor(pykka.ThreadingActor):
         else:
             self._log.debug("{} stopped", self._label)
             self._exit_reason = NORMAL_EXIT
+        if self._pending_replies:
+            # Deferred replies on_stop did not settle: never leave a caller waiting forever.
+            # Not Undelivered: their handlers ran, so a Handle must not send them again.
+            gone = pykka.ActorDeadError(f"{self._label} stopped before answering")
+            for reply_to in list(self._pending_replies):
+                _settle(reply_to, None, (pykka.ActorDeadError, gone, None))
+            self._pending_replies.clear()
 
     def _crash(self, error: BaseException, tb: TracebackType | None) -> None:
         pykka.ActorRegistry.unregister(self.actor_ref)

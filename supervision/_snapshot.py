@@ -35,7 +35,7 @@ from typing import Any
 import msgpack
 from loguru import logger
 
-__all__ = ["SnapshotError", "SnapshotStore"]
+__all__ = ["SnapshotError", "SnapshotStore", "quarantine_file"]
 
 FORMAT = "supervision.snapshot"
 
@@ -240,21 +240,7 @@ class SnapshotStore:
             os.close(fd)
 
     def _quarantine(self, reason: str) -> None:
-        base = f"{self.path}.corrupt-{_utc_timestamp()}"
-        attempt = 0
-        while True:
-            target = base if attempt == 0 else f"{base}-{attempt}"
-            # link + unlink never replaces an existing quarantined file (rename would).
-            try:
-                os.link(self.path, target, follow_symlinks=False)
-            except FileExistsError:
-                attempt += 1
-                continue
-            break
-        os.unlink(self.path)
-        logger.bind(snapshot=str(self.path), moved_to=target).error(
-            "corrupt snapshot {} ({}); moved it to {} and starting without it", self.path, reason, target
-        )
+        quarantine_file(self.path, f"corrupt snapshot ({reason}); starting without it")
 
     def _check_target(self, directory_fd: int) -> None:
         try:
@@ -296,3 +282,26 @@ def _unlink_quietly(name: str, directory_fd: int) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+def quarantine_file(path: str | os.PathLike[str], reason: str) -> Path:
+    """Move `path` aside to ``<path>.corrupt-<UTC time>`` (``-1``, ``-2``... if taken), log ERROR.
+
+    For any state file found unusable, so an actor never crash-loops on it. Returns where
+    the file went.
+    """
+    path = Path(path)
+    base = f"{path}.corrupt-{_utc_timestamp()}"
+    attempt = 0
+    while True:
+        target = base if attempt == 0 else f"{base}-{attempt}"
+        # link + unlink never replaces an existing quarantined file (rename would).
+        try:
+            os.link(path, target, follow_symlinks=False)
+        except FileExistsError:
+            attempt += 1
+            continue
+        break
+    os.unlink(path)
+    logger.bind(snapshot=str(path), moved_to=target).error("{}: {}; moved it to {}", path, reason, target)
+    return Path(target)

@@ -82,7 +82,12 @@ class _ChildRecord:
 
     @property
     def is_running(self) -> bool:
-        return self.ref is not None
+        # A stopped incarnation whose exit notice is still queued is not running.
+        return self.ref is not None and not self.ref.actor_stopped.is_set()
+
+    @property
+    def running_ref(self) -> pykka.ActorRef[Any] | None:
+        return self.ref if self.is_running else None
 
 
 def _validate_children(children: Any) -> list[ChildSpec]:
@@ -290,7 +295,7 @@ class Supervisor(SupervisedActor):
     def which_children(self) -> list[ChildInfo]:
         """Every child, in the order its spec was added."""
         return [
-            ChildInfo(record.id, record.ref, record.restarts, record.spec.is_supervisor, record.spec.restart)
+            ChildInfo(record.id, record.running_ref, record.restarts, record.spec.is_supervisor, record.spec.restart)
             for record in self._records.values()
         ]
 
@@ -348,7 +353,7 @@ class Supervisor(SupervisedActor):
 
     def whereis(self, child_id: str) -> pykka.ActorRef[Any] | None:
         """The child's current incarnation, or None while it is not running."""
-        return self._record(child_id).ref
+        return self._record(child_id).running_ref
 
     def child_ids(self) -> list[str]:
         return list(self._records)

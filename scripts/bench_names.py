@@ -1,0 +1,249 @@
+"""Benchmark the name pool (CONTRACT §6, "Name pool").
+
+Two comparisons, each measured in this one process run with both sides interleaved in
+short rounds (alternating which side goes first) and reported as medians:
+
+- (a) in memory: checkout+checkin round trips per second through a cached proxy of a
+  `NamePool` started without `state_path`, against two cached bare pykka proxy calls to a
+  trivial plain pykka actor (target ratio >= 0.8);
+- (b) durable: the same round trips from 8 calling threads to a pool with `state_path`
+  (one fsync per group of requests) against 8 threads on an in-memory pool (target >= 0.5).
+
+Calling threads run on one CPU and actor threads (and the threads they start: the name
+source, the snapshot writes) on the other, because a thread handoff on a 2-CPU machine
+otherwise flips between ~25 µs and ~150 µs with where the scheduler puts the threads.
+
+Run standalone: ``python scripts/bench_names.py [--quick]``; `scripts/bench.py` imports
+`bench_names`.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(ROOT))
+
+import pykka  # noqa: E402
+
+from actors._name_pool import NamePool  # noqa: E402
+
+__all__ = ["DURABLE_TARGET", "IN_MEMORY_TARGET", "bench_names"]
+
+IN_MEMORY_TARGET = 0.8  # pool round trips / two bare proxy calls, at least
+DURABLE_TARGET = 0.5  # durable / in-memory round trips with 8 callers, at least
+CALLING_THREADS = 8
+
+
+# -- CPU pinning ----------------------------------------------------------------------------
+
+
+def _cpus() -> tuple[int | None, int | None, str]:
+    """(caller CPU, actor CPU, note)."""
+    if not hasattr(os, "sched_setaffinity"):
+        return None, None, "no os.sched_setaffinity here: threads are not pinned"
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) >= 2:
+        return cpus[0], cpus[1], f"callers on CPU {cpus[0]}, actors on CPU {cpus[1]}"
+    return cpus[0], cpus[0], f"only CPU {cpus[0]} available: everything runs there"
+
+
+def _pin(cpu: int | None) -> None:
+    """Pin the calling thread (pid 0 is the calling thread on Linux); threads it starts inherit it."""
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+
+
+class _PinnedNamePool(NamePool):
+    """A `NamePool` whose thread runs on the actor CPU (benchmark only)."""
+
+    cpu: int | None = None
+
+    def on_start(self) -> None:
+        _pin(self.cpu)
+        super().on_start()
+
+
+class _Trivial(pykka.ThreadingActor):
+    """The baseline: a plain pykka actor with a method that does nothing."""
+
+    cpu: int | None = None
+
+    def on_start(self) -> None:
+        _pin(self.cpu)
+
+    def touch(self, value: Any = None) -> Any:
+        return value
+
+
+def _plenty_source() -> Callable[[int, frozenset[str]], list[str]]:
+    counter = itertools.count()
+
+    def source(count: int, used: frozenset[str]) -> list[str]:
+        return [f"bench-{next(counter)}" for _ in range(count)]
+
+    return source
+
+
+# -- measuring ------------------------------------------------------------------------------
+
+
+def _pool_round_trips(proxy: Any, count: int) -> float:
+    """Seconds for `count` checkout+checkin round trips from this thread."""
+    checkout, checkin = proxy.checkout_name, proxy.checkin_name
+    start = time.perf_counter()
+    for _ in range(count):
+        checkin(checkout().get()).get()
+    return time.perf_counter() - start
+
+
+def _bare_round_trips(proxy: Any, count: int) -> float:
+    """Seconds for `count` pairs of bare proxy calls from this thread."""
+    touch = proxy.touch
+    start = time.perf_counter()
+    for _ in range(count):
+        touch(touch().get()).get()
+    return time.perf_counter() - start
+
+
+def _concurrent_rate(ref: pykka.ActorRef[Any], threads: int, per_thread: int) -> float:
+    """Round trips per second of `threads` callers, each with its own cached proxy."""
+    proxies = [ref.proxy() for _ in range(threads)]  # built outside the timed region
+    barrier = threading.Barrier(threads + 1)
+    errors: list[BaseException] = []
+
+    def work(proxy: Any) -> None:
+        barrier.wait()
+        try:
+            _pool_round_trips(proxy, per_thread)
+        except BaseException as error:  # reported by the main thread
+            errors.append(error)
+
+    workers = [threading.Thread(target=work, args=(proxy,), daemon=True) for proxy in proxies]
+    for worker in workers:
+        worker.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for worker in workers:
+        worker.join()
+    elapsed = time.perf_counter() - start
+    if errors:
+        raise errors[0]
+    return threads * per_thread / elapsed
+
+
+def _interleaved(
+    first: Callable[[], float], second: Callable[[], float], rounds: int
+) -> tuple[float, float]:
+    """Median of each side over `rounds`, alternating which side goes first."""
+    firsts: list[float] = []
+    seconds: list[float] = []
+    for index in range(rounds):
+        order = [(first, firsts), (second, seconds)]
+        if index % 2:
+            order.reverse()
+        for measure, results in order:
+            results.append(measure())
+    return statistics.median(firsts), statistics.median(seconds)
+
+
+def bench_names(rounds: int = 15, quick: bool = False) -> dict[str, Any]:
+    """Measure the name pool against its baselines; a dict of figures, ratios and targets.
+
+    Rates are round trips per second (one round trip = a checkout and a checkin, or two
+    bare calls). `quick` shortens every round for a smoke run.
+    """
+    if quick:
+        rounds = min(rounds, 5)
+    single_calls = 200 if quick else 500
+    per_thread = 25 if quick else 60
+    caller_cpu, actor_cpu, note = _cpus()
+    state_dir = tempfile.mkdtemp(prefix="bench-names-")
+    affinity_before = os.sched_getaffinity(0) if caller_cpu is not None else None
+    refs: list[pykka.ActorRef[Any]] = []
+    gc_was_enabled = gc.isenabled()
+    try:
+        _PinnedNamePool.cpu = actor_cpu
+        _Trivial.cpu = actor_cpu
+        _pin(caller_cpu)
+        memory_pool = _PinnedNamePool.start(source=_plenty_source(), chunk_size=64)
+        durable_pool = _PinnedNamePool.start(
+            source=_plenty_source(), chunk_size=64, state_path=os.path.join(state_dir, "names.state")
+        )
+        trivial = _Trivial.start()
+        refs += [memory_pool, durable_pool, trivial]
+        memory_proxy, trivial_proxy = memory_pool.proxy(), trivial.proxy()
+        # Warm up: the first chunk, the first snapshot, the threads' caches.
+        _pool_round_trips(memory_proxy, 50)
+        _bare_round_trips(trivial_proxy, 50)
+        _concurrent_rate(durable_pool, CALLING_THREADS, 10)
+        _concurrent_rate(memory_pool, CALLING_THREADS, 10)
+        gc.disable()  # a collection landing in one side's round would skew it
+
+        pool_rate, bare_rate = _interleaved(
+            lambda: single_calls / _pool_round_trips(memory_proxy, single_calls),
+            lambda: single_calls / _bare_round_trips(trivial_proxy, single_calls),
+            rounds,
+        )
+        durable_rate, memory_rate = _interleaved(
+            lambda: _concurrent_rate(durable_pool, CALLING_THREADS, per_thread),
+            lambda: _concurrent_rate(memory_pool, CALLING_THREADS, per_thread),
+            rounds,
+        )
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+        for ref in refs:
+            ref.stop(timeout=10)
+        if affinity_before is not None:
+            os.sched_setaffinity(0, affinity_before)
+        shutil.rmtree(state_dir, ignore_errors=True)
+    return {
+        "in_memory_round_trips_per_s": pool_rate,
+        "bare_pairs_per_s": bare_rate,
+        "in_memory_ratio": pool_rate / bare_rate,
+        "in_memory_target": IN_MEMORY_TARGET,
+        "durable_8_threads_round_trips_per_s": durable_rate,
+        "in_memory_8_threads_round_trips_per_s": memory_rate,
+        "durable_ratio": durable_rate / memory_rate,
+        "durable_target": DURABLE_TARGET,
+        "calling_threads": CALLING_THREADS,
+        "rounds": rounds,
+        "cpus": note,
+    }
+
+
+def main(argv: list[str]) -> int:
+    figures = bench_names(quick="--quick" in argv)
+    print(f"name pool benchmark ({figures['cpus']}; {figures['rounds']} rounds, medians)")
+    print(
+        f"  in memory:   {figures['in_memory_round_trips_per_s']:9.0f} checkout+checkin/s vs "
+        f"{figures['bare_pairs_per_s']:9.0f} bare call pairs/s  ratio {figures['in_memory_ratio']:.2f} "
+        f"(target >= {figures['in_memory_target']})"
+    )
+    print(
+        f"  durable x{figures['calling_threads']}: {figures['durable_8_threads_round_trips_per_s']:9.0f} "
+        f"checkout+checkin/s vs {figures['in_memory_8_threads_round_trips_per_s']:9.0f} in memory      "
+        f"ratio {figures['durable_ratio']:.2f} (target >= {figures['durable_target']})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    from loguru import logger
+
+    logger.remove()  # the pool's INFO lines would interleave with the figures
+    logger.add(sys.stderr, level="WARNING")
+    sys.exit(main(sys.argv[1:]))

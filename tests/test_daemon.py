@@ -1,0 +1,224 @@
+"""The real daemon as a subprocess, driven only through its socket and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from actors import connect
+from supervision.testing import wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "actors", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
+
+
+_started: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_daemon_outlives_its_test():
+    """Whatever happens in a test, no daemon it started keeps running."""
+    yield
+    while _started:
+        process = _started.pop()
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+def start_daemon(state_dir: Path, *extra: str) -> subprocess.Popen:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "actors", "serve", "--state-dir", str(state_dir), "--heartbeat", "0.2", *extra],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _started.append(process)
+    try:
+        wait_until(lambda: process.poll() is not None or _answers(state_dir), timeout=30)
+    except TimeoutError:
+        process.kill()
+        raise
+    assert process.poll() is None, process.stderr.read()
+    return process
+
+
+def _answers(state_dir: Path) -> bool:
+    try:
+        with connect(state_dir, timeout=2) as client:
+            return client.call("names.default_name") == "Nameless Agent"
+    except OSError:
+        return False
+
+
+def daemon_state(state_dir: Path) -> dict:
+    return msgpack.unpackb((state_dir / "daemon.state").read_bytes(), raw=False)
+
+
+def stop(process: subprocess.Popen) -> int:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait(10)
+
+
+CLIENT_SCRIPT = """
+import os, sys, actors
+with actors.connect(sys.argv[1]) as client:
+    name = client.call("names.checkout_name")
+    assert client.call("names.get_name_by_pid") == name
+    print(name, os.getpid(), flush=True)
+    sys.stdin.readline()   # hold the name until told to go
+"""
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    state_dir = tmp_path / "state"
+    process = start_daemon(state_dir)
+    yield state_dir, process
+    stop(process)
+
+
+def test_clients_in_other_processes_own_names_by_their_pids(daemon):
+    state_dir, _ = daemon
+    clients = [
+        subprocess.Popen([sys.executable, "-c", CLIENT_SCRIPT, str(state_dir)], cwd=ROOT, stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    try:
+        held = {}
+        for client in clients:
+            name, pid = client.stdout.readline().split()
+            held[int(pid)] = name
+        assert len(set(held.values())) == 4
+        with connect(state_dir) as me:
+            for pid, name in held.items():
+                assert me.call("names.get_name_by_pid", pid) == name
+            # associate: another owner shares a held name, the holder keeps it
+            first_pid, first_name = next(iter(held.items()))
+            me.call("names.associate_name", first_name)
+            assert me.call("names.get_name_by_pid") == first_name
+            assert me.call("names.get_name_by_pid", first_pid) == first_name
+    finally:
+        for client in clients:
+            client.stdin.close()
+            client.wait(10)
+
+
+def test_daemon_state_heartbeats_and_a_second_serve_is_refused(daemon):
+    state_dir, process = daemon
+    state = daemon_state(state_dir)
+    assert state["running"] is True and state["pid"] == process.pid
+    first = state["heartbeat_count"]
+    wait_until(lambda: daemon_state(state_dir)["heartbeat_count"] > first)
+    assert (state_dir.stat().st_mode & 0o777) == 0o700
+    second = run_cli("serve", "--state-dir", str(state_dir))
+    assert second.returncode == 3
+    assert str(process.pid) in second.stderr and len(second.stderr.strip().splitlines()) == 1
+
+
+def test_sigterm_exits_0_and_leaves_running_false(daemon):
+    state_dir, process = daemon
+    assert stop(process) == 0
+    assert daemon_state(state_dir)["running"] is False
+    assert not (state_dir / "tree.sock").exists()
+
+
+def test_shutdown_request_over_the_socket(daemon):
+    state_dir, process = daemon
+    with connect(state_dir) as client:
+        assert client.call("tree.shutdown") == "accepted"
+    assert process.wait(30) == 0
+    assert daemon_state(state_dir)["running"] is False
+
+
+def test_sigkill_then_a_new_serve_recovers_held_names(tmp_path):
+    state_dir = tmp_path / "state"
+    process = start_daemon(state_dir)
+    holder = subprocess.Popen([sys.executable, "-c", CLIENT_SCRIPT, str(state_dir)], cwd=ROOT, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        name, pid = holder.stdout.readline().split()
+        process.kill()
+        process.wait(10)
+        process = start_daemon(state_dir)
+        with connect(state_dir) as client:
+            assert client.call("names.get_name_by_pid", int(pid)) == name
+            handed_out = {client.call("names.checkout_name", owner=f"new-{index}") for index in range(30)}
+        assert name not in handed_out
+    finally:
+        holder.stdin.close()
+        holder.wait(10)
+        stop(process)
+
+
+def test_status_cli_for_people_and_json(daemon):
+    state_dir, process = daemon
+    with connect(state_dir) as client:
+        client.call("names.checkout_name", owner="urn:someone")
+    text = run_cli("status", "--state-dir", str(state_dir))
+    assert text.returncode == 0, text.stderr
+    for expected in ("names", "agents", "locks", "restarts=", "urn:someone", str(process.pid)):
+        assert expected in text.stdout
+    as_json = run_cli("status", "--state-dir", str(state_dir), "--json")
+    status = json.loads(as_json.stdout)
+    assert status["daemon"]["pid"] == process.pid
+    assert [child["id"] for child in status["children"]] == ["names", "agents", "locks"]
+
+
+def test_status_without_a_daemon_exits_1(tmp_path):
+    result = run_cli("status", "--state-dir", str(tmp_path))
+    assert result.returncode == 1 and "no daemon" in result.stderr
+
+
+def test_loose_state_dir_is_tightened_with_a_warning(tmp_path):
+    state_dir = tmp_path / "state"
+    state_dir.mkdir(mode=0o755)
+    os.chmod(state_dir, 0o755)
+    process = start_daemon(state_dir)
+    try:
+        assert (state_dir.stat().st_mode & 0o777) == 0o700
+    finally:
+        stop(process)
+    assert "tightened" in process.stderr.read()
+
+
+def test_bad_flags_are_refused(tmp_path):
+    result = run_cli("serve", "--state-dir", str(tmp_path), "--heartbeat", "0")
+    assert result.returncode == 2 and "heartbeat" in result.stderr
+
+
+def test_root_failure_exits_1_with_a_message(tmp_path):
+    state_dir = tmp_path / "state"
+    process = start_daemon(state_dir, "--max-restarts", "0")
+    # The name pool cannot write its state any more: its next durable write crashes it,
+    # and a root that allows no restart fails with it.
+    state_file = state_dir / "names.state"
+    if state_file.exists():
+        state_file.unlink()
+    state_file.mkdir()
+    with connect(state_dir) as client:
+        with pytest.raises(Exception):
+            client.call("names.checkout_name", owner="doomed")
+    assert process.wait(30) == 1
+    assert "root supervisor failed" in process.stderr.read()
+    assert daemon_state(state_dir)["running"] is False

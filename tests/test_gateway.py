@@ -1,0 +1,357 @@
+"""The socket gateway in-process: ops, owners, errors, and hostile input."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from actors import Client, InvalidName, Locked, NotLocked, NotPermitted, RemoteError, start_tree
+from actors._gateway import Gateway
+from actors._protocol import MAX_FRAME
+from supervision import BadCall, ChildNotFound, UnknownMessage
+from supervision.testing import wait_until
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A tree and its gateway on tmp_path/tree.sock; yields (tree, gateway, socket path, shutdowns)."""
+    tree = start_tree(tmp_path / "state", reap_interval=3600, check_interval=3600, sweep_interval=3600)
+    shutdowns: list[int] = []
+    gateway = Gateway(tree, tmp_path / "state" / "tree.sock", on_shutdown=lambda: shutdowns.append(1))
+    gateway.start()
+    yield tree, gateway, tmp_path / "state" / "tree.sock", shutdowns
+    gateway.stop()
+    tree.stop()
+
+
+@pytest.fixture
+def client(served):
+    with Client(served[2], timeout=10) as connection:
+        yield connection
+
+
+def raw_connection(path: Path) -> socket.socket:
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    connection.settimeout(10)
+    connection.connect(str(path))
+    return connection
+
+
+def read_frames(connection: socket.socket) -> list:
+    """Everything the daemon sends until it closes the connection."""
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+    frames = []
+    while True:
+        try:
+            data = connection.recv(65536)
+        except (ConnectionResetError, TimeoutError):
+            break
+        if not data:
+            break
+        unpacker.feed(data)
+        frames.extend(unpacker)
+    return frames
+
+
+def assert_still_serving(path: Path) -> None:
+    with Client(path, timeout=10) as fresh:
+        assert fresh.call("names.default_name") == "Nameless Agent"
+
+
+# -- ops ------------------------------------------------------------------------------------------
+
+
+def test_socket_is_owner_only(served):
+    assert (os.stat(served[2]).st_mode & 0o777) == 0o600
+
+
+def test_names_owner_defaults_to_the_peer_pid(served, client):
+    tree = served[0]
+    name = client.call("names.checkout_name")
+    assert tree.names.proxy().get_name_by_pid(os.getpid()).get(timeout=5) == name
+    assert client.call("names.get_name_by_pid") == name
+    assert client.call("names.checkout_name", None) == name  # nil owner: still the peer
+    assert client.call("names.checkout_name", owner="urn:worker:1") != name  # explicit str owner honoured
+    stats = client.call("names.pool_stats")
+    assert stats["checked_out_count"] == 2
+
+
+def test_associate_with_omitted_owner_is_the_peer(served, client):
+    name = client.call("names.checkout_name", owner="urn:parent")
+    client.call("names.associate_name", name)
+    assert client.call("names.get_name_by_pid", os.getpid()) == name
+
+
+def test_locks_act_for_the_peer_only(served, client, tmp_path):
+    worker = tmp_path / "worker-1"
+    worker.mkdir()
+    info = client.call("locks.acquire", str(worker), "session-9")
+    assert info["pid"] == os.getpid() and info["session_id"] == "session-9"
+    assert client.call("locks.status", str(worker)) == f"locked by pid {os.getpid()} (session session-9)"
+    with pytest.raises(NotPermitted):
+        client.call("locks.acquire", str(worker), owner=1)
+    with pytest.raises(NotPermitted):
+        client.call("locks.release", str(worker), 1)
+    client.call("locks.check", str(worker))
+    client.call("locks.release", str(worker))
+    with pytest.raises(NotLocked):
+        client.call("locks.release", str(worker))
+    assert client.call("locks.read", str(worker)) is None
+
+
+def test_force_release_is_never_served(client, tmp_path):
+    with pytest.raises(UnknownMessage):
+        client.call("locks.force_release", str(tmp_path))
+
+
+def test_agents_ops(client):
+    health = client.call("agents.health")
+    assert health["size"] == 0
+    assert client.call("agents.sweep") == []
+    assert client.call("agents.close_chat", "chat-1") == []
+    with pytest.raises(UnknownMessage):
+        client.call("agents.register", "a", "b", None)
+
+
+def test_tree_which_children_and_status(client):
+    children = client.call("tree.which_children")
+    assert [child["id"] for child in children] == ["names", "agents", "locks"]
+    assert set(children[0]) == {"id", "running", "restarts", "is_supervisor"}
+    status = client.call("tree.status")
+    assert status["names"]["chunk_size"] == 12
+    assert [child["id"] for child in status["children"]] == ["names", "agents", "locks"]
+
+
+def test_tree_restart_and_terminate_child(served, client):
+    tree = served[0]
+    before = tree.agents.ref().actor_urn
+    urn = client.call("tree.restart_child", "agents")
+    assert urn != before and tree.agents.ref().actor_urn == urn
+    assert client.call("tree.terminate_child", "agents") is None
+    assert tree.supervisor.proxy().whereis("agents").get(timeout=5) is None
+    client.call("tree.restart_child", "agents")
+    with pytest.raises(ChildNotFound):
+        client.call("tree.restart_child", "nope")
+    with pytest.raises(ChildNotFound):
+        client.call("tree.terminate_child", "names/deeper")
+    with pytest.raises(BadCall):
+        client.call("tree.restart_child", 42)
+
+
+def test_tree_shutdown_is_accepted_then_acted_on(served, client):
+    assert client.call("tree.shutdown") == "accepted"
+    wait_until(lambda: served[3] == [1])
+
+
+def test_errors_map_back_to_the_same_classes(client):
+    with pytest.raises(InvalidName):
+        client.call("names.checkin_name", "a/b")
+    with pytest.raises(BadCall):
+        client.call("names.checkin_name", "x", "y", "z")
+    with pytest.raises(UnknownMessage):
+        client.call("names.no_such_method")
+    with pytest.raises(UnknownMessage):
+        client.call("nothing")
+    with pytest.raises(BadCall):
+        client.call("tree.which_children", 1, 2)
+
+
+def test_unknown_error_types_become_remote_error():
+    from actors._client import raise_remote
+
+    with pytest.raises(RemoteError) as raised:
+        raise_remote({"type": "WeirdThing", "message": "odd"})
+    assert raised.value.type_name == "WeirdThing"
+    with pytest.raises(Locked):
+        raise_remote({"type": "Locked", "message": "by pid 1"})
+
+
+def test_many_concurrent_clients_get_distinct_names(served):
+    names: list[str] = []
+    errors: list[BaseException] = []
+
+    def work(index: int) -> None:
+        try:
+            with Client(served[2], timeout=20) as connection:
+                for step in range(10):
+                    names.append(connection.call("names.checkout_name", owner=f"client-{index}-{step}"))
+        except BaseException as error:  # noqa: BLE001 - collected for the assertion
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(index,)) for index in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not errors
+    assert len(names) == 120 and len(set(names)) == 120
+
+
+# -- hostile input ------------------------------------------------------------------------------------
+
+
+def test_malformed_bytes_get_an_error_with_nil_id_and_close(served):
+    connection = raw_connection(served[2])
+    connection.sendall(b"\xc1\xc1\xc1 definitely not msgpack")
+    frames = read_frames(connection)
+    assert frames and frames[0]["id"] is None and frames[0]["error"]["type"] == "FrameError"
+    assert_still_serving(served[2])
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        [1, 2, 3],
+        "a string",
+        {"op": "names.pool_stats"},
+        {"id": "seven", "op": "names.pool_stats"},
+        {"id": 1.5, "op": "names.pool_stats"},
+    ],
+)
+def test_requests_without_a_readable_id_close_the_connection(served, frame):
+    connection = raw_connection(served[2])
+    connection.sendall(msgpack.packb(frame))
+    frames = read_frames(connection)
+    assert frames == [{"id": None, "error": {"type": "FrameError", "message": "a request is a map with an int 'id'"}}]
+    assert_still_serving(served[2])
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "error_type"),
+    [
+        ({"op": 5}, "BadCall"),
+        ({"op": "names.pool_stats", "args": "x"}, "BadCall"),
+        ({"op": "names.pool_stats", "kwargs": [1]}, "BadCall"),
+        ({"op": "names.pool_stats", "kwargs": {1: 2}}, "BadCall"),
+        ({"op": "names.checkout_name", "args": [[1, 2]]}, "InvalidOwner"),
+        ({"op": "locks.acquire", "args": [7]}, "BadCall"),
+        ({"op": "locks.acquire"}, "BadCall"),
+        ({"op": "zzz"}, "UnknownMessage"),
+    ],
+)
+def test_bad_requests_with_an_id_are_answered_and_the_connection_stays(served, request_fields, error_type):
+    connection = raw_connection(served[2])
+    connection.sendall(msgpack.packb({"id": 7, **request_fields}))
+    connection.sendall(msgpack.packb({"id": 8, "op": "names.default_name"}))
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+    replies: list = []
+    while len(replies) < 2:
+        unpacker.feed(connection.recv(65536))
+        replies.extend(unpacker)
+    assert replies[0]["id"] == 7 and replies[0]["error"]["type"] == error_type
+    assert replies[1] == {"id": 8, "ok": "Nameless Agent"}
+    connection.close()
+
+
+def test_an_oversized_frame_is_refused_and_closes_only_that_connection(served):
+    connection = raw_connection(served[2])
+    payload = msgpack.packb({"id": 1, "op": "names.checkin_name", "args": ["x" * (10 * 1024 * 1024)]})
+    try:
+        connection.sendall(payload)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # closed by the daemon while we were still sending: that is the point
+    frames = read_frames(connection)
+    if frames:
+        assert frames[0]["id"] is None and "limit" in frames[0]["error"]["message"]
+    assert_still_serving(served[2])
+
+
+def test_a_frame_just_under_the_limit_is_served(client):
+    with pytest.raises(InvalidName):
+        client.call("names.checkin_name", "x" * (MAX_FRAME - 200))
+
+
+def test_a_client_vanishing_mid_frame_loses_nothing(served):
+    connection = raw_connection(served[2])
+    frame = msgpack.packb({"id": 1, "op": "names.checkout_name", "kwargs": {"owner": "half"}})
+    connection.sendall(frame[: len(frame) // 2])
+    connection.close()
+    wait_until(lambda: served[1].connection_count == 0)
+    with Client(served[2], timeout=10) as fresh:
+        assert fresh.call("names.get_name_by_pid", "half") is None
+        assert fresh.call("names.pool_stats")["checked_out_count"] == 0
+
+
+def test_a_client_vanishing_after_a_request_leaves_its_answered_state(served):
+    connection = raw_connection(served[2])
+    connection.sendall(msgpack.packb({"id": 1, "op": "names.checkout_name", "kwargs": {"owner": "gone"}}))
+    connection.close()
+    with Client(served[2], timeout=10) as fresh:
+        wait_until(lambda: fresh.call("names.get_name_by_pid", "gone") is not None)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(junk=st.binary(min_size=1, max_size=2048))
+def test_fuzz_random_bytes_never_hurt_the_daemon(served, junk):
+    connection = raw_connection(served[2])
+    try:
+        connection.sendall(junk)
+        connection.shutdown(socket.SHUT_WR)
+        for frame in read_frames(connection):
+            assert isinstance(frame, dict) and ("error" in frame or "ok" in frame)
+    finally:
+        connection.close()
+    assert_still_serving(served[2])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    op=st.sampled_from(["names.checkout_name", "names.checkin_name", "names.associate_name", "names.reconcile",
+                        "names.dissociate", "locks.status", "agents.sweep", "agents.close_chat", "tree.status"]),
+    args=st.lists(st.one_of(st.none(), st.integers(), st.text(max_size=80), st.binary(max_size=20),
+                            st.floats(), st.lists(st.integers(), max_size=3)), max_size=3),
+)
+def test_fuzz_requests_are_answered_or_refused_never_crash(served, op, args):
+    tree = served[0]
+    with Client(served[2], timeout=10) as connection:
+        try:
+            connection.call(op, *args)
+        except (Exception,) as error:  # noqa: BLE001 - any error reply is fine; a crash is not
+            assert not isinstance(error, ConnectionError)
+    assert tree.supervisor.is_alive()
+    restarts = {child.id: child.restarts for child in tree.supervisor.proxy().which_children().get(timeout=5)}
+    assert restarts == {"names": 0, "agents": 0, "locks": 0}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a peer as another uid")
+def test_a_peer_of_another_uid_is_refused(served):
+    # The state dir (0700) already keeps other users out; to test the SO_PEERCRED check
+    # itself, serve the same tree on a socket they can reach.
+    open_dir = Path(tempfile.mkdtemp(prefix="gateway-uid-"))
+    os.chmod(open_dir, 0o755)
+    gateway = Gateway(served[0], open_dir / "tree.sock")
+    gateway.start()
+    os.chmod(open_dir / "tree.sock", 0o666)
+    script = (
+        "import os, socket, msgpack;"
+        "os.setgid(65534); os.setuid(65534);"
+        f"s = socket.socket(socket.AF_UNIX); s.connect({str(open_dir / 'tree.sock')!r});"
+        "s.sendall(msgpack.packb({'id': 1, 'op': 'names.pool_stats'}));"
+        "u = msgpack.Unpacker(raw=False); u.feed(s.recv(65536)); print(next(u)['error']['type'])"
+    )
+    try:
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+        assert result.stdout.strip() == "PermissionError", result.stderr
+    finally:
+        gateway.stop()
+        shutil.rmtree(open_dir, ignore_errors=True)
+    assert_still_serving(served[2])
+
+
+def test_peer_credentials_struct_matches_the_kernel(served):
+    connection = raw_connection(served[2])
+    pid, uid, gid = struct.unpack("3i", connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    assert uid == os.geteuid() and pid > 0
+    connection.close()
