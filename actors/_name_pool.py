@@ -50,7 +50,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgpack
 import pykka
-from loguru import logger
 
 from actors._errors import NameSourceError
 from actors._name_state import CheckinOutcome, NameState, Owner, validate_owner

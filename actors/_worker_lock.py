@@ -32,7 +32,6 @@ from actors._lock_file import LockFile, LockInfo
 from actors._process import process_start_time
 from supervision import (
     BadCall,
-    ChildNotFound,
     ChildSpec,
     ClientError,
     Clock,

@@ -245,7 +245,7 @@ class SupervisedActor(pykka.ThreadingActor):
         self._log = logger.bind(actor=self.__class__.__name__, incarnation=0, urn=self.actor_urn)
 
     @staticmethod
-    def _create_actor_inbox() -> _Inbox:  # type: ignore[override]
+    def _create_actor_inbox() -> _Inbox:
         return _Inbox()
 
     # -- starting ---------------------------------------------------------------------

@@ -88,6 +88,9 @@ def actor_cleanup() -> Iterator[None]:
 def log_records() -> Iterator[list[dict[str, Any]]]:
     """Loguru records emitted during the test (pytest's caplog does not see loguru)."""
     records: list[dict[str, Any]] = []
-    handler_id = logger.add(lambda message: records.append(message.record), level="DEBUG", enqueue=False)
+    def sink(message: Any) -> None:
+        records.append(dict(message.record))
+
+    handler_id = logger.add(sink, level="DEBUG", enqueue=False)
     yield records
     logger.remove(handler_id)
