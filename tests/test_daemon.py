@@ -223,3 +223,16 @@ def test_root_failure_exits_1_with_a_message(tmp_path):
     assert process.wait(30) == 1
     assert "root supervisor failed" in process.stderr.read()
     assert daemon_state(state_dir)["running"] is False
+
+
+def test_the_main_job_demo_runs_and_stops_by_itself(tmp_path):
+    state_dir = tmp_path / "state"
+    result = subprocess.run(
+        [sys.executable, "-m", "actors", "serve", "--state-dir", str(state_dir), "--demo", "--demo-seconds", "3",
+         "--heartbeat", "0.5"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    for expected in ("worker-1", "worker-3", "locked by pid", "names:", "stopping the daemon"):
+        assert expected in result.stdout
+    assert daemon_state(state_dir)["running"] is False
