@@ -18,6 +18,7 @@ from typing import Any
 
 import pykka
 import pytest
+from loguru import logger
 from pykka import messages as pykka_messages
 
 import actors._name_pool as name_pool_module
@@ -125,7 +126,7 @@ def messages(log_records: list[dict[str, Any]], level: str) -> list[str]:
 
 def durable_state(path: Path) -> NameState:
     """What a new pool on `path` would load (snapshot plus journal), read without an actor."""
-    found = _StateFiles(path).load(name_pool_module.logger)
+    found = _StateFiles(path).load(logger)
     assert found, f"no state at {path}"
     return NameState.from_snapshot(found[0][1])
 
