@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from actors._errors import RemoteError
-from actors._protocol import FrameReader, encode
+from actors._protocol import FrameReader, encode, set_kernel_timeouts
 
 __all__ = ["SOCKET_NAME", "Client", "connect"]
 
@@ -72,13 +72,24 @@ class Client:
         except OSError:
             self._socket.close()
             raise
+        self.timeout = timeout
+        set_kernel_timeouts(self._socket, receive=timeout, send=timeout)
         self._reader = FrameReader()
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._pending: list[Any] = []
 
     def call(self, op: str, *args: Any, **kwargs: Any) -> Any:
-        """Send one request and return its `ok` value, or raise its error."""
+        """Send one request and return its `ok` value, or raise its error.
+
+        Blocks up to the client's `timeout` for the reply (`TimeoutError` after it).
+        """
+        try:
+            return self._call(op, args, kwargs)
+        except BlockingIOError:  # the kernel timeout (SO_RCVTIMEO/SO_SNDTIMEO)
+            raise TimeoutError(f"{op}: no reply from {self.socket_path} within {self.timeout}s") from None
+
+    def _call(self, op: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         with self._lock:
             request_id = next(self._ids)
             self._socket.sendall(encode({"id": request_id, "op": op, "args": list(args), "kwargs": kwargs}))

@@ -32,7 +32,7 @@ from loguru import logger
 from pykka import messages as pykka_messages
 
 from actors._errors import NotPermitted
-from actors._protocol import FrameError, FrameReader, encode, error_reply, ok_reply
+from actors._protocol import FrameError, FrameReader, encode, error_reply, ok_reply, set_kernel_timeouts
 from actors._status import collect_status
 from actors._tree import Tree
 from supervision import BadCall, ChildNotFound, ClientError, Handle, UnknownMessage
@@ -40,6 +40,7 @@ from supervision import BadCall, ChildNotFound, ClientError, Handle, UnknownMess
 __all__ = ["CALL_TIMEOUT", "Gateway", "Peer"]
 
 CALL_TIMEOUT = 30.0
+SEND_TIMEOUT = 10.0
 MAX_CONNECTIONS = 256
 
 NAME_METHODS = {
@@ -218,11 +219,13 @@ class Gateway:
 
     def _serve_peer(self, connection: socket.socket, peer: Peer, log: Any) -> None:
         reader = FrameReader()
-        connection.settimeout(0.5)
+        # Wake twice a second to notice a stop; a peer that stops reading our replies
+        # for SEND_TIMEOUT is treated as gone.
+        set_kernel_timeouts(connection, receive=0.5, send=SEND_TIMEOUT)
         while not self._stopping.is_set():
             try:
                 data = connection.recv(65536)
-            except TimeoutError:
+            except (BlockingIOError, TimeoutError):
                 continue
             if not data:
                 return

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import socket
+import struct
 from typing import Any
 
 import msgpack
@@ -16,13 +18,35 @@ import pykka
 
 from supervision import ChildInfo
 
-__all__ = ["MAX_FRAME", "FrameError", "FrameReader", "encode", "error_reply", "ok_reply", "to_wire"]
+__all__ = [
+    "MAX_FRAME",
+    "FrameError",
+    "FrameReader",
+    "encode",
+    "error_reply",
+    "ok_reply",
+    "set_kernel_timeouts",
+    "to_wire",
+]
 
 MAX_FRAME = 1024 * 1024
 
 
 class FrameError(ValueError):
     """Bytes that are not a valid frame: the connection cannot be trusted any further."""
+
+
+def set_kernel_timeouts(sock: socket.socket, *, receive: float | None, send: float | None) -> None:
+    """Blocking socket with kernel timeouts (SO_RCVTIMEO/SO_SNDTIMEO).
+
+    Cheaper than `settimeout`, which makes Python poll() before every recv and send
+    (measured ~8-18 µs per call here). A timeout then surfaces as `BlockingIOError`.
+    """
+    sock.settimeout(None)
+    for option, seconds in ((socket.SO_RCVTIMEO, receive), (socket.SO_SNDTIMEO, send)):
+        whole = int(seconds or 0)
+        micro = int(((seconds or 0) - whole) * 1_000_000)
+        sock.setsockopt(socket.SOL_SOCKET, option, struct.pack("ll", whole, micro))
 
 
 def to_wire(value: Any) -> Any:

@@ -171,16 +171,74 @@ def rows_from_figures(
     return rows
 
 
-def not_built(quick: bool) -> SectionResult:
-    raise Skipped("not built yet")
+def section_name_pool(quick: bool) -> SectionResult:
+    bench_names = script_function("bench_names", "bench_names")
+    figures = bench_names(quick=True) if quick else bench_names()
+    if not isinstance(figures, dict):
+        raise TypeError(f"bench_names() returned {type(figures).__name__}, not a dict")
+    threads = figures.get("calling_threads", 8)
+    rows = [
+        Row("checkout+checkin vs two bare proxy calls (round trips/s)", figures.get("in_memory_round_trips_per_s"),
+            figures.get("bare_pairs_per_s"), "/s", figures.get("in_memory_ratio"),
+            figures.get("in_memory_target"), ">=", str(figures.get("cpus", ""))),
+        Row(f"durable vs in memory, {threads} calling threads (round trips/s)",
+            figures.get(f"durable_{threads}_threads_round_trips_per_s"),
+            figures.get(f"in_memory_{threads}_threads_round_trips_per_s"), "/s", figures.get("durable_ratio"),
+            figures.get("durable_target"), ">=", str(figures.get("cpus", ""))),
+    ]
+    return SectionResult(rows, details=figures)
+
+
+_LOCK_ROWS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...], str]] = {
+    "cycles_ratio": ("acquire+release vs filelock (cycles/s)", ("lock_cycles_per_s",), ("filelock_cycles_per_s",), "/s"),
+    "rss_ratio": ("RSS of 1,000 WorkerLocks vs 1,000 bare actors (MB)", ("rss_lock_actors_mb",),
+                  ("rss_bare_actors_mb",), " MB"),
+}
+
+
+def section_locks(quick: bool) -> SectionResult:
+    bench_locks = script_function("bench_locks", "bench_locks")
+    figures = bench_locks(quick=quick)
+    if not isinstance(figures, dict):
+        raise TypeError(f"bench_locks() returned {type(figures).__name__}, not a dict")
+    shown = dict(figures)
+    for key in ("rss_lock_actors_bytes", "rss_bare_actors_bytes"):
+        if isinstance(shown.get(key), int | float):
+            shown[key.replace("_bytes", "_mb")] = shown[key] / 1e6
+    rows = rows_from_figures(shown, _LOCK_ROWS)
+    idle = figures.get("idle_fd_delta")
+    if isinstance(idle, int | float):
+        # Not a ratio: the count itself, which must be 0.
+        rows.append(Row("fds kept open by an idle lock actor (count)", float(idle), None, "",
+                        float(idle), 0.0, "<=", f"while holding: {figures.get('holding_fd_delta')}"))
+    return SectionResult(rows, details=figures)
+
+
+_GATEWAY_ROWS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...], str]] = {
+    "gateway_vs_echo": ("names.pool_stats via Client→serve vs msgpack echo (calls/s)",
+                        ("gateway_calls_per_s",), ("echo_calls_per_s",), "/s"),
+}
+
+
+def section_gateway(quick: bool) -> SectionResult:
+    bench_gateway = script_function("bench_gateway", "bench_gateway")
+    figures = bench_gateway(quick=quick)
+    if not isinstance(figures, dict):
+        raise TypeError(f"bench_gateway() returned {type(figures).__name__}, not a dict")
+    rows = rows_from_figures(figures, _GATEWAY_ROWS)
+    blocking = figures.get("echo_blocking_calls_per_s")
+    if isinstance(blocking, int | float):
+        rows.append(Row("  same, vs echo from a blocking socket (info)", figures.get("gateway_calls_per_s"),
+                        float(blocking), "/s", figures.get("gateway_vs_echo_blocking"), None))
+    return SectionResult(rows, details=figures)
 
 
 SECTIONS: list[tuple[str, Callable[[bool], SectionResult]]] = [
     ("supervision", section_supervision),
     ("agent_pool", section_agent_pool),
-    ("name_pool", not_built),
-    ("locks", not_built),
-    ("gateway", not_built),
+    ("name_pool", section_name_pool),
+    ("locks", section_locks),
+    ("gateway", section_gateway),
 ]
 
 
@@ -239,9 +297,18 @@ def _amount(value: float | None, unit: str) -> str:
     return f"{value:.4g}{unit}"
 
 
-def print_report(results: list[dict[str, Any]], quick: bool, layout: str) -> None:
+def load_average() -> str:
+    """The 1-minute load average: other work on these 2-CPU machines moves every figure."""
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except (AttributeError, OSError):
+        return "?"
+
+
+def print_report(results: list[dict[str, Any]], quick: bool, layout: str, load: str = "?") -> None:
     print(f"benchmarks{' (quick)' if quick else ''}: {os.cpu_count()} CPUs online, "
-          f"{len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else '?'} usable; {layout}")
+          f"{len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else '?'} usable; {layout}; "
+          f"load average {load} before, {load_average()} after")
     header = ("benchmark", "ours", "baseline", "ratio", "target", "result")
     lines: list[tuple[str, ...]] = []
     for entry in results:
@@ -320,15 +387,17 @@ def main(argv: list[str] | None = None) -> int:
     except Skipped:
         layout = "no CPU pinning"
     progress = (lambda text: print(text, file=sys.stderr, flush=True))
+    load = load_average()
     results = run_sections(args.section, args.quick, progress)
     faulthandler.cancel_dump_traceback_later()
     if args.json:
         for entry in results:
             entry.pop("_rows", None)
         print(json.dumps({"quick": args.quick, "cpus": os.cpu_count(), "layout": layout,
+                          "load_average_before": load, "load_average_after": load_average(),
                           "sections": results}, indent=2, default=str))
     else:
-        print_report(results, args.quick, layout)
+        print_report(results, args.quick, layout, load)
     return 1 if any(entry["status"] == "error" for entry in results) else 0
 
 
