@@ -83,4 +83,9 @@ if TYPE_CHECKING:
     from actors._names import RESERVED_NAMES, THEMES, ThemedSource, validate_name
     from actors._tree import Tree, start_tree
     from actors._worker_lock import InvalidWorkerDir, LockSupervisor, WorkerLock
-    from actors._worker_process import Backoff, WorkerExited, WorkerProcess, inherit_identity
+    from actors._worker_process import (
+        Backoff,
+        WorkerExited,
+        WorkerProcess,
+        inherit_identity,
+    )

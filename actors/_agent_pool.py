@@ -90,6 +90,7 @@ from supervision import (
     UnknownMessage,
     send_interval,
 )
+from supervision._errors import describe
 
 __all__ = ["DISPOSE_WAIT", "STOP_WAIT", "AgentFactory", "AgentPool"]
 
@@ -376,7 +377,7 @@ class AgentPool(SupervisedActor):
         elif isinstance(message, _Created):
             self._on_created(message.creation)
         else:
-            raise UnknownMessage(f"AgentPool does not handle {message!r}")
+            raise UnknownMessage(f"AgentPool does not handle {describe(message)}")
 
     # -- public API -----------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ import operator
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, Protocol
 
-from supervision._errors import ClientError
+from supervision._errors import ClientError, describe
 
 __all__ = [
     "AgentKey",
@@ -82,11 +82,8 @@ class InvalidSetting(ClientError, ValueError):
 
 
 def _describe(value: object) -> str:
-    text = repr(value)
-    # A huge or hostile repr must not flood the log or the client's error message.
-    if len(text) > 80:
-        text = text[:77] + "..."
-    return f"{text} ({type(value).__name__})"
+    # A huge, deep or hostile repr must not flood (or crash) the client's error message.
+    return f"{describe(value)} ({type(value).__name__})"
 
 
 def validate_key(primary: object, agent: object) -> AgentKey:

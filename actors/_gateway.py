@@ -32,14 +32,24 @@ from loguru import logger
 from pykka import messages as pykka_messages
 
 from actors._errors import NotPermitted
-from actors._protocol import FrameError, FrameReader, encode, error_reply, ok_reply, set_kernel_timeouts
+from actors._protocol import (
+    FrameError,
+    FrameReader,
+    encode,
+    error_reply,
+    nesting_depth,
+    ok_reply,
+    set_kernel_timeouts,
+)
 from actors._status import collect_status
 from actors._tree import Tree
 from supervision import BadCall, ChildNotFound, ClientError, Handle, UnknownMessage
+from supervision._errors import describe
 
 __all__ = ["CALL_TIMEOUT", "Gateway", "Peer"]
 
 CALL_TIMEOUT = 30.0
+MAX_NESTING = 32  # deeper arguments are refused before any actor sees them
 SEND_TIMEOUT = 10.0
 MAX_CONNECTIONS = 256
 
@@ -256,7 +266,7 @@ class Gateway:
                 try:
                     payload = encode(reply)
                 except (FrameError, TypeError, ValueError) as error:
-                    payload = encode(error_reply(request_id, "EncodeError", str(error)))
+                    payload = _encode_fallback(request_id, reply, error)
                 connection.sendall(payload)
                 if accepted is not None:
                     self._run_accepted(accepted)
@@ -285,6 +295,8 @@ class Gateway:
             kwargs = {}
         if not isinstance(args, list) or not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
             raise BadCall("'args' must be a list and 'kwargs' a map with str keys")
+        if nesting_depth([args, kwargs], limit=MAX_NESTING) > MAX_NESTING:
+            raise BadCall(f"arguments nested deeper than {MAX_NESTING} levels")
         service, _, method = op.partition(".")
         if service == "names" and method in NAME_METHODS:
             args, kwargs = _default_owner(args, kwargs, NAME_METHODS[method], peer.pid)
@@ -300,7 +312,7 @@ class Gateway:
             except TypeError as error:
                 raise BadCall(f"{op}: {error}") from None
             return handler(peer, *args, **kwargs)
-        raise UnknownMessage(f"unknown op {op!r}")
+        raise UnknownMessage(f"unknown op {describe(op)}")
 
     def _call(self, target: Handle | pykka.ActorRef[Any], method: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
         message = pykka_messages.ProxyCall(attr_path=(method,), args=tuple(args), kwargs=kwargs)
@@ -318,11 +330,14 @@ class Gateway:
             raise BadCall(f"locks.{method} takes the worker directory as its first argument")
         if not isinstance(worker_dir, str):
             raise BadCall(f"worker directory must be a str, not {type(worker_dir).__name__}")
+        if not os.path.isabs(worker_dir):
+            # Relative to what? Not the daemon's own working directory.
+            raise BadCall(f"locks.{method}: the worker directory must be an absolute path, not {describe(worker_dir)}")
         position = LOCK_METHODS[method]
         if position is not None:
             explicit = args[position] if len(args) > position else kwargs.get("owner")
             if explicit is not None and explicit != peer.pid:
-                raise NotPermitted(f"locks.{method}: a worker acts only for itself (pid {peer.pid}), not for {explicit!r}")
+                raise NotPermitted(f"locks.{method}: a worker acts only for itself (pid {peer.pid}), not for {describe(explicit)}")
             args, kwargs = _default_owner(args, kwargs, position, peer.pid, force=True)
         lock_ref = self._call(self.tree.locks, "lock_for", [worker_dir], {})
         return self._call(lock_ref, method, args, kwargs)
@@ -363,7 +378,7 @@ class Gateway:
 
     def _parent_of(self, path: Any) -> tuple[pykka.ActorRef[Any], str]:
         if not isinstance(path, str) or not path or path.startswith("/") or "//" in path:
-            raise BadCall(f"a child path is a str like 'names' or 'locks/<id>', not {path!r}")
+            raise BadCall(f"a child path is a str like 'names' or 'locks/<id>', not {describe(path)}")
         parent_path, _, child_id = path.rpartition("/")
         if not parent_path:
             return self.tree.supervisor, child_id
@@ -382,6 +397,15 @@ class Gateway:
         except pykka.ActorDeadError:
             return False
         return process_pid is not None and _runs_under(peer.pid, process_pid)
+
+
+def _encode_fallback(request_id: int, reply: dict[str, Any], error: Exception) -> bytes:
+    """A reply that cannot be sent as is: keep an error's type with a shortened message."""
+    failure = reply.get("error")
+    if isinstance(failure, dict):
+        message = str(failure.get("message", ""))
+        return encode(error_reply(request_id, str(failure.get("type")), message[:1000] + " [truncated]"))
+    return encode(error_reply(request_id, "EncodeError", str(error)))
 
 
 def _runs_under(pid: int, ancestor: int) -> bool:

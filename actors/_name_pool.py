@@ -68,6 +68,7 @@ from supervision import (
     quarantine_file,
     send_interval,
 )
+from supervision._errors import describe
 
 if TYPE_CHECKING:
     from loguru import Logger
@@ -461,7 +462,7 @@ class NamePool(SupervisedActor):
             # For `python -m actors status`; an ask, not a public method, so that the
             # socket does not serve it as `names.holders`.
             return self._answer(self._state.holders())
-        raise UnknownMessage(f"NamePool does not handle {message!r}")
+        raise UnknownMessage(f"NamePool does not handle {describe(message)}")
 
     # -- public API -----------------------------------------------------------------------
 

@@ -27,11 +27,15 @@ from typing import Any
 from actors._errors import InvalidName, InvalidOwner
 from actors._names import is_valid_name, validate_name
 from actors._process import CREATE_TIME_TOLERANCE
+from supervision._errors import describe
 
 __all__ = ["CheckinOutcome", "NameState", "Owner", "SNAPSHOT_VERSION", "validate_owner"]
 
 #: An owner: None (anonymous), an int process id > 0, or a str such as an actor URN.
 Owner = int | str | None
+
+#: The largest process id any kernel hands out (Linux caps pid_max at 2**22).
+MAX_PID = 2**31 - 1
 
 #: Format version written by `NameState.to_snapshot`.
 SNAPSHOT_VERSION = 1
@@ -42,11 +46,17 @@ def validate_owner(owner: object) -> Owner:
     if owner is None:
         return None
     if isinstance(owner, str):
+        # A str the state file could not store (a lone surrogate) is refused now, not
+        # when the write fails and takes the pool down.
+        try:
+            owner.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidOwner(f"invalid owner {describe(owner)}: not encodable as UTF-8") from None
         return str(owner)  # a plain str comes back as itself; a subclass becomes plain
     # bool is an int, but True as a pid is a bug in the caller, not pid 1.
-    if isinstance(owner, int) and not isinstance(owner, bool) and owner > 0:
+    if isinstance(owner, int) and not isinstance(owner, bool) and 0 < owner <= MAX_PID:
         return int(owner)
-    raise InvalidOwner(f"invalid owner {owner!r}: an owner is None, an int process id > 0 or a str")
+    raise InvalidOwner(f"invalid owner {describe(owner)}: an owner is None, an int process id (1..2**31-1) or a str")
 
 
 def _normalise_start_time(start_time: float | None) -> float | None:
@@ -355,7 +365,7 @@ class NameState:
         try:
             listed_names = [validate_name(name) for name in names_in_use]
         except TypeError:
-            raise InvalidName(f"reconcile expects a list of names, not {names_in_use!r}") from None
+            raise InvalidName(f"reconcile expects a list of names, not {describe(names_in_use)}") from None
         listed = dict.fromkeys(name for name in listed_names if name != self._default_name)
 
         # Ask about every process before changing anything, so a failing check leaves

@@ -17,6 +17,7 @@ import unicodedata
 from collections.abc import Collection, Iterable
 
 from actors._errors import InvalidName
+from supervision._errors import describe
 
 __all__ = [
     "MAX_NAME_LENGTH",
@@ -62,7 +63,7 @@ def validate_name(name: object) -> str:
         return name
     problem = _name_problem(name)
     if problem is not None:
-        raise InvalidName(f"invalid name {name!r}: {problem}")
+        raise InvalidName(f"invalid name {describe(name)}: {problem}")
     return str(name)
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "encode",
     "error_reply",
     "ok_reply",
+    "nesting_depth",
     "set_kernel_timeouts",
     "to_wire",
 ]
@@ -47,6 +48,21 @@ def set_kernel_timeouts(sock: socket.socket, *, receive: float | None, send: flo
         whole = int(seconds or 0)
         micro = int(((seconds or 0) - whole) * 1_000_000)
         sock.setsockopt(socket.SOL_SOCKET, option, struct.pack("ll", whole, micro))
+
+
+def nesting_depth(value: Any, *, limit: int) -> int:
+    """How deeply lists and maps nest in `value`, counted up to `limit + 1` (no recursion)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, list | tuple | dict):
+            if depth > limit:
+                return depth
+            deepest = max(deepest, depth)
+            children = list(item.keys()) + list(item.values()) if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def to_wire(value: Any) -> Any:

@@ -35,13 +35,22 @@ def prepare_state_dir(state_dir: str | os.PathLike[str]) -> Path:
     try:
         info = os.lstat(path)
     except FileNotFoundError:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(path, 0o700)
+        # Each missing level 0700, whatever the umask: mkdir(parents=True) would give the
+        # parents the umask's permissions.
+        for directory in [*reversed(path.parents), path]:
+            try:
+                os.mkdir(directory, 0o700)
+            except FileExistsError:
+                continue
+            os.chmod(directory, 0o700)
         return path
     if stat.S_ISLNK(info.st_mode):
         raise ValueError(f"state dir {path} is a symlink; refusing to use it")
     if not stat.S_ISDIR(info.st_mode):
         raise ValueError(f"state dir {path} is not a directory")
+    if info.st_uid != os.geteuid():
+        # Its owner could swap the socket or the state under us.
+        raise PermissionError(f"state dir {path} belongs to uid {info.st_uid}, not to this user ({os.geteuid()})")
     if info.st_mode & 0o077:
         logger.bind(state_dir=str(path)).warning(
             "state dir {} had loose permissions {:o}; tightened to 700", path, stat.S_IMODE(info.st_mode)

@@ -43,7 +43,15 @@ import pykka
 from loguru import logger
 
 from actors._client import Client
-from supervision import Clock, Handle, SupervisedActor, SystemClock, Timer, UnknownMessage, send_after
+from supervision import (
+    Clock,
+    Handle,
+    SupervisedActor,
+    SystemClock,
+    Timer,
+    UnknownMessage,
+    send_after,
+)
 
 __all__ = [
     "KILL_WAIT",

@@ -22,7 +22,14 @@ from supervision._actor import (
     kill,
     supervised_class,
 )
-from supervision._clock import Clock, ManualClock, SystemClock, Timer, send_after, send_interval
+from supervision._clock import (
+    Clock,
+    ManualClock,
+    SystemClock,
+    Timer,
+    send_after,
+    send_interval,
+)
 from supervision._errors import (
     ActorCrashed,
     AlreadyPresent,
@@ -35,10 +42,9 @@ from supervision._errors import (
     UnknownMessage,
 )
 from supervision._handle import Handle
+from supervision._snapshot import SnapshotError, SnapshotStore, quarantine_file
 from supervision._spec import ChildInfo, ChildSpec, Restart, Strategy
 from supervision._supervisor import RestartIntensityExceeded, Supervisor
-
-from supervision._snapshot import SnapshotError, SnapshotStore, quarantine_file
 
 __all__ = [
     "ActorCrashed",

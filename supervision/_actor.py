@@ -46,7 +46,14 @@ from loguru import logger
 from pykka import messages as pykka_messages
 from pykka._envelope import Envelope
 
-from supervision._errors import ActorCrashed, BadCall, ClientError, StartError, UnknownMessage
+from supervision._errors import (
+    ActorCrashed,
+    BadCall,
+    ClientError,
+    StartError,
+    UnknownMessage,
+    describe,
+)
 
 __all__ = [
     "DeferredReply",
@@ -157,8 +164,7 @@ def _settle(future: pykka.Future[Any], value: Any, exc_info: Any = None) -> bool
 
 
 def _short(message: Any) -> str:
-    text = repr(message)
-    return text if len(text) <= 200 else text[:197] + "..."
+    return describe(message)
 
 
 class DeferredReply(pykka.ThreadingFuture[Any]):

@@ -6,6 +6,8 @@ and keeps running. Everything else that escapes a handler is a crash.
 
 from __future__ import annotations
 
+import reprlib
+
 __all__ = [
     "ActorCrashed",
     "AlreadyPresent",
@@ -16,7 +18,36 @@ __all__ = [
     "ClientError",
     "StartError",
     "UnknownMessage",
+    "describe",
 ]
+
+
+class _BoundedRepr(reprlib.Repr):
+    def repr_instance(self, obj: object, level: int) -> str:
+        try:
+            return super().repr_instance(obj, level)
+        except Exception:  # a hostile __repr__ must not turn a refusal into a crash
+            return f"<{type(obj).__name__} object>"
+
+
+_repr = _BoundedRepr()
+_repr.maxlevel = 3
+_repr.maxstring = 80
+_repr.maxother = 80
+_repr.maxlong = 40
+
+
+def describe(value: object) -> str:
+    """`repr(value)` bounded in depth and length, for error messages quoting a caller's value.
+
+    A plain repr of a hostile value (a list nested 1,000 deep, a 1 MB string) raises
+    `RecursionError` or floods the reply; this never raises and stays short.
+    """
+    try:
+        return _repr.repr(value)
+    except Exception:
+        return f"<{type(value).__name__} object>"
+
 
 
 class ClientError(Exception):

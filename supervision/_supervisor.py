@@ -35,6 +35,7 @@ from supervision._errors import (
     ChildRunning,
     StartError,
     UnknownMessage,
+    describe,
 )
 from supervision._spec import (
     ChildInfo,
@@ -168,9 +169,9 @@ class Supervisor(SupervisedActor):
             kwargs.setdefault("clock", self._clock)  # a tree shares one notion of time
         try:
             actor = supervised_class(spec.actor_class)(*spec.args, **kwargs)
-        except Exception as error:
+        except BaseException as error:  # SystemExit in a constructor is a failed start, not ours
             self._directory.update(spec.id, ref=None, pending=False)
-            raise StartError(f"child {spec.id!r} failed to start: {error!r}") from error
+            raise StartError(f"child {spec.id!r} failed to start: {describe(error)}") from error
         self_ref = self.actor_ref
         directory = self._directory
 
@@ -220,7 +221,7 @@ class Supervisor(SupervisedActor):
             return self._on_child_exit(message)
         if isinstance(message, _RetryRestart):
             return self._restart_in_order(message.child_ids)
-        raise UnknownMessage(f"Supervisor does not handle {message!r}")
+        raise UnknownMessage(f"Supervisor does not handle {describe(message)}")
 
     def _on_child_exit(self, exited: _ChildExited) -> None:
         record = self._records.get(exited.child_id)
@@ -289,7 +290,7 @@ class Supervisor(SupervisedActor):
             raise BadCall(f"child id must be a str, not {type(child_id).__name__}")
         record = self._records.get(child_id)
         if record is None:
-            raise ChildNotFound(f"{self._label} has no child {child_id!r}")
+            raise ChildNotFound(f"{self._label} has no child {describe(child_id)}")
         return record
 
     def which_children(self) -> list[ChildInfo]:

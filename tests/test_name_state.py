@@ -83,9 +83,15 @@ class Urn(str):
     pass
 
 
-@pytest.mark.parametrize("owner", [None, 1, 4_194_304, 2**40, "urn:actor:1", ""])
+@pytest.mark.parametrize("owner", [None, 1, 4_194_304, 2**31 - 1, "urn:actor:1", ""])
 def test_valid_owners(owner: object) -> None:
     assert validate_owner(owner) == owner
+
+
+@pytest.mark.parametrize("owner", [2**31, 2**40, 2**64, "lone \ud800 surrogate"])
+def test_owners_no_process_or_state_file_could_hold_are_invalid(owner: object) -> None:
+    with pytest.raises(InvalidOwner):
+        validate_owner(owner)
 
 
 def test_int_and_str_subclasses_are_normalised() -> None:
