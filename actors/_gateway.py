@@ -339,8 +339,16 @@ class Gateway:
             if explicit is not None and explicit != peer.pid:
                 raise NotPermitted(f"locks.{method}: a worker acts only for itself (pid {peer.pid}), not for {describe(explicit)}")
             args, kwargs = _default_owner(args, kwargs, position, peer.pid, force=True)
-        lock_ref = self._call(self.tree.locks, "lock_for", [worker_dir], {})
-        return self._call(lock_ref, method, args, kwargs)
+        deadline = time.monotonic() + self._call_timeout
+        while True:
+            lock_ref = self._call(self.tree.locks, "lock_for", [worker_dir], {})
+            try:
+                return self._call(lock_ref, method, args, kwargs)
+            except pykka.ActorDeadError:
+                # Never reached a handler (the lock actor was restarting): like a Handle,
+                # send it to the next incarnation. Lock methods never raise it themselves.
+                if time.monotonic() >= deadline:
+                    raise
 
     # -- tree.* ---------------------------------------------------------------------------------------
 

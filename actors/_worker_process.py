@@ -44,6 +44,7 @@ from loguru import logger
 
 from actors._client import Client
 from supervision import (
+    ActorCrashed,
     Clock,
     Handle,
     SupervisedActor,
@@ -483,12 +484,26 @@ class WorkerProcess(SupervisedActor):
         log = self._log
 
         def wait() -> None:
-            try:
-                future.get(timeout=_RELEASE_TIMEOUT)
-            except Exception as error:
-                # A pool whose tree is stopping keeps nothing to give back: not worth a warning.
-                level = "DEBUG" if names.is_gone() else "WARNING"
-                log.log(level, "could not dissociate {!r} from its name: {!r}", owner, error)
+            deadline = time.monotonic() + _RELEASE_TIMEOUT
+            attempt = future
+            while True:
+                try:
+                    attempt.get(timeout=max(0.0, deadline - time.monotonic()))
+                    return
+                except (ActorCrashed, pykka.ActorDeadError) as error:
+                    # The pool crashed before the dissociate was durable: it did not happen.
+                    # A str owner is never reaped, so send it again (it is idempotent) or
+                    # the name would stay with a dead URN for good.
+                    if names.is_gone() or time.monotonic() >= deadline:
+                        last_error: Exception = error
+                        break
+                    attempt = names.proxy().dissociate(owner)
+                except Exception as error:
+                    last_error = error
+                    break
+            # A pool whose tree is stopping keeps nothing to give back: not worth a warning.
+            level = "DEBUG" if names.is_gone() else "WARNING"
+            log.log(level, "could not dissociate {!r} from its name: {!r}", owner, last_error)
 
         threading.Thread(target=wait, name="name-release", daemon=True).start()
 

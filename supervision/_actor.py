@@ -71,6 +71,7 @@ class Undelivered(pykka.ActorDeadError):
     """An ask that never reached a handler: its actor stopped first. Safe to retry."""
 
     reply_to: pykka.Future[Any] | None = None
+    not_handled: bool = False
 
 
 class Killed(Exception):
@@ -199,6 +200,12 @@ class DeferredReply(pykka.ThreadingFuture[Any]):
     def done(self) -> bool:
         return self._result is not None
 
+    def set_not_handled(self, reason: str) -> None:
+        """Fail with `Undelivered`: the call had no effect, so a `Handle` sends it again."""
+        error = Undelivered(reason)
+        error.not_handled = True
+        self.set_exception((Undelivered, error, None))
+
     def _run_callbacks(self) -> None:
         with self._condition:
             callbacks, self._callbacks = self._callbacks, []
@@ -209,6 +216,10 @@ class DeferredReply(pykka.ThreadingFuture[Any]):
 def _forward(source: pykka.Future[Any], target: pykka.Future[Any]) -> None:
     try:
         value = source.get(timeout=0)
+    except Undelivered as error:
+        if getattr(error, "not_handled", False):
+            error.reply_to = target  # declared unhandled by the actor: the caller may resend
+        _settle(target, None, sys.exc_info())
     except BaseException:
         _settle(target, None, sys.exc_info())
     else:

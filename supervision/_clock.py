@@ -86,6 +86,9 @@ class Clock(Protocol):
 
 _timer_seq = itertools.count()
 
+#: Seconds the shared clock thread waits with nothing scheduled before it ends.
+IDLE_EXIT = 0.5
+
 
 class _SystemScheduler:
     """One daemon thread firing every `SystemClock`'s timers, started on first use."""
@@ -98,7 +101,7 @@ class _SystemScheduler:
     def add(self, timer: Timer) -> None:
         with self._condition:
             heapq.heappush(self._heap, timer)
-            if self._thread is None or not self._thread.is_alive():
+            if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="supervision-clock", daemon=True)
                 self._thread.start()
             self._condition.notify()
@@ -113,8 +116,14 @@ class _SystemScheduler:
                     if self._heap and self._heap[0].due <= now:
                         timer = heapq.heappop(self._heap)
                         break
-                    wait = (self._heap[0].due - now) if self._heap else None
-                    self._condition.wait(wait)
+                    if not self._heap:
+                        # Nothing scheduled: linger a moment, then end; add() starts a new one.
+                        self._condition.wait(IDLE_EXIT)
+                        if not self._heap:
+                            self._thread = None
+                            return
+                        continue
+                    self._condition.wait(self._heap[0].due - now)
             timer._fire()
             if timer.active and timer.interval is not None:
                 # Missed occurrences of a real clock (a suspended machine) coalesce into one.
