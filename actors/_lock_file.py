@@ -13,6 +13,18 @@ Whether the lock is held is decided by the record alone, by the pure `judge`.
 
 `LockFile` holds no file descriptor between calls and is safe to share between threads;
 two `LockFile` objects on one directory exclude each other like two processes do.
+
+One acquire+release (the floor of `WorkerLock`'s cycle) is ~25 system calls and one new
+inode. The record is a fresh file each time (temp file + rename): rewriting a removed
+record's inode in place could show a reader that still has it open a torn record. On
+ext4 without a journal, allocating an inode scans past recently deleted ones, so that one
+call costs from ~15 to ~170 µs with the churn in its block group. Descriptors are not
+kept while the lock is held: re-checking them (`.runtime` may since be a symlink, the
+guard another file) costs nearly the opens saved, and a guard descriptor kept across a
+fork would be shared with the child, whose flock would then not exclude ours. What needs
+no system call is cached: this process's own start time (a record naming this very
+process is alive without a /proc read), the formatted second of `acquired_at`, the JSON
+encoder.
 """
 
 from __future__ import annotations
@@ -28,18 +40,22 @@ import secrets
 import socket
 import stat
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from types import TracebackType
 from typing import TypeGuard
 
 import psutil
 from loguru import logger
 
 from actors._errors import InvalidLock, InvalidOwner, Locked, NotLocked
-from actors._process import CREATE_TIME_TOLERANCE, is_same_process_alive, process_start_time
-from supervision import BadCall
+from actors._process import (
+    CREATE_TIME_TOLERANCE,
+    is_same_process_alive,
+    process_start_time,
+)
+from supervision import BadCall, make_private_directory
 
 __all__ = [
     "GUARD_NAME",
@@ -51,6 +67,7 @@ __all__ = [
     "Verdict",
     "encode_record",
     "judge",
+    "own_identity",
     "parse_record",
 ]
 
@@ -181,6 +198,10 @@ def parse_record(data: bytes) -> LockInfo:
     )
 
 
+# Built once: `json.dumps` with non-default options builds a new encoder on every call.
+_ENCODER = json.JSONEncoder(ensure_ascii=True, allow_nan=False)
+
+
 def encode_record(info: LockInfo) -> bytes:
     """The bytes of `agent.lock` for `info` (one line of ASCII JSON)."""
     fields = {
@@ -191,7 +212,48 @@ def encode_record(info: LockInfo) -> bytes:
         "hostname": info.hostname,
         "refreshed_at": info.refreshed_at,
     }
-    return (json.dumps(fields, ensure_ascii=True, allow_nan=False) + "\n").encode("ascii")
+    return (_ENCODER.encode(fields) + "\n").encode("ascii")
+
+
+# (pid, start time) of this process. Keyed by pid, so a forked child looks itself up afresh.
+_own_identity: tuple[int, float | None] = (0, None)
+
+
+def own_identity() -> tuple[int, float | None]:
+    """(pid, start time) of the calling process; the start time is read from /proc once.
+
+    Start time None only if the lookup failed (it is then retried on the next call).
+    """
+    global _own_identity
+    pid = os.getpid()
+    identity = _own_identity
+    if identity[0] != pid or identity[1] is None:
+        identity = _own_identity = (pid, process_start_time(pid))
+    return identity
+
+
+def _start_time_of(pid: int) -> float | None:
+    """`process_start_time(pid)`, without the /proc read when `pid` is this process."""
+    own_pid, own_start_time = own_identity()
+    if pid == own_pid and own_start_time is not None:
+        return own_start_time
+    return process_start_time(pid)
+
+
+def _is_alive(pid: int, start_time: float) -> bool:
+    """`is_same_process_alive`, answered without /proc for a record naming this process.
+
+    The process running this code is alive by definition, and its start time cannot have
+    changed since `own_identity` read it: the answer is the one /proc would give.
+    """
+    own_pid, own_start_time = own_identity()
+    if (
+        pid == own_pid
+        and own_start_time is not None
+        and abs(start_time - own_start_time) <= CREATE_TIME_TOLERANCE
+    ):
+        return True
+    return is_same_process_alive(pid, start_time)
 
 
 def judge(
@@ -228,9 +290,33 @@ def judge(
     return Verdict(LockState.HELD, info)
 
 
+# The last whole second formatted by `_rfc3339`, and its text (one tuple: read atomically).
+_formatted_second: tuple[int, str] = (0, "1970-01-01T00:00:00")
+
+
 def _rfc3339(epoch_seconds: float) -> str:
-    moment = datetime.fromtimestamp(epoch_seconds, timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """`epoch_seconds` as RFC 3339 UTC with microseconds, exactly as
+    `datetime.fromtimestamp(epoch_seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")`.
+
+    strftime costs microseconds per call; the date and time of day change once a second,
+    so they are formatted once per second. The split into second and microseconds rounds
+    half-even, as `datetime.fromtimestamp` does (x.9999996 is the next second).
+    """
+    global _formatted_second
+    fraction, whole = math.modf(epoch_seconds)
+    microseconds = round(fraction * 1e6)
+    second = int(whole)
+    if microseconds >= 1_000_000:
+        second += 1
+        microseconds -= 1_000_000
+    elif microseconds < 0:
+        second -= 1
+        microseconds += 1_000_000
+    cached_second, text = _formatted_second
+    if cached_second != second:
+        text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _formatted_second = (second, text)
+    return f"{text}.{microseconds:06d}Z"
 
 
 def _same_owner(info: LockInfo, pid: int, start_time: float | None) -> bool:
@@ -277,12 +363,81 @@ class _Unsafe(Exception):
         self.reason = reason
 
 
-@contextmanager
-def _unsafe_as_invalid_lock() -> Iterator[None]:
-    try:
-        yield
-    except _Unsafe as unsafe:
-        raise InvalidLock(f"refusing lock path {unsafe}") from None
+class _UnsafeAsInvalidLock:
+    """Context manager turning `_Unsafe` into the API's `InvalidLock`.
+
+    A class, not a `@contextmanager` generator: it wraps every call, and costs a tenth.
+    """
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if isinstance(exc, _Unsafe):
+            raise InvalidLock(f"refusing lock path {exc}") from None
+
+
+_unsafe_as_invalid_lock = _UnsafeAsInvalidLock()
+
+
+class _Guarded:
+    """The guard flock held around one read-check-write of a `LockFile` (its `_guarded`).
+
+    Entering opens `.runtime` (creating it if `create`) and the guard, and flocks the
+    guard; it gives the `.runtime` descriptor, or None when `.runtime` is absent and not
+    `create`. Leaving unlocks and closes both: nothing stays open between calls. A class,
+    not a `@contextmanager` generator, because every locking call pays for it.
+    """
+
+    __slots__ = ("_create", "_dir_fd", "_guard_fd", "_lock_file")
+
+    def __init__(self, lock_file: LockFile, create: bool) -> None:
+        self._lock_file = lock_file
+        self._create = create
+        self._dir_fd: int | None = None
+        self._guard_fd: int | None = None
+
+    def __enter__(self) -> int | None:
+        lock_file = self._lock_file
+        dir_fd = lock_file._open_runtime(create=self._create)
+        if dir_fd is None:
+            return None
+        try:
+            if self._create:
+                lock_file._tighten_runtime(dir_fd)
+            self._guard_fd = lock_file._open_locked_guard(dir_fd)
+        except BaseException:
+            os.close(dir_fd)
+            raise
+        self._dir_fd = dir_fd
+        return dir_fd
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        guard_fd, dir_fd = self._guard_fd, self._dir_fd
+        self._guard_fd = self._dir_fd = None
+        try:
+            if guard_fd is not None:
+                try:
+                    # Unlock explicitly: a child forked meanwhile shares the open file
+                    # description, and closing our copy alone would leave it locked.
+                    fcntl.flock(guard_fd, fcntl.LOCK_UN)
+                finally:
+                    os.close(guard_fd)
+        finally:
+            if dir_fd is not None:
+                os.close(dir_fd)
 
 
 class LockFile:
@@ -368,10 +523,10 @@ class LockFile:
             )
         if start_time is None:
             # Looked up before taking the guard, to keep the critical section short.
-            start_time = process_start_time(owner_pid)
+            start_time = _start_time_of(owner_pid)
             if start_time is None:
                 raise InvalidOwner(f"owner pid {owner_pid} is not a running process")
-        with _unsafe_as_invalid_lock(), self._guarded(create=True) as dir_fd:
+        with _unsafe_as_invalid_lock, self._guarded(create=True) as dir_fd:
             assert dir_fd is not None
             for _ in range(_MAX_ATTEMPTS):
                 snapshot, verdict = self._judge_record(dir_fd)
@@ -405,7 +560,7 @@ class LockFile:
         if owner_pid is not None:
             owner_pid = _check_owner_pid(owner_pid)
         start_time = _check_start_time(owner_start_time)
-        with _unsafe_as_invalid_lock(), self._guarded(create=False) as dir_fd:
+        with _unsafe_as_invalid_lock, self._guarded(create=False) as dir_fd:
             if dir_fd is None:
                 raise NotLocked(f"{self.worker_dir} is not locked")
             for _ in range(_MAX_ATTEMPTS):
@@ -435,14 +590,14 @@ class LockFile:
         `InvalidLock` for a corrupt record or a symlinked path. Takes no lock: records
         are only ever replaced by rename, so a reader sees a whole one or none.
         """
-        with _unsafe_as_invalid_lock():
+        with _unsafe_as_invalid_lock:
             verdict = self._look()
         self._raise_if_corrupt(verdict)
         return verdict.info
 
     def inspect(self) -> Verdict:
         """Judge the record now (no lock taken). Raises `InvalidLock` for a symlinked path."""
-        with _unsafe_as_invalid_lock():
+        with _unsafe_as_invalid_lock:
             return self._look()
 
     def check(self, owner_pid: int, *, owner_start_time: float | None = None) -> None:
@@ -481,7 +636,7 @@ class LockFile:
         `InvalidLock` to act through a symlinked `.runtime` or guard file, or to remove
         a directory planted under the record's name. No record: nothing to do.
         """
-        with _unsafe_as_invalid_lock(), self._guarded(create=False) as dir_fd:
+        with _unsafe_as_invalid_lock, self._guarded(create=False) as dir_fd:
             if dir_fd is None:
                 return
             try:
@@ -571,7 +726,13 @@ class LockFile:
         if snapshot is None:
             return Verdict(LockState.UNLOCKED)
         boot_time = self._boot_time_for(snapshot.mtime)
-        return judge(snapshot.data, mtime=snapshot.mtime, boot_time=boot_time, this_host=self.hostname)
+        return judge(
+            snapshot.data,
+            mtime=snapshot.mtime,
+            boot_time=boot_time,
+            this_host=self.hostname,
+            is_alive=_is_alive,
+        )
 
     def _boot_time_for(self, mtime: float) -> float:
         """The boot time to judge a record modified at `mtime` against.
@@ -616,7 +777,7 @@ class LockFile:
                 return None
         except OSError as error:
             raise self._unsafe_runtime(error) from None
-        os.makedirs(self.worker_dir, mode=0o700, exist_ok=True)
+        make_private_directory(self.worker_dir)
         try:
             os.mkdir(self._runtime_path, 0o700)
         except FileExistsError:
@@ -650,40 +811,31 @@ class LockFile:
         if not stat.S_ISREG(mode):
             raise _Unsafe(self._guard_path, "is a symlink" if stat.S_ISLNK(mode) else "is not a file")
 
-    @contextmanager
-    def _guarded(self, *, create: bool) -> Iterator[int | None]:
-        """Hold the guard flock; yield the `.runtime` descriptor (None if absent, not `create`)."""
-        dir_fd = self._open_runtime(create=create)
-        if dir_fd is None:
-            yield None
-            return
+    def _guarded(self, *, create: bool) -> _Guarded:
+        """`with self._guarded(create=...) as dir_fd:` holds the guard flock for the block;
+        `dir_fd` is the `.runtime` descriptor (None if absent and not `create`)."""
+        return _Guarded(self, create)
+
+    def _open_locked_guard(self, dir_fd: int) -> int:
+        """Open the guard file in `.runtime` (refusing anything but a regular file) and flock it."""
         try:
-            if create:
-                self._tighten_runtime(dir_fd)
-            try:
-                guard_fd = os.open(GUARD_NAME, _GUARD_FLAGS, 0o600, dir_fd=dir_fd)
-            except OSError as error:
-                if error.errno in (errno.ELOOP, errno.EISDIR):
-                    raise _Unsafe(self._guard_path, os.strerror(error.errno)) from None
-                raise
-            try:
-                guard_stat = os.fstat(guard_fd)
-                if not stat.S_ISREG(guard_stat.st_mode):
-                    raise _Unsafe(self._guard_path, "is not a regular file")
-                if guard_stat.st_mode & 0o077:
-                    # Anyone who can open the guard can flock it forever and stall us.
-                    os.fchmod(guard_fd, 0o600)
-                self._lock_guard(guard_fd)
-                try:
-                    yield dir_fd
-                finally:
-                    # Unlock explicitly: a child forked meanwhile shares the open file
-                    # description, and closing our copy alone would leave it locked.
-                    fcntl.flock(guard_fd, fcntl.LOCK_UN)
-            finally:
-                os.close(guard_fd)
-        finally:
-            os.close(dir_fd)
+            guard_fd = os.open(GUARD_NAME, _GUARD_FLAGS, 0o600, dir_fd=dir_fd)
+        except OSError as error:
+            if error.errno in (errno.ELOOP, errno.EISDIR):
+                raise _Unsafe(self._guard_path, os.strerror(error.errno)) from None
+            raise
+        try:
+            guard_stat = os.fstat(guard_fd)
+            if not stat.S_ISREG(guard_stat.st_mode):
+                raise _Unsafe(self._guard_path, "is not a regular file")
+            if guard_stat.st_mode & 0o077:
+                # Anyone who can open the guard can flock it forever and stall us.
+                os.fchmod(guard_fd, 0o600)
+            self._lock_guard(guard_fd)
+        except BaseException:
+            os.close(guard_fd)
+            raise
+        return guard_fd
 
     def _lock_guard(self, guard_fd: int) -> None:
         """flock the guard, polling so the wait is bounded (blocking flock cannot time out)."""
@@ -709,19 +861,18 @@ class LockFile:
 
     def _read_snapshot(self, dir_fd: int, name: str) -> _Snapshot | None:
         """The file `name` in `.runtime` (None if absent); refuses symlinks and non-files."""
-        path = os.path.join(self._runtime_path, name)
         try:
             fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
         except FileNotFoundError:
             return None
         except OSError as error:
             if error.errno == errno.ELOOP:
-                raise _Unsafe(path, "is a symlink") from None
+                raise _Unsafe(os.path.join(self._runtime_path, name), "is a symlink") from None
             raise
         try:
             file_stat = os.fstat(fd)
             if not stat.S_ISREG(file_stat.st_mode):
-                raise _Unsafe(path, "is not a regular file")
+                raise _Unsafe(os.path.join(self._runtime_path, name), "is not a regular file")
             chunks: list[bytes] = []
             size = 0
             while size <= MAX_RECORD_BYTES:  # one byte more than allowed tells "too large"
@@ -730,6 +881,8 @@ class LockFile:
                     break
                 chunks.append(chunk)
                 size += len(chunk)
+                if size == file_stat.st_size:
+                    break  # all fstat saw: spare the read that would only say "end of file"
         finally:
             os.close(fd)
         return _Snapshot(b"".join(chunks), file_stat.st_mtime, file_stat.st_dev, file_stat.st_ino)

@@ -19,7 +19,7 @@ from typing import Any
 import pykka
 from loguru import logger
 
-from supervision import ChildSpec, Clock, Handle, Strategy, Supervisor
+from supervision import ChildSpec, Clock, Handle, Strategy, Supervisor, make_private_directory
 
 __all__ = ["NAMES_STATE", "Tree", "prepare_state_dir", "start_tree"]
 
@@ -35,14 +35,7 @@ def prepare_state_dir(state_dir: str | os.PathLike[str]) -> Path:
     try:
         info = os.lstat(path)
     except FileNotFoundError:
-        # Each missing level 0700, whatever the umask: mkdir(parents=True) would give the
-        # parents the umask's permissions.
-        for directory in [*reversed(path.parents), path]:
-            try:
-                os.mkdir(directory, 0o700)
-            except FileExistsError:
-                continue
-            os.chmod(directory, 0o700)
+        make_private_directory(path)
         return path
     if stat.S_ISLNK(info.st_mode):
         raise ValueError(f"state dir {path} is a symlink; refusing to use it")

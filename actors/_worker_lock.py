@@ -28,8 +28,7 @@ from typing import Any, NoReturn
 import pykka
 
 from actors._errors import InvalidOwner
-from actors._lock_file import LockFile, LockInfo
-from actors._process import process_start_time
+from actors._lock_file import LockFile, LockInfo, own_identity
 from supervision import (
     BadCall,
     ChildSpec,
@@ -42,10 +41,10 @@ from supervision import (
     Supervisor,
     SystemClock,
     Timer,
-    Undelivered,
     UnknownMessage,
     send_interval,
 )
+from supervision._errors import describe
 
 __all__ = ["InvalidWorkerDir", "LockSupervisor", "WorkerLock", "lock_child_id"]
 
@@ -76,22 +75,13 @@ class _Check:
 
 _CHECK = _Check()  # one shared instance: a thousand locks need no thousand ticks
 
-# (pid, start time) of this process, so in-process callers (the default owner) cost no
-# /proc read per call; keyed by pid so a forked child looks itself up afresh.
-_own_identity: tuple[int, float | None] = (0, None)
-
-
-def _current_process() -> tuple[int, float | None]:
-    global _own_identity
-    pid = os.getpid()
-    if _own_identity[0] != pid:
-        _own_identity = (pid, process_start_time(pid))
-    return _own_identity
-
-
 def _owner_and_start_time(owner: object) -> tuple[Any, float | None]:
-    """The owner pid to act for (default: this process) and its start time if known cheaply."""
-    pid, start_time = _current_process()
+    """The owner pid to act for (default: this process) and its start time if known cheaply.
+
+    This process's start time is cached (`own_identity`), so in-process callers (the
+    default owner) cost no /proc read per call.
+    """
+    pid, start_time = own_identity()
     if owner is None:
         return pid, start_time
     if type(owner) is int and owner == pid:
@@ -117,7 +107,11 @@ def _worker_dir_text(worker_dir: object) -> str:
     if not isinstance(path, str):
         raise BadCall(f"worker_dir must be a str path, not {type(path).__name__}")
     if not path or "\0" in path:
-        raise InvalidWorkerDir(f"invalid worker directory {path!r}")
+        raise InvalidWorkerDir(f"invalid worker directory {describe(path)}")
+    try:
+        os.fsencode(path)  # a lone surrogate cannot reach the OS: refuse it here, not crash there
+    except UnicodeEncodeError:
+        raise InvalidWorkerDir(f"worker directory {describe(path)} cannot be encoded for the filesystem") from None
     return path
 
 
@@ -350,13 +344,20 @@ class LockSupervisor(Supervisor):
         return result
 
     def on_stop(self) -> None:
+        self._release_waiters("stopped")
+        super().on_stop()
+
+    def on_failure(self, *exc_info: Any) -> None:
+        # Before the base class cuts our deferred replies off with ActorCrashed: these calls
+        # had no effect, so they are declared unhandled and a Handle resends them.
+        self._release_waiters("failed")
+        super().on_failure(*exc_info)
+
+    def _release_waiters(self, how: str) -> None:
         waiting, self._awaiting_exit = self._awaiting_exit, {}
         for waiters in waiting.values():
             for _worker_dir, reply in waiters:
-                # Never handled: a Handle sends it again to our next incarnation.
-                error = Undelivered(f"{self._label} stopped before its lock was restarted")
-                reply.set_exception((Undelivered, error, None))
-        super().on_stop()
+                reply.set_not_handled(f"{self._label} {how} before its lock was restarted")
 
 
 def _answer(result: Any, reply: DeferredReply | None) -> Any:

@@ -42,7 +42,7 @@ from supervision._errors import (
     UnknownMessage,
 )
 from supervision._handle import Handle
-from supervision._snapshot import SnapshotError, SnapshotStore, quarantine_file
+from supervision._snapshot import SnapshotError, SnapshotStore, make_private_directory, quarantine_file
 from supervision._spec import ChildInfo, ChildSpec, Restart, Strategy
 from supervision._supervisor import RestartIntensityExceeded, Supervisor
 
@@ -78,6 +78,7 @@ __all__ = [
     "kill",
     "send_after",
     "send_interval",
+    "make_private_directory",
     "quarantine_file",
     "supervised_class",
 ]

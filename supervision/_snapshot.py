@@ -35,7 +35,7 @@ from typing import Any
 import msgpack
 from loguru import logger
 
-__all__ = ["SnapshotError", "SnapshotStore", "quarantine_file"]
+__all__ = ["SnapshotError", "SnapshotStore", "make_private_directory", "quarantine_file"]
 
 FORMAT = "supervision.snapshot"
 
@@ -260,19 +260,7 @@ class SnapshotStore:
 
     @staticmethod
     def _make_directory(directory: Path) -> None:
-        """Create ``directory`` and missing parents, each 0700 (makedirs' mode skips parents)."""
-        if directory.is_dir():
-            return
-        missing: list[Path] = []
-        while not directory.exists() and directory != directory.parent:
-            missing.append(directory)
-            directory = directory.parent
-        for path in reversed(missing):
-            try:
-                os.mkdir(path, _DIRECTORY_MODE)
-            except FileExistsError:
-                continue  # created meanwhile by someone else: not ours to chmod
-            os.chmod(path, _DIRECTORY_MODE)  # the umask may have taken bits
+        make_private_directory(directory)
 
 
 def _unlink_quietly(name: str, directory_fd: int) -> bool:
@@ -282,6 +270,27 @@ def _unlink_quietly(name: str, directory_fd: int) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+def make_private_directory(directory: str | os.PathLike[str]) -> None:
+    """Create ``directory`` and its missing parents, each 0700 whatever the umask.
+
+    ``os.makedirs(mode=0o700)`` applies the mode to the last level only; the parents
+    would get the umask's permissions. Existing directories are left as they are.
+    """
+    directory = Path(directory)
+    if directory.is_dir():
+        return
+    missing: list[Path] = []
+    while not directory.exists() and directory != directory.parent:
+        missing.append(directory)
+        directory = directory.parent
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, _DIRECTORY_MODE)
+        except FileExistsError:
+            continue  # created meanwhile by someone else: not ours to chmod
+        os.chmod(path, _DIRECTORY_MODE)  # the umask may have taken bits
 
 
 def quarantine_file(path: str | os.PathLike[str], reason: str) -> Path:

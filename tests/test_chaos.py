@@ -265,14 +265,6 @@ def locks_under_a_root(tmp_path, monkeypatch):
         root.stop(timeout=20)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: actors/_worker_lock.py LockSupervisor: a lock_for waiting for a crashed lock's exit "
-        "notice (_awaiting_exit) is cut off with ActorCrashed when that notice makes the lock "
-        "supervisor exceed its restart intensity; the call did nothing and a Handle never resends it"
-    ),
-)
 def test_lock_for_waiting_for_an_exit_notice_survives_the_escalation_it_causes(locks_under_a_root, tmp_path):
     make, _hold_lock_exit, release = locks_under_a_root
     locks, supervisor, lock, hold_supervisor = make(max_restarts=0)
@@ -286,14 +278,6 @@ def test_lock_for_waiting_for_an_exit_notice_survives_the_escalation_it_causes(l
     assert fresh.is_alive() and fresh != lock
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: actors/_worker_lock.py LockSupervisor.on_stop answers lock_for calls waiting for an exit "
-        "notice with an Undelivered whose reply_to is not the caller's envelope, so a Handle raises it "
-        "instead of sending the call to the next incarnation as the comment there says"
-    ),
-)
 def test_lock_for_waiting_for_an_exit_notice_survives_a_stop_of_the_lock_supervisor(locks_under_a_root, tmp_path):
     make, hold_lock_exit, release = locks_under_a_root
     locks, supervisor, lock, hold_supervisor = make()

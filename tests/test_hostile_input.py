@@ -5,9 +5,8 @@ The rule under test (contract §1, "Crash semantics"): a call either succeeds or
 no restart). Every actor runs under a root supervisor that allows many restarts, so a
 crash shows up as a restart instead of taking the test down with it.
 
-The fuzz strategies leave out the triggers of the bugs pinned by the `xfail(strict=True)`
-tests at the end of each section (nesting deeper than Python's repr can go, ints beyond
-msgpack's range and lone surrogates); widen them once those are fixed.
+The triggers of the bugs this file found (nesting deeper than repr can go, owners the
+state file cannot hold, unencodable paths) have tests of their own below.
 """
 
 from __future__ import annotations
@@ -33,6 +32,7 @@ from actors import (
     AgentPool,
     Client,
     InvalidName,
+    InvalidWorkerDir,
     LockSupervisor,
     NamePool,
     WorkerLock,
@@ -526,27 +526,26 @@ def test_alias_and_dot_dot_name_the_same_worker(tmp_path):
         locks.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a worker path that cannot be encoded for the OS crashes the lock actors")
-@pytest.mark.parametrize("where", ["lock_for", "acquire", "read", "check", "release", "force_release"])
-def test_unencodable_worker_path_is_a_client_error(tmp_path, where):
-    # "\ud800" (a lone surrogate) passes _worker_dir_text, then os.lstat / os.open raise
-    # UnicodeEncodeError (a ValueError, not an OSError): LockSupervisor._resolve and every
-    # WorkerLock method let it escape, and the actor crashes.
+def test_unencodable_worker_path_is_a_client_error_from_lock_for(tmp_path):
+    # "\ud800" (a lone surrogate) cannot reach the OS: os.lstat would raise
+    # UnicodeEncodeError (not an OSError). It must be refused as a ClientError, no crash.
     path = str(tmp_path / "w\ud800")
-    if where == "lock_for":
-        harness = Harness([ChildSpec("actor", LockSupervisor, kwargs={"check_interval": 3600.0})])
-        call = lambda proxy: proxy.lock_for(path)
-    else:
-        harness = Harness([ChildSpec("actor", WorkerLock, args=(path,), kwargs={"check_interval": 3600.0})])
-        call = lambda proxy: getattr(proxy, where)()
+    harness = Harness([ChildSpec("actor", LockSupervisor, kwargs={"check_interval": 3600.0})])
     ref = harness.ref("actor")
     try:
-        with pytest.raises(ClientError):
-            call(ref.proxy()).get(timeout=CALL_TIMEOUT)
+        with pytest.raises(InvalidWorkerDir):
+            ref.proxy().lock_for(path).get(timeout=CALL_TIMEOUT)
         assert ref.is_alive()
         assert harness.restarts() == {"actor": 0}
     finally:
         harness.stop()
+
+
+def test_a_lock_actor_on_an_unencodable_path_is_refused_at_start(tmp_path):
+    path = str(tmp_path / "w\ud800")
+    with pytest.raises(InvalidWorkerDir):  # from the constructor, before any thread or file
+        WorkerLock.start(path, check_interval=3600.0)
+    assert os.listdir(tmp_path) == []
 
 
 # -- Supervisor -----------------------------------------------------------------------------------

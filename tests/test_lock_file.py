@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import select
 import socket
@@ -13,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -239,6 +241,34 @@ def test_records_round_trip(info: LockInfo) -> None:
     assert parse_record(encode_record(info)) == info
 
 
+@given(infos)
+def test_a_record_is_one_line_of_ascii_json_of_its_fields(info: LockInfo) -> None:
+    fields = {name: getattr(info, name) for name in LockInfo.__dataclass_fields__}
+    assert encode_record(info) == (json.dumps(fields, ensure_ascii=True, allow_nan=False) + "\n").encode()
+
+
+def test_a_record_with_a_non_finite_start_time_cannot_be_encoded() -> None:
+    for start_time in (math.nan, math.inf):
+        with pytest.raises(ValueError):
+            encode_record(LockInfo(4242, start_time, "2024-01-01T00:00:00.000000Z", "%4", HOST))
+
+
+def reference_rfc3339(epoch_seconds: float) -> str:
+    return datetime.fromtimestamp(epoch_seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+RFC3339_EDGES = [0.0, 0.5, -0.5, -0.0000004, -0.0000005, -0.0000006, 1.9999994, 1.9999995, 1.9999996,
+                 86399.9999999, 1_700_000_000.25, 1_700_000_000.0000005, 1_700_000_000.9999995, 4e9 + 0.123456]
+
+
+@given(st.floats(-1e10, 2.5e11, allow_nan=False) | st.sampled_from(RFC3339_EDGES))
+def test_timestamps_are_formatted_exactly_as_datetime_does(epoch_seconds: float) -> None:
+    # _rfc3339 caches the formatted second: interleave seconds so hits and misses both run.
+    assert _lock_file._rfc3339(epoch_seconds) == reference_rfc3339(epoch_seconds)
+    assert _lock_file._rfc3339(epoch_seconds + 1.0) == reference_rfc3339(epoch_seconds + 1.0)
+    assert _lock_file._rfc3339(epoch_seconds) == reference_rfc3339(epoch_seconds)
+
+
 # -- acquire, refresh, read, check, status ---------------------------------------------
 
 
@@ -309,6 +339,74 @@ def test_a_different_start_time_for_the_holders_pid_is_another_owner(lock: LockF
         lock.acquire(MY_PID, owner_start_time=MY_START - 100)
     with pytest.raises(Locked):
         lock.check(MY_PID, owner_start_time=MY_START - 100)
+
+
+def test_a_record_naming_this_process_needs_no_proc_read(lock: LockFile, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process running the code is alive: judging its own record, or taking the lock for
+    itself without a start time, answers from the identity cached once per process."""
+    assert _lock_file.own_identity() == (MY_PID, MY_START)
+
+    def no_proc_read(*args: object) -> None:
+        raise AssertionError(f"read /proc for {args}")
+
+    monkeypatch.setattr(_lock_file, "is_same_process_alive", no_proc_read)
+    monkeypatch.setattr(_lock_file, "process_start_time", no_proc_read)
+    info = lock.acquire(MY_PID, "%1")
+    assert (info.pid, info.start_time) == (MY_PID, MY_START)
+    assert lock.status() == f"locked by pid {MY_PID} (session %1)"
+    lock.check(MY_PID)
+    assert lock.release_if_stale() is None
+    lock.release()
+    lock.acquire(MY_PID, "%2", owner_start_time=MY_START)
+    lock.release(MY_PID, owner_start_time=MY_START)
+    assert lock.status() == "unlocked"
+
+
+def test_a_record_naming_this_pid_with_another_start_time_is_judged_by_proc(
+    lock: LockFile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert MY_START is not None
+    asked: list[tuple[int, float]] = []
+    real = _lock_file.is_same_process_alive
+
+    def recording(pid: int, start_time: float) -> bool:
+        asked.append((pid, start_time))
+        return real(pid, start_time)
+
+    monkeypatch.setattr(_lock_file, "is_same_process_alive", recording)
+    write_record(lock, record_bytes(pid=MY_PID, start_time=MY_START - 100))
+    assert lock.inspect().state is LockState.STALE  # an earlier process with our pid
+    assert asked == [(MY_PID, MY_START - 100)]
+
+
+def test_a_forked_child_knows_its_own_identity(lock: LockFile) -> None:
+    assert _lock_file.own_identity() == (MY_PID, MY_START)  # cached in the parent first
+    held = lock.acquire(MY_PID, "%parent")
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            pid, start_time = _lock_file.own_identity()
+            facts = {
+                "identity": pid == os.getpid() and start_time == process_start_time(os.getpid()),
+                "parent_holds": lock.inspect() == Verdict(LockState.HELD, held),
+                "refused": False,
+            }
+            try:
+                lock.acquire(os.getpid(), "%child")
+            except Locked:
+                facts["refused"] = True
+            os.write(writer, json.dumps(facts).encode())
+        finally:
+            os._exit(0)
+    os.close(writer)
+    try:
+        with os.fdopen(reader, "rb") as pipe:
+            facts = json.loads(pipe.read() or b"{}")
+    finally:
+        os.waitpid(child, 0)
+    assert facts == {"identity": True, "parent_holds": True, "refused": True}
+    assert lock.read() == held
 
 
 @pytest.mark.parametrize("owner", ["123", 12.0, True, False, 0, -1, None, 2**40, [1]])
@@ -586,6 +684,29 @@ def test_a_symlinked_runtime_dir_is_refused_and_never_written_through(lock: Lock
     assert lock.release_if_stale() is None
     assert list(target.iterdir()) == []
     assert runtime.is_symlink()
+
+
+def test_a_runtime_dir_swapped_for_a_symlink_while_held_is_refused(lock: LockFile, tmp_path: Path) -> None:
+    """Held or not, every call looks at `.runtime` afresh: one replaced by a symlink after
+    the lock was taken is refused, and the real directory keeps the record untouched."""
+    held = lock.acquire(MY_PID, "%1")
+    runtime = Path(lock.record_path).parent
+    moved = runtime.with_name(".runtime-moved")
+    runtime.rename(moved)
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    runtime.symlink_to(target)
+    for attempt in (lambda: lock.release(), lambda: lock.release(MY_PID), lambda: lock.acquire(MY_PID, "%2")):
+        with pytest.raises(InvalidLock, match="symlink"):
+            attempt()
+    assert lock.status() == f"corrupt ({runtime})"
+    assert list(target.iterdir()) == []
+    assert parse_record((moved / RECORD_NAME).read_bytes()) == held
+    runtime.unlink()
+    moved.rename(runtime)
+    assert lock.read() == held
+    lock.release(MY_PID)
+    assert lock.status() == "unlocked"
 
 
 def test_a_symlinked_record_is_refused_and_its_target_untouched(lock: LockFile, tmp_path: Path) -> None:

@@ -245,7 +245,6 @@ def test_lock_files_are_owner_only_whatever_the_umask(tmp_path, umask_zero):
     assert mode(runtime / "agent.lock.flock") == 0o600
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: LockFile._open_runtime creates missing parents with makedirs' umask mode")
 def test_missing_parents_of_a_worker_dir_are_not_world_writable(tmp_path, umask_zero):
     # os.makedirs(worker_dir, mode=0o700) applies the mode to the leaf only: under umask 0
     # the parents it creates are 0777, and anyone may swap them for symlinks later.

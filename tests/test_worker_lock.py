@@ -22,6 +22,7 @@ from typing import Any
 import pykka
 import pytest
 
+from actors import _lock_file
 from actors._errors import InvalidLock, InvalidOwner, Locked, NotLocked
 from actors._lock_file import GUARD_NAME, RECORD_NAME, LockFile, LockInfo, encode_record
 from actors._process import process_start_time
@@ -148,6 +149,29 @@ def test_another_live_owner_is_refused_naming_its_pid_and_session(
     assert lock_ref.is_alive()
     lock.release(other.pid).get(timeout=T)
     assert lock.status().get(timeout=T) == "unlocked"
+
+
+def test_the_calling_process_locks_and_unlocks_without_reading_proc(
+    lock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default owner is this process: its identity is cached, and its own record is
+    alive without asking /proc (the lock cycle's hot path)."""
+    assert _lock_file.own_identity() == (MY_PID, MY_START)
+
+    def no_proc_read(*args: object) -> None:
+        raise AssertionError(f"read /proc for {args}")
+
+    monkeypatch.setattr(_lock_file, "is_same_process_alive", no_proc_read)
+    monkeypatch.setattr(_lock_file, "process_start_time", no_proc_read)
+    info = lock.acquire("%1").get(timeout=T)
+    assert (info.pid, info.start_time) == (MY_PID, MY_START)
+    lock.check().get(timeout=T)
+    assert lock.status().get(timeout=T) == f"locked by pid {MY_PID} (session %1)"
+    lock.release().get(timeout=T)
+    lock.acquire("%2", MY_PID).get(timeout=T)
+    lock.release(MY_PID).get(timeout=T)
+    with pytest.raises(NotLocked):
+        lock.release().get(timeout=T)
 
 
 def test_release_without_owner_removes_any_live_owners_record(
