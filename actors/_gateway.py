@@ -298,6 +298,10 @@ class Gateway:
         if nesting_depth([args, kwargs], limit=MAX_NESTING) > MAX_NESTING:
             raise BadCall(f"arguments nested deeper than {MAX_NESTING} levels")
         service, _, method = op.partition(".")
+        if op == "names.pool_stats" and not args and not kwargs:
+            published = self._published_name_stats()
+            if published is not None:
+                return dict(published)
         if service == "names" and method in NAME_METHODS:
             args, kwargs = _default_owner(args, kwargs, NAME_METHODS[method], peer.pid)
             return self._call(self.tree.names, method, args, kwargs)
@@ -313,6 +317,12 @@ class Gateway:
                 raise BadCall(f"{op}: {error}") from None
             return handler(peer, *args, **kwargs)
         raise UnknownMessage(f"unknown op {describe(op)}")
+
+    def _published_name_stats(self) -> Any:
+        """The name pool's published stats: no message hop, like a Handle resolving."""
+        ref = self.tree.names.current()
+        actor = ref._actor_weakref() if ref is not None else None
+        return getattr(actor, "_published_stats", None)
 
     def _call(self, target: Handle | pykka.ActorRef[Any], method: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
         message = pykka_messages.ProxyCall(attr_path=(method,), args=tuple(args), kwargs=kwargs)

@@ -45,7 +45,7 @@ import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgpack
@@ -403,6 +403,7 @@ class NamePool(SupervisedActor):
         self._saved_revision = self._state.revision
         self._unsaved_replies: _Batch = []
         self._is_flush_queued = False
+        self._published_stats: Mapping[str, Any] | None = None
         self._waiters: list[_Waiter] = []
         self._chunk: _ChunkRequest | None = None
         # Bumped by every chunk request and by reset: a result of another generation is late.
@@ -519,10 +520,24 @@ class NamePool(SupervisedActor):
 
     def pool_stats(self) -> dict[str, Any] | DeferredReply:
         """`available_count`, `checked_out_count`, `all_used_count`, `chunk_size`, and more."""
+        return self._answer(self._stats())
+
+    def _stats(self) -> dict[str, Any]:
         stats: dict[str, Any] = self._state.stats()
         stats["waiting_count"] = len(self._waiters)
         stats["is_generating"] = self._chunk is not None
-        return self._answer(stats)
+        return stats
+
+    # `_published_stats`: the stats as of the last durable state, readable from any thread
+    # without a message. Published before any reply that depends on that state, so a
+    # caller who got an answer reads stats that include it. The gateway serves
+    # `names.pool_stats` from it, as a Handle resolves from a supervisor's directory.
+
+    def _handle_receive(self, message: Any) -> Any:
+        result = super()._handle_receive(message)
+        if self._files is None or self._state.revision == self._saved_revision:
+            self._published_stats = MappingProxyType(self._stats())
+        return result
 
     def reset(self) -> DeferredReply | None:
         """Forget every name and owner; a chunk in flight is discarded and asked for again."""
@@ -611,6 +626,7 @@ class NamePool(SupervisedActor):
             # ActorCrashed, and the next incarnation starts from what is on disk.
             self._files.append(self._state.to_snapshot())
             self._saved_revision = revision
+        self._published_stats = MappingProxyType(self._stats())  # before the replies go out
         replies, self._unsaved_replies = self._unsaved_replies, []
         for reply, value in replies:
             reply.set(value)

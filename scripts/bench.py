@@ -230,6 +230,10 @@ def section_gateway(quick: bool) -> SectionResult:
     if isinstance(blocking, int | float):
         rows.append(Row("  same, vs echo from a blocking socket (info)", figures.get("gateway_calls_per_s"),
                         float(blocking), "/s", figures.get("gateway_vs_echo_blocking"), None))
+    actor_op = figures.get("gateway_actor_op_calls_per_s")
+    if isinstance(actor_op, int | float):
+        rows.append(Row("  names.get_name_by_pid (through the pool actor; info)", float(actor_op),
+                        figures.get("echo_calls_per_s"), "/s", figures.get("gateway_actor_op_vs_echo"), None))
     return SectionResult(rows, details=figures)
 
 

@@ -57,6 +57,7 @@ __all__ = ["GATEWAY_TARGET", "bench_gateway"]
 
 GATEWAY_TARGET = 0.5  # ours / bare echo round trips per second, at least
 OP = "names.pool_stats"
+ACTOR_OP = "names.get_name_by_pid"
 START_TIMEOUT = 30.0  # seconds for the daemon to answer its first call
 STOP_TIMEOUT = 20.0  # seconds for the daemon to exit after SIGTERM (then SIGKILL)
 
@@ -332,7 +333,7 @@ def bench_gateway(quick: bool = False, rounds: int | None = None, calls: int | N
     blocking_echo: EchoClient | None = None
     client: actors.Client | None = None
     gc_was_enabled = gc.isenabled()
-    rates: dict[str, list[float]] = {"gateway": [], "echo": [], "echo_blocking": []}
+    rates: dict[str, list[float]] = {"gateway": [], "echo": [], "echo_blocking": [], "gateway_actor_op": []}
     ratios: list[float] = []
     setup: dict[str, Any] = {}
     daemon_affinities: set[frozenset[int]] = set()
@@ -346,8 +347,12 @@ def bench_gateway(quick: bool = False, rounds: int | None = None, calls: int | N
         echo = EchoClient(echo_servers[0].socket_path, setup)
         blocking_echo = EchoClient(echo_servers[1].socket_path, None)
         # The third side is for information: the same echo from a plainly blocking socket.
+        # And one more for information: an op that goes through the name pool's actor
+        # (pool_stats is served from the stats the pool publishes, without that hop).
+        connected = client
         sides: dict[str, Callable[[str], Any]] = {
             "gateway": client.call, "echo": echo.call, "echo_blocking": blocking_echo.call,
+            "gateway_actor_op": lambda _op: connected.call(ACTOR_OP),
         }
         reply = client.call(OP)
         if not isinstance(reply, dict):
@@ -384,6 +389,7 @@ def bench_gateway(quick: bool = False, rounds: int | None = None, calls: int | N
     gateway_rate = statistics.median(rates["gateway"])
     echo_rate = statistics.median(rates["echo"])
     blocking_rate = statistics.median(rates["echo_blocking"])
+    actor_op_rate = statistics.median(rates["gateway_actor_op"])
     return {
         "gateway_calls_per_s": gateway_rate,
         "echo_calls_per_s": echo_rate,
@@ -397,6 +403,8 @@ def bench_gateway(quick: bool = False, rounds: int | None = None, calls: int | N
         "echo_blocking_calls_per_s": blocking_rate,
         "echo_blocking_call_s": 1.0 / blocking_rate,
         "gateway_vs_echo_blocking": gateway_rate / blocking_rate,
+        "gateway_actor_op_calls_per_s": actor_op_rate,
+        "gateway_actor_op_vs_echo": actor_op_rate / echo_rate,
         "client_socket_setup": setup_note(setup),
         "rounds": rounds,
         "calls_per_round": calls,
