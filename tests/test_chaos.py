@@ -190,9 +190,11 @@ def test_a_lock_call_over_the_socket_survives_a_restart_of_its_lock(served, monk
     worker_dir = tmp_path / "w1"
     worker_dir.mkdir()
     gate = threading.Event()
+    entered = threading.Event()
     original_status = WorkerLock.status
 
     def blocking_status(self: WorkerLock) -> str:
+        entered.set()
         gate.wait(10)  # holds the lock actor in a handler while the test queues behind it
         return original_status(self)
 
@@ -211,6 +213,7 @@ def test_a_lock_call_over_the_socket_survives_a_restart_of_its_lock(served, monk
     caller = threading.Thread(target=acquire)
     caller.start()
     try:
+        assert entered.wait(10)  # status is running: the kill cannot overtake it
         wait_until(lambda: lock.actor_inbox.qsize() >= 1, timeout=10)  # the acquire waits behind status
         kill(lock, "restart under a queued call")
         monkeypatch.setattr(WorkerLock, "status", original_status)
@@ -237,7 +240,10 @@ def locks_under_a_root(tmp_path, monkeypatch):
             release.wait(10)
         return original_failure(self, *exc_info)
 
+    in_count = threading.Event()
+
     def blocking_count(self):
+        in_count.set()
         release.wait(10)
         return original_count(self)
 
@@ -254,7 +260,7 @@ def locks_under_a_root(tmp_path, monkeypatch):
         def hold_supervisor():
             monkeypatch.setattr(LockSupervisor, "count_children", blocking_count)
             supervisor.proxy().count_children()
-            wait_until(lambda: supervisor.actor_inbox.qsize() == 0)  # it is in the handler now
+            assert in_count.wait(10)  # it is in the handler now (not just off the queue)
             monkeypatch.setattr(LockSupervisor, "count_children", original_count)
 
         return locks, supervisor, lock, hold_supervisor

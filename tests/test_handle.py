@@ -175,6 +175,60 @@ def raises_at_once(handle: Handle) -> ChildNotFound:
     return raised.value
 
 
+def restart_pending(manual_clock: ManualClock, gate: Gate) -> tuple[pykka.ActorRef[Any], Handle, pykka.ActorRef[Any]]:
+    """A root whose one child "w" (gated) is killed and now stuck restarting in the gate:
+    the root, a handle on "w" and the killed incarnation."""
+    root = Supervisor.start([ChildSpec("w", Worker, kwargs={"gate": gate})], clock=manual_clock)
+    handle = Handle(root, "w")
+    old = handle.ref()
+    kill(old)
+    assert gate.entered.wait(5)
+    return root, handle, old
+
+
+def start_nested(
+    manual_clock: ManualClock, child_class: type[SupervisedActor], gate: Gate
+) -> tuple[pykka.ActorRef[Any], Handle, pykka.ActorRef[Any]]:
+    """A root over "sub" (which gives up at its first failure) over one "child" of
+    `child_class` with `gate`: the root, a handle on "sub/child" and that child's ref."""
+    sub_spec = ChildSpec(
+        "sub",
+        Supervisor,
+        kwargs={"children": [ChildSpec("child", child_class, kwargs={"gate": gate})], "max_restarts": 0},
+    )
+    root = Supervisor.start([sub_spec], clock=manual_clock)
+    handle = Handle(root, "sub/child")
+    return root, handle, handle.ref()
+
+
+def ref_waits_out_the_pending_restart(handle: Handle, gate: Gate, old: pykka.ActorRef[Any]) -> None:
+    """While `gate` holds the restart, `handle.ref` waits its whole timeout and raises;
+    once released, it reaches a new incarnation (not `old`)."""
+    started = time.monotonic()
+    with pytest.raises(ChildNotFound):
+        handle.ref(timeout=0.2)
+    assert time.monotonic() - started >= 0.2
+    gate.release.set()
+    new = handle.ref(timeout=5)
+    assert new.actor_urn != old.actor_urn
+
+
+def ref_after(handle: Handle, directory: Any, action: Callable[[], object]) -> pykka.ActorRef[Any]:
+    """`handle.ref(timeout=5)`, with `action` run on another thread once the handle waits
+    on `directory` (white-box: the only waiter on that directory is this handle)."""
+
+    def act_once_the_handle_waits() -> None:
+        wait_until(lambda: directory.condition._waiters, timeout=5)
+        action()
+
+    actor = threading.Thread(target=act_once_the_handle_waits, daemon=True)
+    actor.start()
+    try:
+        return handle.ref(timeout=5)
+    finally:
+        actor.join(5)
+
+
 # -- resolving ----------------------------------------------------------------------------
 
 
@@ -310,26 +364,13 @@ def test_failed_supervisor_raises_at_once(manual_clock: ManualClock) -> None:
 
 def test_ref_waits_for_a_pending_restart_then_raises(manual_clock: ManualClock, gates: Callable[[int], Gate]) -> None:
     gate = gates(2)
-    root = Supervisor.start([ChildSpec("w", Worker, kwargs={"gate": gate})], clock=manual_clock)
-    handle = Handle(root, "w")
-    old = handle.ref()
-    kill(old)
-    assert gate.entered.wait(5)
-    started = time.monotonic()
-    with pytest.raises(ChildNotFound):
-        handle.ref(timeout=0.2)
-    assert time.monotonic() - started >= 0.2
-    gate.release.set()
-    new = handle.ref(timeout=5)
-    assert new.actor_urn != old.actor_urn
+    _, handle, old = restart_pending(manual_clock, gate)
+    ref_waits_out_the_pending_restart(handle, gate, old)
 
 
 def test_ask_timeout_covers_a_pending_restart(manual_clock: ManualClock, gates: Callable[[int], Gate]) -> None:
     gate = gates(2)
-    root = Supervisor.start([ChildSpec("w", Worker, kwargs={"gate": gate})], clock=manual_clock)
-    handle = Handle(root, "w")
-    kill(handle.ref())
-    assert gate.entered.wait(5)
+    _, handle, _ = restart_pending(manual_clock, gate)
     started = time.monotonic()
     with pytest.raises((ChildNotFound, pykka.Timeout)):
         handle.ask("urn", timeout=0.2)
@@ -340,11 +381,7 @@ def test_call_made_while_a_restart_is_pending_reaches_the_new_incarnation(
     manual_clock: ManualClock, gates: Callable[[int], Gate]
 ) -> None:
     gate = gates(2)
-    root = Supervisor.start([ChildSpec("w", Worker, kwargs={"gate": gate})], clock=manual_clock)
-    handle = Handle(root, "w")
-    old = handle.ref()
-    kill(old)
-    assert gate.entered.wait(5)
+    root, handle, old = restart_pending(manual_clock, gate)
     future = handle.proxy().urn()
     gate.release.set()
     assert future.get(timeout=5) == root.proxy().whereis("w").get(timeout=5).actor_urn != old.actor_urn
@@ -354,23 +391,10 @@ def test_failed_nested_supervisor_counts_as_a_pending_restart_of_its_children(
     manual_clock: ManualClock, gates: Callable[[int], Gate]
 ) -> None:
     gate = gates(2)  # the second "child" (started by the new "sub") blocks
-    sub_spec = ChildSpec(
-        "sub",
-        Supervisor,
-        kwargs={"children": [ChildSpec("child", Worker, kwargs={"gate": gate})], "max_restarts": 0},
-    )
-    root = Supervisor.start([sub_spec], clock=manual_clock)
-    handle = Handle(root, "sub/child")
-    old = handle.ref()
+    root, handle, old = start_nested(manual_clock, Worker, gate)
     kill(old)  # "sub" gives up at once and "root" restarts it
     assert gate.entered.wait(5)
-    started = time.monotonic()
-    with pytest.raises(ChildNotFound):
-        handle.ref(timeout=0.2)
-    assert time.monotonic() - started >= 0.2
-    gate.release.set()
-    new = handle.ref(timeout=5)
-    assert new.actor_urn != old.actor_urn
+    ref_waits_out_the_pending_restart(handle, gate, old)
     assert restarts_of(root, "sub") == 1
 
 
@@ -378,29 +402,12 @@ def test_handle_waiting_inside_a_nested_supervisor_survives_its_failure(
     manual_clock: ManualClock, gates: Callable[[int], Gate]
 ) -> None:
     gate = gates(1)
-    sub_spec = ChildSpec(
-        "sub",
-        Supervisor,
-        kwargs={"children": [ChildSpec("child", DyingOnFailure, kwargs={"gate": gate})], "max_restarts": 0},
-    )
-    root = Supervisor.start([sub_spec], clock=manual_clock)
-    handle = Handle(root, "sub/child")
-    old = handle.ref()
+    root, handle, old = start_nested(manual_clock, DyingOnFailure, gate)
     sub_directory = root.proxy().whereis("sub").get(timeout=5)._actor_weakref()._directory
     kill(old)
     assert gate.entered.wait(5)  # "child" is crashing; "sub" has not heard yet
-
-    def release_once_the_handle_waits() -> None:
-        # White-box: the only waiter on the nested directory is the handle below.
-        wait_until(lambda: sub_directory.condition._waiters, timeout=5)
-        gate.release.set()
-
-    releaser = threading.Thread(target=release_once_the_handle_waits, daemon=True)
-    releaser.start()
-    try:
-        new = handle.ref(timeout=5)  # "sub" now fails; "root" restarts it with a new "child"
-    finally:
-        releaser.join(5)
+    # Released once the handle waits: "sub" now fails; "root" restarts it with a new "child".
+    new = ref_after(handle, sub_directory, gate.release.set)
     assert new.actor_urn != old.actor_urn
 
 
@@ -427,18 +434,9 @@ def test_handle_waiting_on_a_crashing_sibling_survives_its_supervisor_giving_up(
     old_b = handle.ref()
     kill(old_b)
     assert gate.entered.wait(5)  # "b" is crashing (stuck in on_failure); "sub" has not heard
-
-    def crash_a_once_the_handle_waits() -> None:
-        # White-box: the only waiter on the nested directory is the handle below.
-        wait_until(lambda: sub_directory.condition._waiters, timeout=5)
-        kill(a)  # "sub" gives up: it stops "b" (abandoned after 0.2 s) and fails
-
-    crasher = threading.Thread(target=crash_a_once_the_handle_waits, daemon=True)
-    crasher.start()
-    try:
-        new_b = handle.ref(timeout=5)  # "root" restarts "sub", which starts a new "b"
-    finally:
-        crasher.join(5)
+    # Once the handle waits, "a" is killed: "sub" gives up (it stops "b", abandoned after
+    # 0.2 s) and fails; "root" restarts "sub", which starts a new "b".
+    new_b = ref_after(handle, sub_directory, lambda: kill(a))
     assert new_b.actor_urn != old_b.actor_urn
     assert restarts_of(root, "sub") == 1
 
@@ -588,10 +586,7 @@ def test_tell_during_a_pending_restart_is_dropped_without_waiting(
     manual_clock: ManualClock, gates: Callable[[int], Gate]
 ) -> None:
     gate = gates(2)
-    root = Supervisor.start([ChildSpec("w", Worker, kwargs={"gate": gate})], clock=manual_clock)
-    handle = Handle(root, "w")
-    kill(handle.ref())
-    assert gate.entered.wait(5)
+    _, handle, _ = restart_pending(manual_clock, gate)
     started = time.monotonic()
     handle.tell("lost")
     assert time.monotonic() - started < NO_WAIT

@@ -6,12 +6,10 @@ import fcntl
 import json
 import math
 import os
-import select
 import socket
 import stat
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -19,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _racing import race_round, race_threads, start_racers
 from hypothesis import given
 from hypothesis import strategies as st
 from loguru import logger
@@ -882,83 +881,14 @@ def test_threads_with_their_own_lock_objects_exclude_each_other(
     # acquiring for a different live owner. Every round exactly one may win.
     owners = [spawn_process().pid for _ in range(4)]
     locks = [LockFile(worker_dir), LockFile(worker_dir)]
-    rounds = 200
-    barrier = threading.Barrier(len(owners) + 1)
-    results: list[list[str]] = [[] for _ in owners]
-
-    def contend(index: int) -> None:
-        lock = locks[index % 2]
-        for _ in range(rounds):
-            barrier.wait()
-            try:
-                lock.acquire(owners[index], f"thread-{index}")
-                results[index].append("won")
-            except Locked:
-                results[index].append("locked")
-            except Exception as error:  # shown by the assertion below
-                results[index].append(repr(error))
-            barrier.wait()
-
-    threads = [threading.Thread(target=contend, args=(i,), daemon=True) for i in range(len(owners))]
-    for thread in threads:
-        thread.start()
     referee = LockFile(worker_dir)
-    for round_index in range(rounds):
-        barrier.wait(timeout=30)  # go
-        barrier.wait(timeout=30)  # all answered
-        outcome = [results[i][round_index] for i in range(len(owners))]
-        assert sorted(outcome) == ["locked"] * (len(owners) - 1) + ["won"], outcome
-        holder = referee.read()
-        assert holder is not None and holder.pid == owners[outcome.index("won")]
-        referee.release(holder.pid)
-    for thread in threads:
-        thread.join(timeout=30)
-
-
-class Racer:
-    """A `_lock_racer.py` child process, spoken to line by line."""
-
-    def __init__(self, worker_dir: Path, stderr_path: Path) -> None:
-        self.stderr_path = stderr_path
-        with open(stderr_path, "wb") as stderr:
-            self.process = subprocess.Popen(
-                [sys.executable, str(RACER), str(worker_dir)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                bufsize=0,
-            )
-        self._buffer = b""
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def send(self, command: str) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(f"{command}\n".encode())
-
-    def reply(self, timeout: float = 30.0) -> str:
-        """The next line from the child; fails the test if none comes within `timeout`."""
-        assert self.process.stdout is not None
-        fd = self.process.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self._buffer:
-            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-            chunk = os.read(fd, 4096) if ready else b""
-            if not chunk:
-                pytest.fail(f"racer {self.pid} said nothing: {self.stderr_path.read_text()[-2000:]}")
-            self._buffer += chunk
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        return line.decode()
-
-    def stop(self) -> None:
-        try:
-            self.send("quit")
-            self.process.wait(timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            self.process.kill()
-            self.process.wait()
+    race_threads(
+        owners,
+        rounds=200,
+        acquire=lambda index: locks[index % 2].acquire(owners[index], f"thread-{index}"),
+        read_holder=referee.read,
+        release=lambda _round_index, pid: referee.release(pid),
+    )
 
 
 @pytest.mark.slow
@@ -968,29 +898,13 @@ def test_of_eight_racing_processes_exactly_one_wins_every_round(
     # Eight processes, each with its own LockFile, are told "acquire" together, round
     # after round. Every third round starts from a stale record of a dead process, so
     # breaking it races too. The winner releases before the next round.
-    racers = [Racer(worker_dir, tmp_path / f"racer-{i}.err") for i in range(8)]
     referee = LockFile(worker_dir)
     dead_pid, dead_start = dead_pid_and_start_time(spawn_process)
-    try:
-        for racer in racers:
-            assert racer.reply() == "ready"
+    with start_racers(RACER, worker_dir, tmp_path, 8) as racers:
         for round_index in range(240):
             if round_index % 3 == 2:
                 referee.acquire(dead_pid, "%dead", owner_start_time=dead_start)
                 assert referee.status() == f"stale (dead pid {dead_pid})"
-            for racer in racers:
-                racer.send("acquire")
-            replies = {racer.pid: racer.reply() for racer in racers}
-            winners = [pid for pid, reply in replies.items() if reply == "won"]
-            assert len(winners) == 1 and sorted(replies.values()).count("locked") == 7, (round_index, replies)
-            holder = referee.read()
-            assert holder is not None and holder.pid == winners[0]
-            assert holder.session_id == f"racer-{winners[0]}"
-            [winner] = [racer for racer in racers if racer.pid == winners[0]]
-            winner.send("release")
-            assert winner.reply() == "released"
-            assert referee.status() == "unlocked"
-    finally:
-        for racer in racers:
-            racer.stop()
+            holder = race_round(racers, referee, round_index)
+            assert holder.session_id == f"racer-{holder.pid}"
     assert sorted(os.listdir(Path(referee.record_path).parent)) == [GUARD_NAME]

@@ -173,6 +173,37 @@ class OwnerGate:
         self.opened.set()
 
 
+def hold_own_checkout(pool: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[OwnerGate, Any]:
+    """A checkout for this process, held (with the pool's thread) in its owner check: the
+    `OwnerGate` that holds it and the checkout's future."""
+    owner_gate = OwnerGate(monkeypatch, os.getpid())
+    checkout = pool.checkout_name(os.getpid())
+    assert owner_gate.entered.wait(TIMEOUT)
+    return owner_gate, checkout
+
+
+def assert_checkin_changes_nothing(start_pool: Callable[..., Any], name: Any) -> None:
+    """With one name checked out, checking `name` in answers None and leaves the stats be."""
+    pool = start_pool()
+    pool.checkout_name().get(timeout=TIMEOUT)
+    before = stats(pool)
+    assert pool.checkin_name(name).get(timeout=TIMEOUT) is None
+    assert stats(pool) == before
+
+
+def five_checkouts_waiting_for_the_source(
+    start_pool: Callable[..., Any], gate: threading.Event, chunk_size: int
+) -> tuple[CountingSource, list[str]]:
+    """Five checkouts wait for a source held by `gate` (chunks of `chunk_size`), then the
+    gate opens: the source and the names the checkouts got, in the order they asked."""
+    source = CountingSource(gate=gate)
+    pool = start_pool(source=source, chunk_size=chunk_size)
+    futures = [pool.checkout_name() for _ in range(5)]
+    wait_until(lambda: stats(pool)["waiting_count"] == 5)
+    gate.set()
+    return source, [future.get(timeout=TIMEOUT) for future in futures]
+
+
 # -- starting --------------------------------------------------------------------------
 
 
@@ -296,22 +327,14 @@ def test_checkin_ends_every_owner(start_pool: Callable[..., Any]) -> None:
 def test_checkin_of_a_name_not_checked_out_warns_and_changes_nothing(
     start_pool: Callable[..., Any], log_records: list[dict[str, Any]]
 ) -> None:
-    pool = start_pool()
-    pool.checkout_name().get(timeout=TIMEOUT)
-    before = stats(pool)
-    assert pool.checkin_name("stranger").get(timeout=TIMEOUT) is None
-    assert stats(pool) == before
+    assert_checkin_changes_nothing(start_pool, "stranger")
     assert any("stranger" in message for message in messages(log_records, "WARNING"))
 
 
 def test_checkin_of_the_default_name_is_ignored(
     start_pool: Callable[..., Any], log_records: list[dict[str, Any]]
 ) -> None:
-    pool = start_pool()
-    pool.checkout_name().get(timeout=TIMEOUT)
-    before = stats(pool)
-    assert pool.checkin_name("Nameless Agent").get(timeout=TIMEOUT) is None
-    assert stats(pool) == before
+    assert_checkin_changes_nothing(start_pool, "Nameless Agent")
     assert messages(log_records, "WARNING") == []
 
 
@@ -518,23 +541,13 @@ def test_reconcile_with_one_invalid_name_changes_nothing(start_pool: Callable[..
 def test_concurrent_checkouts_share_one_source_call(
     start_pool: Callable[..., Any], gate: threading.Event
 ) -> None:
-    source = CountingSource(gate=gate)
-    pool = start_pool(source=source, chunk_size=5)
-    futures = [pool.checkout_name() for _ in range(5)]
-    wait_until(lambda: stats(pool)["waiting_count"] == 5)
-    gate.set()
-    names = [future.get(timeout=TIMEOUT) for future in futures]
+    source, names = five_checkouts_waiting_for_the_source(start_pool, gate, chunk_size=5)
     assert names == [f"n-{index}" for index in range(5)]  # served in arrival order
     assert len(source.calls) == 1
 
 
 def test_waiters_beyond_one_chunk_get_another_chunk(start_pool: Callable[..., Any], gate: threading.Event) -> None:
-    source = CountingSource(gate=gate)
-    pool = start_pool(source=source, chunk_size=2)
-    futures = [pool.checkout_name() for _ in range(5)]
-    wait_until(lambda: stats(pool)["waiting_count"] == 5)
-    gate.set()
-    names = [future.get(timeout=TIMEOUT) for future in futures]
+    source, names = five_checkouts_waiting_for_the_source(start_pool, gate, chunk_size=2)
     assert len(set(names)) == 5
     assert len(source.calls) == 3
 
@@ -867,9 +880,7 @@ def test_replies_wait_for_one_grouped_write(
         real_append(self, data)
 
     monkeypatch.setattr(_StateFiles, "append", counting_append)
-    owner_gate = OwnerGate(monkeypatch, os.getpid())
-    blocked = pool.checkout_name(os.getpid())  # holds the pool's thread
-    assert owner_gate.entered.wait(TIMEOUT)
+    owner_gate, blocked = hold_own_checkout(pool, monkeypatch)  # holds the pool's thread
     futures = [pool.checkout_name() for _ in range(20)] + [pool.pool_stats()]
     owner_gate.open()
     names = [future.get(timeout=TIMEOUT) for future in [blocked, *futures[:-1]]]
@@ -884,9 +895,7 @@ def test_an_idempotent_checkout_waits_for_the_first_ones_write(
     path = tmp_path / "names.state"
     pool = start_pool(state_path=path)
     pool.checkout_name().get(timeout=TIMEOUT)
-    owner_gate = OwnerGate(monkeypatch, os.getpid())
-    first = pool.checkout_name(os.getpid())
-    assert owner_gate.entered.wait(TIMEOUT)
+    owner_gate, first = hold_own_checkout(pool, monkeypatch)
     second = pool.checkout_name(os.getpid())
     owner_gate.open()
     name = second.get(timeout=TIMEOUT)
@@ -900,9 +909,7 @@ def test_a_graceful_stop_answers_the_replies_waiting_for_a_write(
     path = tmp_path / "names.state"
     pool = start_pool(state_path=path)
     pool.checkout_name().get(timeout=TIMEOUT)
-    owner_gate = OwnerGate(monkeypatch, os.getpid())
-    first = pool.checkout_name(os.getpid())
-    assert owner_gate.entered.wait(TIMEOUT)
+    owner_gate, first = hold_own_checkout(pool, monkeypatch)
     second = pool.checkout_name()
     stopped = pool.actor_ref.stop(block=False)  # queued before the flush the checkouts ask for
     owner_gate.open()

@@ -102,13 +102,22 @@ def test_one_for_one_restarts_only_the_crashed_child():
     assert restarts(sup) == {"a": 0, "b": 1, "c": 0}
 
 
-def test_one_for_all_stops_siblings_in_reverse_and_restarts_all_in_order():
+def crash_b(
+    strategy: Strategy, names: tuple[str, ...], expected_restarts: dict[str, int]
+) -> tuple[pykka.ActorRef, dict[str, str | None], list]:
+    """Children `names` under `strategy`; "b" crashes and the restarts settle at
+    `expected_restarts`: the supervisor, the urns before the crash and the events since."""
     events: list = []
-    sup = Supervisor.start(specs(events, "a", "b", "c"), strategy=Strategy.ONE_FOR_ALL)
+    sup = Supervisor.start(specs(events, *names), strategy=strategy)
     before = urns(sup)
     events.clear()
     crash(sup, "b")
-    settle(sup, {"a": 1, "b": 1, "c": 1})
+    settle(sup, expected_restarts)
+    return sup, before, events
+
+
+def test_one_for_all_stops_siblings_in_reverse_and_restarts_all_in_order():
+    sup, before, events = crash_b(Strategy.ONE_FOR_ALL, ("a", "b", "c"), {"a": 1, "b": 1, "c": 1})
     assert events == [
         ("failure", "b"),
         ("stop", "c"),
@@ -122,12 +131,7 @@ def test_one_for_all_stops_siblings_in_reverse_and_restarts_all_in_order():
 
 
 def test_rest_for_one_restarts_the_crashed_child_and_those_started_after_it():
-    events: list = []
-    sup = Supervisor.start(specs(events, "a", "b", "c", "d"), strategy=Strategy.REST_FOR_ONE)
-    before = urns(sup)
-    events.clear()
-    crash(sup, "b")
-    settle(sup, {"b": 1, "c": 1, "d": 1})
+    sup, before, events = crash_b(Strategy.REST_FOR_ONE, ("a", "b", "c", "d"), {"b": 1, "c": 1, "d": 1})
     assert events == [
         ("failure", "b"),
         ("stop", "d"),
@@ -237,25 +241,26 @@ def test_exactly_max_restarts_within_the_window_survive_one_more_escalates():
     assert events == [("failure", "w"), ("stop", "a")]
 
 
-def test_restart_at_exactly_max_seconds_still_counts():
+def crash_twice(seconds_apart: float) -> pykka.ActorRef:
+    """One child "w" (at most 1 restart in 5 s) crashes, is restarted, and crashes again
+    `seconds_apart` later: the supervisor."""
     clock = ManualClock()
     events: list = []
     sup = Supervisor.start(specs(events, "w"), max_restarts=1, max_seconds=5.0, clock=clock)
     crash(sup, "w")
     settle(sup, {"w": 1})
-    clock.advance(5.0)  # now - t == max_seconds: the first restart still counts
+    clock.advance(seconds_apart)
     crash(sup, "w")
+    return sup
+
+
+def test_restart_at_exactly_max_seconds_still_counts():
+    sup = crash_twice(5.0)  # now - t == max_seconds: the first restart still counts
     wait_until(lambda: not sup.is_alive())
 
 
 def test_restarts_older_than_the_window_are_forgotten():
-    clock = ManualClock()
-    events: list = []
-    sup = Supervisor.start(specs(events, "w"), max_restarts=1, max_seconds=5.0, clock=clock)
-    crash(sup, "w")
-    settle(sup, {"w": 1})
-    clock.advance(5.001)
-    crash(sup, "w")
+    sup = crash_twice(5.001)
     settle(sup, {"w": 2})
     assert sup.is_alive()
 

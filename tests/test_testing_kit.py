@@ -30,6 +30,45 @@ def restarts_of(supervisor: pykka.ActorRef[Any], child_id: str) -> int:
     return info.restarts
 
 
+def restart_worker_7(manual_clock: ManualClock) -> None:
+    """A supervised "worker-7" is killed and restarted once."""
+    root = Supervisor.start([ChildSpec("worker-7", Worker)], clock=manual_clock)
+    kill(root.proxy().whereis("worker-7").get(timeout=5))
+    wait_until(lambda: restarts_of(root, "worker-7") == 1)
+
+
+def run_inner_tests(pytester: pytest.Pytester, source: str) -> pytest.RunResult:
+    """`source` run as a test file, in-process, with the plugin on: the outcome."""
+    pytester.makeconftest('pytest_plugins = ["supervision.testing"]')
+    pytester.makepyfile(source)
+    return pytester.runpytest("-p", "no:cacheprovider")
+
+
+# For inner test files: an actor whose `on_stop` blocks until `gate` is set, which its
+# fixture does at teardown (after actor_cleanup has given up on it), so the thread ends.
+STUBBORN = textwrap.dedent(
+    """
+    import threading
+    import pytest
+    from supervision import SupervisedActor
+
+    @pytest.fixture
+    def gate():
+        event = threading.Event()
+        yield event
+        event.set()
+
+    class Stubborn(SupervisedActor):
+        def __init__(self, gate):
+            super().__init__()
+            self.gate = gate
+
+        def on_stop(self):
+            self.gate.wait(30)
+    """
+)
+
+
 # -- wait_until -------------------------------------------------------------------------------
 
 
@@ -73,8 +112,8 @@ def test_manual_clock_fixture_is_a_manual_clock_at_zero(manual_clock: ManualCloc
 
 
 def test_manual_clock_fixture_is_fresh_in_every_test(pytester: pytest.Pytester) -> None:
-    pytester.makeconftest('pytest_plugins = ["supervision.testing"]')
-    pytester.makepyfile(
+    run_inner_tests(
+        pytester,
         """
         import pytest
         from supervision import SupervisedActor, send_interval
@@ -85,9 +124,8 @@ def test_manual_clock_fixture_is_fresh_in_every_test(pytester: pytest.Pytester) 
             assert manual_clock.pending_timers == 0
             send_interval(SupervisedActor.start(), "tick", 1.0, clock=manual_clock)
             manual_clock.advance(5.0)
-        """
-    )
-    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
+        """,
+    ).assert_outcomes(passed=2)
 
 
 # -- log_records ------------------------------------------------------------------------------
@@ -112,9 +150,7 @@ def test_log_records_captures_debug(log_records: list[dict[str, Any]]) -> None:
 def test_crash_is_logged_at_error_with_the_child_id_bound(
     manual_clock: ManualClock, log_records: list[dict[str, Any]]
 ) -> None:
-    root = Supervisor.start([ChildSpec("worker-7", Worker)], clock=manual_clock)
-    kill(root.proxy().whereis("worker-7").get(timeout=5))
-    wait_until(lambda: restarts_of(root, "worker-7") == 1)
+    restart_worker_7(manual_clock)
     assert any(r["level"].name == "ERROR" and r["extra"].get("actor") == "worker-7" for r in log_records)
 
 
@@ -140,16 +176,14 @@ def test_handler_crash_is_logged_at_error_with_its_traceback(log_records: list[d
 def test_restart_is_logged_at_warning_naming_the_child_id(
     manual_clock: ManualClock, log_records: list[dict[str, Any]]
 ) -> None:
-    root = Supervisor.start([ChildSpec("worker-7", Worker)], clock=manual_clock)
-    kill(root.proxy().whereis("worker-7").get(timeout=5))
-    wait_until(lambda: restarts_of(root, "worker-7") == 1)
+    restart_worker_7(manual_clock)
     warnings = [r for r in log_records if r["level"].name == "WARNING"]
     assert any("worker-7" in r["message"] or "worker-7" in r["extra"].values() for r in warnings)
 
 
 def test_log_records_stops_capturing_after_the_test(pytester: pytest.Pytester) -> None:
-    pytester.makeconftest('pytest_plugins = ["supervision.testing"]')
-    pytester.makepyfile(
+    run_inner_tests(
+        pytester,
         """
         from loguru import logger
 
@@ -162,9 +196,8 @@ def test_log_records_stops_capturing_after_the_test(pytester: pytest.Pytester) -
         def test_second():
             logger.info("after")
             assert [r["message"] for r in kept[0]] == ["during"]
-        """
-    )
-    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
+        """,
+    ).assert_outcomes(passed=2)
 
 
 # -- actor_cleanup ----------------------------------------------------------------------------
@@ -172,8 +205,8 @@ def test_log_records_stops_capturing_after_the_test(pytester: pytest.Pytester) -
 
 def test_actor_cleanup_stops_every_actor_a_test_leaves_running(pytester: pytest.Pytester) -> None:
     urns_file = pytester.path / "urns.json"
-    pytester.makeconftest('pytest_plugins = ["supervision.testing"]')
-    pytester.makepyfile(
+    result = run_inner_tests(
+        pytester,
         textwrap.dedent(
             f"""
             import json
@@ -196,9 +229,8 @@ def test_actor_cleanup_stops_every_actor_a_test_leaves_running(pytester: pytest.
                 with open({str(urns_file)!r}, "w") as out:
                     json.dump([ref.actor_urn for ref in refs], out)
             """
-        )
+        ),
     )
-    result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
     urns = json.loads(urns_file.read_text())
     assert len(urns) == 4
@@ -208,8 +240,8 @@ def test_actor_cleanup_stops_every_actor_a_test_leaves_running(pytester: pytest.
 
 def test_actor_cleanup_stops_supervisors_first_then_the_rest_newest_first(pytester: pytest.Pytester) -> None:
     order_file = pytester.path / "order.txt"
-    pytester.makeconftest('pytest_plugins = ["supervision.testing"]')
-    pytester.makepyfile(
+    run_inner_tests(
+        pytester,
         textwrap.dedent(
             f"""
             import pykka
@@ -231,41 +263,25 @@ def test_actor_cleanup_stops_supervisors_first_then_the_rest_newest_first(pytest
                 Supervisor.start([ChildSpec("child2", Noted, args=("child2",))])
                 Noted.start("newest")
             """
-        )
-    )
-    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+        ),
+    ).assert_outcomes(passed=1)
     assert order_file.read_text().split() == ["child2", "child", "newest", "middle", "oldest"]
 
 
 def test_actor_cleanup_fails_a_test_whose_actor_will_not_stop(pytester: pytest.Pytester) -> None:
-    pytester.makeconftest('pytest_plugins = ["supervision.testing"]')
-    pytester.makepyfile(
-        """
-        import threading
-        import pytest
-        import supervision.testing
-        from supervision import SupervisedActor
+    result = run_inner_tests(
+        pytester,
+        STUBBORN
+        + textwrap.dedent(
+            """
+            import supervision.testing
 
-        @pytest.fixture
-        def gate():
-            event = threading.Event()
-            yield event
-            event.set()  # after actor_cleanup has given up, so the thread ends
-
-        class Stubborn(SupervisedActor):
-            def __init__(self, gate):
-                super().__init__()
-                self.gate = gate
-
-            def on_stop(self):
-                self.gate.wait(30)
-
-        def test_stubborn(gate, monkeypatch, actor_cleanup):
-            monkeypatch.setattr(supervision.testing, "STOP_TIMEOUT", 0.5)
-            Stubborn.start(gate)
-        """
+            def test_stubborn(gate, monkeypatch, actor_cleanup):
+                monkeypatch.setattr(supervision.testing, "STOP_TIMEOUT", 0.5)
+                Stubborn.start(gate)
+            """
+        ),
     )
-    result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(["*would not stop*Stubborn*"])
 
@@ -273,31 +289,17 @@ def test_actor_cleanup_fails_a_test_whose_actor_will_not_stop(pytester: pytest.P
 def test_actor_cleanup_tolerates_an_incarnation_its_supervisor_abandoned(
     pytester: pytest.Pytester, log_records: list[dict[str, Any]]
 ) -> None:
-    pytester.makeconftest('pytest_plugins = ["supervision.testing"]')
-    pytester.makepyfile(
-        """
-        import threading
-        import pytest
-        from supervision import ChildSpec, SupervisedActor, Supervisor
+    run_inner_tests(
+        pytester,
+        STUBBORN
+        + textwrap.dedent(
+            """
+            from supervision import ChildSpec, Supervisor
 
-        @pytest.fixture
-        def gate():
-            event = threading.Event()
-            yield event
-            event.set()
-
-        class Stubborn(SupervisedActor):
-            def __init__(self, gate):
-                super().__init__()
-                self.gate = gate
-
-            def on_stop(self):
-                self.gate.wait(30)
-
-        def test_abandoned_child(gate, actor_cleanup):
-            Supervisor.start([ChildSpec("stubborn", Stubborn, args=(gate,), shutdown=0.1)])
-        """
-    )
-    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+            def test_abandoned_child(gate, actor_cleanup):
+                Supervisor.start([ChildSpec("stubborn", Stubborn, args=(gate,), shutdown=0.1)])
+            """
+        ),
+    ).assert_outcomes(passed=1)
     warnings = [r["message"] for r in log_records if r["level"].name == "WARNING"]
     assert any("abandoned" in message for message in warnings)

@@ -8,19 +8,18 @@ import fcntl
 import json
 import math
 import os
-import select
 import signal
 import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pykka
 import pytest
+from _racing import race_round, race_threads, start_racers
 
 from actors import _lock_file
 from actors._errors import InvalidLock, InvalidOwner, Locked, NotLocked
@@ -647,106 +646,20 @@ def test_threads_racing_through_two_lock_actors_on_one_directory_exactly_one_win
 ) -> None:
     owners = [spawn_sleeper().pid for _ in range(6)]
     proxies = [WorkerLock.start(worker_dir, clock=manual_clock).proxy() for _ in range(2)]
-    rounds = 100
-    barrier = threading.Barrier(len(owners) + 1)
-    results: list[list[str]] = [[] for _ in owners]
-
-    def contend(index: int) -> None:
-        lock = proxies[index % 2]
-        for _ in range(rounds):
-            barrier.wait()
-            try:
-                lock.acquire(f"thread-{index}", owners[index]).get(timeout=T)
-                results[index].append("won")
-            except Locked:
-                results[index].append("locked")
-            except Exception as error:  # shown by the assertion below
-                results[index].append(repr(error))
-            barrier.wait()
-
-    threads = [threading.Thread(target=contend, args=(i,), daemon=True) for i in range(len(owners))]
-    for thread in threads:
-        thread.start()
-    referee = proxies[0]
-    for round_index in range(rounds):
-        barrier.wait(timeout=30)  # go
-        barrier.wait(timeout=30)  # all answered
-        outcome = [results[i][round_index] for i in range(len(owners))]
-        assert sorted(outcome) == ["locked"] * (len(owners) - 1) + ["won"], outcome
-        holder = referee.read().get(timeout=T)
-        assert holder is not None and holder.pid == owners[outcome.index("won")]
-        proxies[round_index % 2].release(holder.pid).get(timeout=T)
-    for thread in threads:
-        thread.join(timeout=30)
-
-
-class Racer:
-    """A `_worker_lock_racer.py` child process (its own `WorkerLock`), spoken to line by line."""
-
-    def __init__(self, worker_dir: Path, stderr_path: Path) -> None:
-        self.stderr_path = stderr_path
-        with open(stderr_path, "wb") as stderr:
-            self.process = subprocess.Popen(
-                [sys.executable, str(RACER), str(worker_dir)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                bufsize=0,
-            )
-        self._buffer = b""
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def send(self, command: str) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(f"{command}\n".encode())
-
-    def reply(self, timeout: float = 30.0) -> str:
-        """The next line from the child; fails the test if none comes within `timeout`."""
-        assert self.process.stdout is not None
-        fd = self.process.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self._buffer:
-            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-            chunk = os.read(fd, 4096) if ready else b""
-            if not chunk:
-                pytest.fail(f"racer {self.pid} said nothing: {self.stderr_path.read_text()[-2000:]}")
-            self._buffer += chunk
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        return line.decode()
-
-    def stop(self) -> None:
-        try:
-            self.send("quit")
-            self.process.wait(timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            self.process.kill()
-            self.process.wait()
+    race_threads(
+        owners,
+        rounds=100,
+        acquire=lambda index: proxies[index % 2].acquire(f"thread-{index}", owners[index]).get(timeout=T),
+        read_holder=lambda: proxies[0].read().get(timeout=T),
+        release=lambda round_index, pid: proxies[round_index % 2].release(pid).get(timeout=T),
+    )
 
 
 @pytest.mark.slow
 def test_of_eight_processes_each_with_its_own_lock_actor_exactly_one_holds_every_round(
     worker_dir: Path, tmp_path: Path
 ) -> None:
-    racers = [Racer(worker_dir, tmp_path / f"racer-{i}.err") for i in range(8)]
     referee = LockFile(worker_dir)
-    try:
-        for racer in racers:
-            assert racer.reply() == "ready"
+    with start_racers(RACER, worker_dir, tmp_path, 8) as racers:
         for round_index in range(200):
-            for racer in racers:
-                racer.send("acquire")
-            replies = {racer.pid: racer.reply() for racer in racers}
-            winners = [pid for pid, reply in replies.items() if reply == "won"]
-            assert len(winners) == 1 and list(replies.values()).count("locked") == 7, (round_index, replies)
-            holder = referee.read()
-            assert holder is not None and holder.pid == winners[0]
-            [winner] = [racer for racer in racers if racer.pid == winners[0]]
-            winner.send("release")
-            assert winner.reply() == "released"
-            assert referee.status() == "unlocked"
-    finally:
-        for racer in racers:
-            racer.stop()
+            race_round(racers, referee, round_index)
