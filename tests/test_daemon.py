@@ -11,12 +11,12 @@ from pathlib import Path
 
 import msgpack
 import pytest
+from _daemons import ROOT, cleanup, start_daemon
 
 from actors import connect
 from supervision import ActorCrashed
 from supervision.testing import wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
@@ -26,44 +26,11 @@ def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
     )
 
 
-_started: list[subprocess.Popen] = []
-
-
 @pytest.fixture(autouse=True)
 def _no_daemon_outlives_its_test():
     """Whatever happens in a test, no daemon it started keeps running."""
     yield
-    while _started:
-        process = _started.pop()
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
-
-
-def start_daemon(state_dir: Path, *extra: str) -> subprocess.Popen:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "actors", "serve", "--state-dir", str(state_dir), "--heartbeat", "0.2", *extra],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    _started.append(process)
-    try:
-        wait_until(lambda: process.poll() is not None or _answers(state_dir), timeout=30)
-    except TimeoutError:
-        process.kill()
-        raise
-    assert process.poll() is None, process.stderr.read()
-    return process
-
-
-def _answers(state_dir: Path) -> bool:
-    try:
-        with connect(state_dir, timeout=2) as client:
-            return client.call("names.default_name") == "Nameless Agent"
-    except OSError:
-        return False
+    cleanup()
 
 
 def daemon_state(state_dir: Path) -> dict:

@@ -24,11 +24,12 @@ from pathlib import Path
 
 import psutil
 import pytest
+from _daemons import cleanup, spawn, started
+from _daemons import start_daemon as start_quiet_daemon
 
 from actors import connect
 from supervision.testing import wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
 CLIENT = Path(__file__).resolve().parent / "_chaos_power_client.py"
 pytestmark = pytest.mark.slow
 
@@ -38,48 +39,16 @@ CLIENTS = 3
 SLEEPERS_PER_CLIENT = 2
 PROBES = 4
 
-_started: list[subprocess.Popen] = []
-
-
 @pytest.fixture(autouse=True)
 def _nothing_outlives_its_test():
     """Whatever happens in a test, no daemon, client or sleeper it started keeps running."""
     yield
-    while _started:
-        process = _started.pop()
-        if process.poll() is None:
-            process.kill()
-        process.wait(10)
-        for stream in (process.stdin, process.stdout, process.stderr):
-            if stream is not None:
-                stream.close()
-
-
-def _popen(argv: list[str], **options) -> subprocess.Popen:
-    process = subprocess.Popen(argv, cwd=ROOT, **options)
-    _started.append(process)
-    return process
-
-
-def _answers(state_dir: Path) -> bool:
-    try:
-        with connect(state_dir, timeout=2) as client:
-            return client.call("names.default_name") == "Nameless Agent"
-    except OSError:
-        return False
+    cleanup()
 
 
 def start_daemon(state_dir: Path) -> subprocess.Popen:
     with open(state_dir.parent / "daemon.log", "ab") as log:
-        process = _popen(
-            [sys.executable, "-m", "actors", "serve", "--state-dir", str(state_dir), "--heartbeat", "0.2",
-             "--log-level", "WARNING"],
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
-    wait_until(lambda: process.poll() is not None or _answers(state_dir), timeout=30)
-    assert process.poll() is None, (state_dir.parent / "daemon.log").read_text()[-3000:]
-    return process
+        return start_quiet_daemon(state_dir, "--log-level", "WARNING", stdout=subprocess.DEVNULL, stderr=log, text=False)
 
 
 def owner_states(ledger: Path) -> dict[int, tuple[str, str | None]]:
@@ -115,13 +84,13 @@ def test_sigkilled_daemon_never_hands_a_live_owners_name_out_twice(tmp_path):
     ledgers = []
     for index in range(CLIENTS):
         sleepers = [
-            _popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+            spawn([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
             for _ in range(SLEEPERS_PER_CLIENT)
         ]
         ledger = tmp_path / f"client-{index}.jsonl"
         ledgers.append(ledger)
         clients.append(
-            _popen(
+            spawn(
                 [sys.executable, str(CLIENT), str(state_dir), str(ledger), str(pause),
                  ",".join(str(sleeper.pid) for sleeper in sleepers), str(rng.randrange(1 << 30))],
                 stdin=subprocess.PIPE,
@@ -183,7 +152,7 @@ def test_sigkilled_daemon_never_hands_a_live_owners_name_out_twice(tmp_path):
         pause.unlink()  # the clients carry on
 
     assert checked_holds > KILLS  # the check was not vacuous
-    for process in _started:
+    for process in started():
         if process.stdin is not None:
             process.stdin.close()  # clients stop, sleepers exit
     for client in clients:
@@ -192,7 +161,7 @@ def test_sigkilled_daemon_never_hands_a_live_owners_name_out_twice(tmp_path):
     assert daemon.wait(30) == 0
     left = [path.name for path in state_dir.iterdir() if ".tmp" in path.name or ".corrupt-" in path.name]
     assert not left, f"temporary or quarantined files left in the state dir: {left}"
-    for process in _started:
+    for process in started():
         process.wait(10)
     left = {child.pid for child in psutil.Process().children(recursive=True)} - children_before
     assert not left, f"processes of the test outlived it: {left}"

@@ -1,0 +1,68 @@
+"""Running the real daemon (`python -m actors serve`) as a subprocess in tests.
+
+Every process started through `spawn` is tracked; `cleanup()` (called by an autouse
+fixture in each test module that uses this) kills whatever is still running, so no
+daemon, client or sleeper outlives its test.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from actors import connect
+from supervision.testing import wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+
+_started: list[subprocess.Popen] = []
+
+
+def spawn(argv: list[str], **options: Any) -> subprocess.Popen:
+    """`subprocess.Popen` in the repository root, tracked for `cleanup`."""
+    process = subprocess.Popen(argv, cwd=ROOT, **options)
+    _started.append(process)
+    return process
+
+
+def started() -> list[subprocess.Popen]:
+    """The processes started through `spawn` that `cleanup` has not ended yet."""
+    return list(_started)
+
+
+def cleanup() -> None:
+    while _started:
+        process = _started.pop()
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
+        for stream in (process.stdin, process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def answers(state_dir: Path) -> bool:
+    """True once a daemon serves `state_dir`."""
+    try:
+        with connect(state_dir, timeout=2) as client:
+            return client.call("names.default_name") == "Nameless Agent"
+    except OSError:
+        return False
+
+
+def start_daemon(state_dir: Path, *extra: str, **options: Any) -> subprocess.Popen:
+    """Start `serve` on `state_dir` (heartbeat 0.2 s) and wait until it answers."""
+    options.setdefault("stdout", subprocess.PIPE)
+    options.setdefault("stderr", subprocess.PIPE)
+    options.setdefault("text", True)
+    process = spawn(
+        [sys.executable, "-m", "actors", "serve", "--state-dir", str(state_dir), "--heartbeat", "0.2", *extra],
+        **options,
+    )
+    wait_until(lambda: process.poll() is not None or answers(state_dir), timeout=30)
+    if process.poll() is not None:
+        stderr = process.stderr.read() if options["stderr"] is subprocess.PIPE else ""
+        raise AssertionError(f"the daemon exited with {process.returncode}: {stderr}")
+    return process
