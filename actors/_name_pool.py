@@ -404,6 +404,7 @@ class NamePool(SupervisedActor):
         self._unsaved_replies: _Batch = []
         self._is_flush_queued = False
         self._published_stats: Mapping[str, Any] | None = None
+        self._published_key: tuple[int, int, bool] | None = None
         self._waiters: list[_Waiter] = []
         self._chunk: _ChunkRequest | None = None
         # Bumped by every chunk request and by reset: a result of another generation is late.
@@ -536,8 +537,16 @@ class NamePool(SupervisedActor):
     def _handle_receive(self, message: Any) -> Any:
         result = super()._handle_receive(message)
         if self._files is None or self._state.revision == self._saved_revision:
-            self._published_stats = MappingProxyType(self._stats())
+            self._publish_stats()
         return result
+
+    def _publish_stats(self) -> None:
+        # The stats derive from the state's revision, the waiters and the chunk in flight:
+        # rebuilt only when one of those moved, not after every message.
+        key = (self._state.revision, len(self._waiters), self._chunk is None)
+        if key != self._published_key:
+            self._published_key = key
+            self._published_stats = MappingProxyType(self._stats())
 
     def reset(self) -> DeferredReply | None:
         """Forget every name and owner; a chunk in flight is discarded and asked for again."""
@@ -626,7 +635,7 @@ class NamePool(SupervisedActor):
             # ActorCrashed, and the next incarnation starts from what is on disk.
             self._files.append(self._state.to_snapshot())
             self._saved_revision = revision
-        self._published_stats = MappingProxyType(self._stats())  # before the replies go out
+        self._publish_stats()  # before the replies go out
         replies, self._unsaved_replies = self._unsaved_replies, []
         for reply, value in replies:
             reply.set(value)
