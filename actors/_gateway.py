@@ -29,12 +29,12 @@ from typing import Any
 import psutil
 import pykka
 from loguru import logger
-from pykka import messages as pykka_messages
 
 from actors._errors import NotPermitted
 from actors._protocol import (
     FrameError,
     FrameReader,
+    ask_method,
     encode,
     error_reply,
     nesting_depth,
@@ -325,10 +325,7 @@ class Gateway:
         return getattr(actor, "_published_stats", None)
 
     def _call(self, target: Handle | pykka.ActorRef[Any], method: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
-        message = pykka_messages.ProxyCall(attr_path=(method,), args=tuple(args), kwargs=kwargs)
-        if isinstance(target, Handle):
-            return target.ask(message, timeout=self._call_timeout)
-        return target.ask(message, timeout=self._call_timeout)
+        return ask_method(target, method, args, kwargs, timeout=self._call_timeout)
 
     def _call_lock(self, method: str, args: list[Any], kwargs: dict[str, Any], peer: Peer) -> Any:
         if args:
@@ -378,16 +375,17 @@ class Gateway:
     def _tree_terminate_child(self, peer: Peer, path: Any = None) -> Any:
         supervisor, child_id = self._parent_of(path)
         if self._is_peer_child(supervisor, child_id, peer):
-            raise _Accepted(lambda: _ask(supervisor, "terminate_child", child_id), f"terminate_child {path}")
-        _ask(supervisor, "terminate_child", child_id, timeout=self._call_timeout)
+            terminate = lambda: ask_method(supervisor, "terminate_child", [child_id], timeout=None)  # noqa: E731
+            raise _Accepted(terminate, f"terminate_child {path}")
+        ask_method(supervisor, "terminate_child", [child_id], timeout=self._call_timeout)
         return None
 
     def _tree_restart_child(self, peer: Peer, path: Any = None) -> Any:
         supervisor, child_id = self._parent_of(path)
 
         def cycle(timeout: float | None = None) -> str:
-            _ask(supervisor, "terminate_child", child_id, timeout=timeout)
-            ref = _ask(supervisor, "restart_child", child_id, timeout=timeout)
+            ask_method(supervisor, "terminate_child", [child_id], timeout=timeout)
+            ref = ask_method(supervisor, "restart_child", [child_id], timeout=timeout)
             return ref.actor_urn
 
         if self._is_peer_child(supervisor, child_id, peer):
@@ -407,11 +405,11 @@ class Gateway:
 
     def _is_peer_child(self, supervisor: pykka.ActorRef[Any], child_id: str, peer: Peer) -> bool:
         """True when the child runs the calling process (so it must be answered first)."""
-        ref = _ask(supervisor, "whereis", child_id, timeout=self._call_timeout)
+        ref = ask_method(supervisor, "whereis", [child_id], timeout=self._call_timeout)
         if ref is None or not hasattr(ref.actor_class, "process_pid"):
             return False
         try:
-            process_pid = _ask(ref, "process_pid", timeout=self._call_timeout)
+            process_pid = ask_method(ref, "process_pid", timeout=self._call_timeout)
         except pykka.ActorDeadError:
             return False
         return process_pid is not None and _runs_under(peer.pid, process_pid)
@@ -434,11 +432,6 @@ def _runs_under(pid: int, ancestor: int) -> bool:
         return any(parent.pid == ancestor for parent in psutil.Process(pid).parents())
     except psutil.Error:
         return False
-
-
-def _ask(ref: pykka.ActorRef[Any], method: str, *args: Any, timeout: float | None = None) -> Any:
-    message = pykka_messages.ProxyCall(attr_path=(method,), args=args, kwargs={})
-    return ref.ask(message, timeout=timeout)
 
 
 def _default_owner(

@@ -11,10 +11,12 @@ import dataclasses
 import enum
 import socket
 import struct
+from collections.abc import Sequence
 from typing import Any
 
 import msgpack
 import pykka
+from pykka import messages as pykka_messages
 
 from supervision import ChildInfo
 
@@ -22,6 +24,7 @@ __all__ = [
     "MAX_FRAME",
     "FrameError",
     "FrameReader",
+    "ask_method",
     "encode",
     "error_reply",
     "ok_reply",
@@ -35,6 +38,18 @@ MAX_FRAME = 1024 * 1024
 
 class FrameError(ValueError):
     """Bytes that are not a valid frame: the connection cannot be trusted any further."""
+
+
+def ask_method(
+    target: Any, method: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, *, timeout: float | None
+) -> Any:
+    """Call the public method `method` of an actor (an `ActorRef` or a `Handle`) and wait.
+
+    What an op becomes: a pykka `ProxyCall` asked directly, without building a proxy
+    (~60 µs each time pykka introspects the actor for one).
+    """
+    message = pykka_messages.ProxyCall(attr_path=(method,), args=tuple(args), kwargs=kwargs or {})
+    return target.ask(message, timeout=timeout)
 
 
 def set_kernel_timeouts(sock: socket.socket, *, receive: float | None, send: float | None) -> None:

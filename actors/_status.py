@@ -5,17 +5,11 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote
 
-from pykka import messages as pykka_messages
-
 from actors._name_pool import HOLDERS_REQUEST
-from actors._protocol import to_wire
+from actors._protocol import ask_method, to_wire
 from actors._tree import Tree
 
 __all__ = ["collect_status", "render_status"]
-
-
-def _ask(target: Any, method: str, timeout: float) -> Any:
-    return target.ask(pykka_messages.ProxyCall(attr_path=(method,), args=(), kwargs={}), timeout=timeout)
 
 
 def _section(fetch: Any) -> Any:
@@ -32,10 +26,10 @@ def collect_status(tree: Tree, *, timeout: float = 5.0, extra: dict[str, Any] | 
     status["children"] = _section(
         lambda: [to_wire(info) for info in tree.supervisor.proxy().which_children().get(timeout=timeout)]
     )
-    status["names"] = _section(lambda: _ask(tree.names, "pool_stats", timeout))
+    status["names"] = _section(lambda: ask_method(tree.names, "pool_stats", timeout=timeout))
     status["held_names"] = _section(lambda: tree.names.ask(HOLDERS_REQUEST, timeout=timeout))
     status["locks"] = _section(lambda: _lock_statuses(tree, timeout))
-    status["agents"] = _section(lambda: _ask(tree.agents, "health", timeout))
+    status["agents"] = _section(lambda: ask_method(tree.agents, "health", timeout=timeout))
     return status
 
 
@@ -45,7 +39,7 @@ def _lock_statuses(tree: Tree, timeout: float) -> list[dict[str, Any]]:
     for info in locks.proxy().which_children().get(timeout=timeout):
         row = {"worker": unquote(info.id), "running": info.ref is not None, "restarts": info.restarts}
         if info.ref is not None:
-            row["status"] = _section(lambda ref=info.ref: _ask(ref, "status", timeout))
+            row["status"] = _section(lambda ref=info.ref: ask_method(ref, "status", timeout=timeout))
         rows.append(row)
     return rows
 

@@ -378,14 +378,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     faulthandler.dump_traceback_later(1800, exit=True)  # a hung benchmark must not hang CI forever
-    if not args.logs:
+    if not args.logs:  # kill/restart log lines would measure the terminal
         try:
-            from loguru import logger
-        except ImportError:
+            load_script("bench_supervision").quiet_logs()
+        except Skipped:
             pass
-        else:  # kill/restart log lines would measure the terminal; records are still formatted
-            logger.remove()
-            logger.add(lambda _message: None, level="INFO")
     try:
         layout = load_script("bench_supervision").cpu_layout()["note"]
     except Skipped:
