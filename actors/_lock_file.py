@@ -14,17 +14,22 @@ Whether the lock is held is decided by the record alone, by the pure `judge`.
 `LockFile` holds no file descriptor between calls and is safe to share between threads;
 two `LockFile` objects on one directory exclude each other like two processes do.
 
-One acquire+release (the floor of `WorkerLock`'s cycle) is ~25 system calls and one new
-inode. The record is a fresh file each time (temp file + rename): rewriting a removed
-record's inode in place could show a reader that still has it open a torn record. On
-ext4 without a journal, allocating an inode scans past recently deleted ones, so that one
-call costs from ~15 to ~170 µs with the churn in its block group. Descriptors are not
-kept while the lock is held: re-checking them (`.runtime` may since be a symlink, the
-guard another file) costs nearly the opens saved, and a guard descriptor kept across a
-fork would be shared with the child, whose flock would then not exclude ours. What needs
-no system call is cached: this process's own start time (a record naming this very
-process is alive without a /proc read), the formatted second of `acquired_at`, the JSON
-encoder.
+One acquire+release (the floor of `WorkerLock`'s cycle) is ~25 system calls and no new
+inode: a release renames the record to `agent.lock.next`, and the next acquire rewrites
+that file and renames it back (temp file + rename, with the temp file recycled). On ext4
+without a journal, allocating an inode scans past every inode freed in the last seconds,
+which made a fresh file per record cost ~15 to ~170 µs; recycling costs a few. A reader
+that opened the record just before a release could see the recycled inode rewritten, so
+readers hold the guard shared (writers hold it exclusive). An idle worker's spare goes at
+the next owner check, and when its lock actor stops.
+Descriptors are not kept while the lock is held: re-checking them (`.runtime` may since
+be a symlink, the guard another file) costs nearly the opens saved, a thousand held locks
+would need thousands of descriptors, and a guard descriptor kept across a fork would be
+shared with the child, whose flock would then not exclude ours. What needs no system call
+is cached: this process's own start time (a record naming this very process is alive
+without a /proc read), the formatted second of `acquired_at`, a new record's encoding
+but for its time, and the bytes of the last record written for this process (released
+without being parsed or judged when unchanged).
 """
 
 from __future__ import annotations
@@ -75,8 +80,10 @@ RUNTIME_DIR_NAME = ".runtime"
 RECORD_NAME = "agent.lock"
 GUARD_NAME = "agent.lock.flock"
 #: Only the guard holder writes, so one fixed temporary name suffices, and a copy left by
-#: a writer killed mid-write is known garbage to the next one.
-_TEMP_NAME = "agent.lock.tmp"
+#: a writer killed mid-write is known garbage to the next one. A release renames the
+#: record back to this name, and the next acquire rewrites that file: one inode serves
+#: every record of a worker (see `LockFile._write_record`).
+_TEMP_NAME = "agent.lock.next"
 #: Prefix of the unique names a stale record is renamed to before it is deleted.
 _ASIDE_PREFIX = "agent.lock.stale-"
 
@@ -90,6 +97,7 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _GUARD_FLAGS = _READ_FLAGS | os.O_CREAT
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_REWRITE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 #: Give up on a breaking-and-rewriting race after this many rounds (only a writer that
 #: ignores the guard can make us lose one).
@@ -213,6 +221,17 @@ def encode_record(info: LockInfo) -> bytes:
         "refreshed_at": info.refreshed_at,
     }
     return (_ENCODER.encode(fields) + "\n").encode("ascii")
+
+
+def _record_template(pid: int, start_time: float, session_id: str, hostname: str) -> tuple[bytes, bytes]:
+    """(head, tail) such that `head + acquired_at + tail` is `encode_record` of a new record.
+
+    Only for an `acquired_at` that JSON leaves as it is (the digits and `-T:.Z` of
+    `_rfc3339`): a lock actor encodes the same owner again and again, and only the time moves.
+    """
+    head = f'{{"pid": {_ENCODER.encode(pid)}, "start_time": {_ENCODER.encode(start_time)}, "acquired_at": "'
+    tail = f'", "session_id": {_ENCODER.encode(session_id)}, "hostname": {_ENCODER.encode(hostname)}, "refreshed_at": null}}\n'
+    return head.encode("ascii"), tail.encode("ascii")
 
 
 # (pid, start time) of this process. Keyed by pid, so a forked child looks itself up afresh.
@@ -387,6 +406,15 @@ class _UnsafeAsInvalidLock:
 _unsafe_as_invalid_lock = _UnsafeAsInvalidLock()
 
 
+def _unlock_and_close(guard_fd: int) -> None:
+    try:
+        # Unlock explicitly: a child forked meanwhile shares the open file description,
+        # and closing our copy alone would leave it locked.
+        fcntl.flock(guard_fd, fcntl.LOCK_UN)
+    finally:
+        os.close(guard_fd)
+
+
 class _Guarded:
     """The guard flock held around one read-check-write of a `LockFile` (its `_guarded`).
 
@@ -429,12 +457,7 @@ class _Guarded:
         self._guard_fd = self._dir_fd = None
         try:
             if guard_fd is not None:
-                try:
-                    # Unlock explicitly: a child forked meanwhile shares the open file
-                    # description, and closing our copy alone would leave it locked.
-                    fcntl.flock(guard_fd, fcntl.LOCK_UN)
-                finally:
-                    os.close(guard_fd)
+                _unlock_and_close(guard_fd)
         finally:
             if dir_fd is not None:
                 os.close(dir_fd)
@@ -461,7 +484,10 @@ class LockFile:
         "_record_path",
         "_reported_problem",
         "_runtime_path",
+        "_temp_path",
+        "_template",
         "_wall_time",
+        "_written",
         "hostname",
         "worker_dir",
     )
@@ -480,11 +506,17 @@ class LockFile:
         self._runtime_path = os.path.join(self.worker_dir, RUNTIME_DIR_NAME)
         self._record_path = os.path.join(self._runtime_path, RECORD_NAME)
         self._guard_path = os.path.join(self._runtime_path, GUARD_NAME)
+        self._temp_path = os.path.join(self._runtime_path, _TEMP_NAME)
         self._boot_time = boot_time
         self._wall_time = wall_time
         self._guard_timeout = guard_timeout
         self._reported_problem: str | None = None
         self._log = logger.bind(worker_dir=self.worker_dir)
+        # The encoding of the last new record's owner: ((pid, start, session), head, tail).
+        self._template: tuple[tuple[int, float, str], bytes, bytes] | None = None
+        # (our pid, bytes) of the last record we wrote naming this very process: a record
+        # with exactly these bytes is held by us, with no parsing or judging (release).
+        self._written: tuple[int, bytes] | None = None
 
     def __repr__(self) -> str:
         return f"LockFile({self.worker_dir!r})"
@@ -529,17 +561,14 @@ class LockFile:
         with _unsafe_as_invalid_lock, self._guarded(create=True) as dir_fd:
             assert dir_fd is not None
             for _ in range(_MAX_ATTEMPTS):
-                snapshot, verdict = self._judge_record(dir_fd)
+                snapshot = self._read_snapshot(dir_fd, RECORD_NAME)
+                if snapshot is None:
+                    return self._write_new_record(dir_fd, owner_pid, start_time, session_id)
+                verdict = self._judge_snapshot(snapshot)
                 if verdict.state is LockState.STALE:
-                    assert snapshot is not None
                     if not self._break_stale(dir_fd, snapshot, verdict):
                         continue
-                    verdict = Verdict(LockState.UNLOCKED)
-                if verdict.state is LockState.UNLOCKED:
-                    now = _rfc3339(self._wall_time())
-                    info = LockInfo(owner_pid, start_time, now, session_id, self.hostname)
-                    self._write_record(dir_fd, info)
-                    return info
+                    return self._write_new_record(dir_fd, owner_pid, start_time, session_id)
                 held = self._raise_unless_mine(verdict, owner_pid, start_time)
                 refreshed = replace(
                     held,
@@ -564,11 +593,14 @@ class LockFile:
             if dir_fd is None:
                 raise NotLocked(f"{self.worker_dir} is not locked")
             for _ in range(_MAX_ATTEMPTS):
-                snapshot, verdict = self._judge_record(dir_fd)
-                if verdict.state is LockState.UNLOCKED:
+                snapshot = self._read_snapshot(dir_fd, RECORD_NAME)
+                if snapshot is None:
                     raise NotLocked(f"{self.worker_dir} is not locked")
+                if self._is_ours(snapshot, owner_pid, start_time):
+                    self._retire_record(dir_fd)
+                    return
+                verdict = self._judge_snapshot(snapshot)
                 if verdict.state is LockState.STALE:
-                    assert snapshot is not None
                     if not self._break_stale(dir_fd, snapshot, verdict):
                         continue
                     raise NotLocked(
@@ -579,7 +611,7 @@ class LockFile:
                     self._raise_unless_held_here(verdict)
                 else:
                     self._raise_unless_mine(verdict, owner_pid, start_time)
-                os.unlink(RECORD_NAME, dir_fd=dir_fd)
+                self._retire_record(dir_fd)
                 return
         raise Locked(f"{self._record_path} kept changing under the guard; a writer ignores it")
 
@@ -662,12 +694,14 @@ class LockFile:
         unexpected filesystem failure (OSError) escapes.
         """
         try:
-            # Most ticks find a live owner or no record: judge without the guard first.
+            # Most ticks find a live owner or no record: judge with the guard shared first.
             verdict = self._look()
             if verdict.state is LockState.CORRUPT:
                 self._report_once(f"corrupt lock record {self._record_path}: {verdict.reason}")
                 return None
             self._reported_problem = None
+            if verdict.state is LockState.UNLOCKED and os.path.lexists(self._temp_path):
+                self.discard_spare()  # an idle worker keeps it one check interval at most
             if verdict.state is not LockState.STALE:
                 return None
             with self._guarded(create=False) as dir_fd:
@@ -684,6 +718,22 @@ class LockFile:
         except _Unsafe as unsafe:
             self._report_once(f"refusing lock path {unsafe}")
             return None
+
+    def discard_spare(self) -> None:
+        """Delete the temporary file a release keeps for the next record, if any.
+
+        For an idle worker (the owner check) and a lock actor that stops, so that a worker
+        nobody locks is left with its guard file alone. Raises `InvalidLock` for a
+        symlinked `.runtime` or guard.
+        """
+        with _unsafe_as_invalid_lock, self._guarded(create=False) as dir_fd:
+            if dir_fd is None:
+                return
+            try:
+                if stat.S_ISREG(os.stat(_TEMP_NAME, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                    os.unlink(_TEMP_NAME, dir_fd=dir_fd)
+            except FileNotFoundError:
+                pass
 
     def _report_once(self, problem: str) -> None:
         """Log a problem the periodic check leaves alone, once until it changes."""
@@ -753,12 +803,29 @@ class LockFile:
         return snapshot, self._judge_snapshot(snapshot)
 
     def _look(self) -> Verdict:
-        """Judge the record without the guard (for reads)."""
+        """Judge the record under a shared flock of the guard (for reads).
+
+        Shared, so readers never wait for each other, only for a writer: a writer
+        rewrites the temporary file in place, and that inode may be the very record a
+        reader opened before a release renamed it away. Without a guard file (nobody
+        ever wrote here) there is nothing to wait for. A guard held past `guard_timeout`
+        (a stuck process) is read through, with a warning, rather than hang a reader.
+        """
         dir_fd = self._open_runtime(create=False)
         if dir_fd is None:
             return Verdict(LockState.UNLOCKED)
         try:
-            return self._judge_record(dir_fd)[1]
+            guard_fd = self._open_guard(dir_fd, _READ_FLAGS)
+            if guard_fd is None:
+                return self._judge_record(dir_fd)[1]
+            try:
+                try:
+                    self._lock_guard(guard_fd, fcntl.LOCK_SH)
+                except Locked as stuck:
+                    self._log.warning("reading the lock record without the guard: {}", stuck)
+                return self._judge_record(dir_fd)[1]
+            finally:
+                _unlock_and_close(guard_fd)
         finally:
             os.close(dir_fd)
 
@@ -817,9 +884,24 @@ class LockFile:
         return _Guarded(self, create)
 
     def _open_locked_guard(self, dir_fd: int) -> int:
-        """Open the guard file in `.runtime` (refusing anything but a regular file) and flock it."""
+        """Open (create) the guard file in `.runtime`, refusing anything but a regular file,
+        and flock it exclusively."""
+        guard_fd = self._open_guard(dir_fd, _GUARD_FLAGS)
+        assert guard_fd is not None  # created if absent
         try:
-            guard_fd = os.open(GUARD_NAME, _GUARD_FLAGS, 0o600, dir_fd=dir_fd)
+            self._lock_guard(guard_fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(guard_fd)
+            raise
+        return guard_fd
+
+    def _open_guard(self, dir_fd: int, flags: int) -> int | None:
+        """The guard file opened with `flags` (None if absent and not created); refuses a
+        symlink or anything but a regular file, and tightens loose permissions."""
+        try:
+            guard_fd = os.open(GUARD_NAME, flags, 0o600, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return None
         except OSError as error:
             if error.errno in (errno.ELOOP, errno.EISDIR):
                 raise _Unsafe(self._guard_path, os.strerror(error.errno)) from None
@@ -831,16 +913,16 @@ class LockFile:
             if guard_stat.st_mode & 0o077:
                 # Anyone who can open the guard can flock it forever and stall us.
                 os.fchmod(guard_fd, 0o600)
-            self._lock_guard(guard_fd)
         except BaseException:
             os.close(guard_fd)
             raise
         return guard_fd
 
-    def _lock_guard(self, guard_fd: int) -> None:
-        """flock the guard, polling so the wait is bounded (blocking flock cannot time out)."""
+    def _lock_guard(self, guard_fd: int, mode: int) -> None:
+        """flock the guard (`mode`: LOCK_EX or LOCK_SH), polling so the wait is bounded
+        (a blocking flock cannot time out); `Locked` after `guard_timeout` seconds."""
         try:
-            fcntl.flock(guard_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(guard_fd, mode | fcntl.LOCK_NB)
             return
         except BlockingIOError:
             pass
@@ -849,7 +931,7 @@ class LockFile:
         while True:
             time.sleep(delay)
             try:
-                fcntl.flock(guard_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(guard_fd, mode | fcntl.LOCK_NB)
                 return
             except BlockingIOError:
                 if time.monotonic() >= deadline:
@@ -887,33 +969,116 @@ class LockFile:
             os.close(fd)
         return _Snapshot(b"".join(chunks), file_stat.st_mtime, file_stat.st_dev, file_stat.st_ino)
 
-    def _write_record(self, dir_fd: int, info: LockInfo) -> None:
-        """Write the record by temporary file + rename, so readers see all of it or none.
+    def _write_new_record(self, dir_fd: int, owner_pid: int, start_time: float, session_id: str) -> LockInfo:
+        """Write and return a new record for the owner (the lock is free: we hold the guard)."""
+        now = _rfc3339(self._wall_time())
+        info = LockInfo(owner_pid, start_time, now, session_id, self.hostname)
+        key = (owner_pid, start_time, session_id)
+        template = self._template
+        if template is None or template[0] != key:
+            template = self._template = (key, *_record_template(owner_pid, start_time, session_id, self.hostname))
+        self._write_record(dir_fd, info, template[1] + now.encode("ascii") + template[2])
+        return info
 
+    def _is_ours(self, snapshot: _Snapshot, owner_pid: int | None, start_time: float | None) -> bool:
+        """True if `snapshot` is the record we last wrote for this very process, written in
+        this boot, and `owner_pid` (None: any live owner) names this process: then `judge`
+        would find it held by the caller, and is spared.
+
+        Equal bytes mean the same pid, start time, host and session; anything else
+        (another writer, a forked child, another owner, a touched mtime) is judged.
+        """
+        written = self._written
+        if written is None or written[1] != snapshot.data:
+            return False
+        if snapshot.mtime < self._boot_time_for(snapshot.mtime):
+            return False
+        own_pid, own_start_time = own_identity()
+        if written[0] != own_pid:
+            return False  # a forked child: the record names its parent
+        if owner_pid is None:
+            return True
+        return owner_pid == own_pid and (
+            start_time is None
+            or own_start_time is None
+            or abs(start_time - own_start_time) <= CREATE_TIME_TOLERANCE
+        )
+
+    def _write_record(self, dir_fd: int, info: LockInfo, data: bytes | None = None) -> None:
+        """Write the record (`data`: its encoding if known) by temporary file + rename, so
+        readers see all of it or none (call under the guard).
+
+        The temporary file is the previous record when there is one (`_retire_record`):
+        rewriting an inode costs a fraction of allocating one, and freeing it again on
+        release (on ext4 without a journal, allocation scans past every inode freed in the
+        last seconds). Readers hold the guard shared, so none reads it mid-rewrite.
         No fsync: a lock never outlives a reboot, and a record torn by a power cut is
         from before the boot, hence stale.
         """
-        data = encode_record(info)
-        try:
-            fd = os.open(_TEMP_NAME, _WRITE_FLAGS, 0o600, dir_fd=dir_fd)
-        except FileExistsError:
-            # Left by a writer killed mid-write; we hold the guard, so it is nobody's.
-            os.unlink(_TEMP_NAME, dir_fd=dir_fd)
-            fd = os.open(_TEMP_NAME, _WRITE_FLAGS, 0o600, dir_fd=dir_fd)
+        if data is None:
+            data = encode_record(info)
+        self._written = None
+        fd, old_size = self._open_temp(dir_fd)
         try:
             try:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view) :]
+                if old_size > len(data):
+                    os.ftruncate(fd, len(data))
             finally:
                 os.close(fd)
             os.rename(_TEMP_NAME, RECORD_NAME, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            own_pid, own_start_time = own_identity()
+            if info.pid == own_pid and own_start_time is not None and info.start_time == own_start_time:
+                self._written = (own_pid, data)
         except BaseException:
             try:
                 os.unlink(_TEMP_NAME, dir_fd=dir_fd)
             except OSError:
                 pass  # the error being raised says more
             raise
+
+    def _open_temp(self, dir_fd: int) -> tuple[int, int]:
+        """(descriptor, size) of the temporary file to write the record into (under the guard).
+
+        The one a release left is reused if it is a plain file of ours with no other name;
+        anything else under that name (a symlink, a hard link, a FIFO, a file left by a
+        killed writer of another uid) is unlinked, never written through, and replaced by
+        a new file.
+        """
+        try:
+            fd = os.open(_TEMP_NAME, _REWRITE_FLAGS, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return os.open(_TEMP_NAME, _WRITE_FLAGS, 0o600, dir_fd=dir_fd), 0
+        except OSError as error:
+            if error.errno not in (errno.ELOOP, errno.ENXIO, errno.EISDIR, errno.EACCES, errno.EPERM):
+                raise
+        else:
+            temp_stat = os.fstat(fd)
+            if (
+                stat.S_ISREG(temp_stat.st_mode)
+                and temp_stat.st_nlink == 1
+                and temp_stat.st_uid == os.geteuid()
+                and not temp_stat.st_mode & 0o077
+            ):
+                return fd, temp_stat.st_size
+            os.close(fd)
+        try:
+            os.unlink(_TEMP_NAME, dir_fd=dir_fd)
+        except IsADirectoryError:
+            raise _Unsafe(os.path.join(self._runtime_path, _TEMP_NAME), "is a directory") from None
+        except FileNotFoundError:
+            pass
+        return os.open(_TEMP_NAME, _WRITE_FLAGS, 0o600, dir_fd=dir_fd), 0
+
+    def _retire_record(self, dir_fd: int) -> None:
+        """Remove the record (call under the guard), keeping its inode as the next temporary file."""
+        self._written = None
+        try:
+            os.rename(RECORD_NAME, _TEMP_NAME, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except (IsADirectoryError, NotADirectoryError):
+            os.unlink(RECORD_NAME, dir_fd=dir_fd)  # something planted as the temporary name
 
     def _break_stale(self, dir_fd: int, snapshot: _Snapshot, verdict: Verdict) -> bool:
         """Remove the stale record judged from `snapshot`; False if it was not that one.

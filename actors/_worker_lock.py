@@ -150,6 +150,10 @@ class WorkerLock(SupervisedActor):
 
     def on_stop(self) -> None:
         self._cancel_timer()
+        try:
+            self._lock_file.discard_spare()
+        except (OSError, ClientError) as error:  # a lock left as it is; nothing to undo
+            self._log.debug("kept the spare lock file of {}: {}", self._lock_file.worker_dir, error)
 
     def on_failure(self, *exc_info: Any) -> None:
         self._cancel_timer()

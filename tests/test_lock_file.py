@@ -246,6 +246,22 @@ def test_a_record_is_one_line_of_ascii_json_of_its_fields(info: LockInfo) -> Non
     assert encode_record(info) == (json.dumps(fields, ensure_ascii=True, allow_nan=False) + "\n").encode()
 
 
+@given(
+    st.integers(1, 2**31 - 1),
+    st.floats(0, 4e9, allow_nan=False),
+    st.floats(0, 4e9, allow_nan=False),
+    st.text(max_size=40),
+    st.text(min_size=1, max_size=40),
+)
+def test_a_new_records_template_gives_the_bytes_of_encode_record(
+    pid: int, start_time: float, seconds: float, session_id: str, hostname: str
+) -> None:
+    acquired_at = _lock_file._rfc3339(seconds)
+    head, tail = _lock_file._record_template(pid, start_time, session_id, hostname)
+    info = LockInfo(pid, start_time, acquired_at, session_id, hostname)
+    assert head + acquired_at.encode() + tail == encode_record(info)
+
+
 def test_a_record_with_a_non_finite_start_time_cannot_be_encoded() -> None:
     for start_time in (math.nan, math.inf):
         with pytest.raises(ValueError):
@@ -551,11 +567,132 @@ def test_a_mismatch_after_renaming_aside_puts_the_record_back(lock: LockFile) ->
 def test_leftovers_of_killed_writers_are_cleaned(lock: LockFile) -> None:
     runtime = Path(lock.record_path).parent
     runtime.mkdir(mode=0o700, parents=True)
-    (runtime / "agent.lock.tmp").write_bytes(b"half a rec")
+    (runtime / _lock_file._TEMP_NAME).write_bytes(b"half a rec")
     (runtime / "agent.lock.stale-1-abcdef").write_bytes(b"{}")
     write_record(lock, record_bytes(pid=MY_PID, start_time=1.0))  # stale: breaking sweeps
     lock.acquire(MY_PID)
     assert sorted(os.listdir(runtime)) == [RECORD_NAME, GUARD_NAME]
+
+
+# -- the temporary file: one inode for every record of a worker ------------------------
+
+TEMP_NAME = _lock_file._TEMP_NAME
+
+
+def test_release_keeps_the_records_inode_as_the_next_temporary_file(lock: LockFile) -> None:
+    lock.acquire(MY_PID, "%1")
+    inode = os.stat(lock.record_path).st_ino
+    lock.release(MY_PID)
+    runtime = Path(lock.record_path).parent
+    assert not os.path.lexists(lock.record_path)
+    assert sorted(os.listdir(runtime)) == [GUARD_NAME, TEMP_NAME]
+    assert os.stat(runtime / TEMP_NAME).st_ino == inode
+    for session_id in ("%a-much-longer-session-than-before", "", "%2"):  # grows, shrinks
+        info = lock.acquire(MY_PID, session_id)
+        assert os.stat(lock.record_path).st_ino == inode
+        assert Path(lock.record_path).read_bytes() == encode_record(info)
+        assert not os.path.lexists(runtime / TEMP_NAME)
+        lock.release()
+
+
+def test_the_temporary_file_of_an_idle_worker_goes_at_the_next_owner_check(lock: LockFile) -> None:
+    lock.acquire(MY_PID)
+    lock.release()
+    assert lock.release_if_stale() is None
+    assert sorted(os.listdir(Path(lock.record_path).parent)) == [GUARD_NAME]
+    lock.acquire(MY_PID)  # and a new one is made
+    assert lock.read() is not None
+    lock.discard_spare()  # while held there is none: the record stays
+    assert lock.read() is not None
+
+
+@pytest.mark.parametrize("kind", ["hard link", "group-readable", "fifo", "symlink"])
+def test_a_temporary_file_that_is_not_ours_alone_is_replaced_never_written(
+    lock: LockFile, tmp_path: Path, kind: str
+) -> None:
+    precious = tmp_path / "precious"
+    precious.write_bytes(b"precious\n")
+    runtime = Path(lock.record_path).parent
+    runtime.mkdir(mode=0o700, parents=True)
+    temp = runtime / TEMP_NAME
+    if kind == "hard link":
+        os.link(precious, temp)
+    elif kind == "group-readable":
+        temp.write_bytes(b"old")
+        temp.chmod(0o640)
+    elif kind == "fifo":
+        os.mkfifo(temp, 0o600)
+    else:
+        temp.symlink_to(precious)
+    info = lock.acquire(MY_PID, "%1")
+    assert precious.read_bytes() == b"precious\n"
+    assert Path(lock.record_path).read_bytes() == encode_record(info)
+    assert stat.S_IMODE(os.lstat(lock.record_path).st_mode) == 0o600
+    assert os.lstat(lock.record_path).st_nlink == 1
+
+
+def test_a_directory_under_the_temporary_name_is_refused(lock: LockFile) -> None:
+    runtime = Path(lock.record_path).parent
+    (runtime / TEMP_NAME).mkdir(mode=0o700, parents=True)
+    with pytest.raises(InvalidLock, match="is a directory"):
+        lock.acquire(MY_PID)
+    assert lock.status() == "unlocked"
+    (runtime / TEMP_NAME).rmdir()
+    lock.acquire(MY_PID)
+    (runtime / TEMP_NAME).mkdir()
+    lock.release(MY_PID)  # the record cannot become the temporary file: it is removed
+    assert lock.status() == "unlocked" and (runtime / TEMP_NAME).is_dir()
+
+
+def test_readers_wait_for_a_writer_not_for_each_other(lock: LockFile, worker_dir: Path, captured_logs: list[Any]) -> None:
+    # A writer rewrites the temporary file in place, and it may be the inode a reader
+    # opened as the record before a release: readers hold the guard shared, so they
+    # wait (here: time out and read anyway, saying so) while a writer holds it.
+    lock.acquire(MY_PID, "%1")
+    impatient = LockFile(worker_dir, guard_timeout=0.01)
+    other = os.open(lock.guard_path, os.O_RDONLY)
+    try:
+        fcntl.flock(other, fcntl.LOCK_SH)
+        assert impatient.status() == f"locked by pid {MY_PID} (session %1)"
+        assert not [r for r in captured_logs if "without the guard" in r["message"]]
+        fcntl.flock(other, fcntl.LOCK_EX)
+        assert impatient.read() == lock.read()
+        assert [r for r in captured_logs if "without the guard" in r["message"]]
+    finally:
+        os.close(other)
+
+
+def test_release_judges_any_record_but_the_one_it_wrote_for_this_process(
+    lock: LockFile,
+    spawn_process: Callable[[], subprocess.Popen[bytes]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    judged: list[bytes | None] = []
+    real_judge = _lock_file.judge
+
+    def spy(record: bytes | None, **kwargs: Any) -> Verdict:
+        judged.append(record)
+        return real_judge(record, **kwargs)
+
+    monkeypatch.setattr(_lock_file, "judge", spy)
+    lock.acquire(MY_PID, "%1")
+    lock.release(MY_PID)
+    assert judged == []  # our own record, unchanged: nothing to judge
+    # Replaced behind our back by a record of the same size naming another live process.
+    holder = spawn_process()
+    lock.acquire(MY_PID, "%1")
+    mine = Path(lock.record_path).read_bytes()
+    theirs = record_bytes(pid=holder.pid, start_time=process_start_time(holder.pid), session_id="%1")
+    write_record(lock, theirs)
+    with pytest.raises(Locked, match=f"locked by pid {holder.pid}"):
+        lock.release(MY_PID)
+    assert judged == [theirs]
+    # Our bytes again, but seen from a forked child (another pid): judged too.
+    write_record(lock, mine)
+    lock._written = (MY_PID, mine)
+    monkeypatch.setattr(_lock_file, "own_identity", lambda: (MY_PID + 1, MY_START))
+    lock.release()
+    assert judged == [theirs, mine]
 
 
 # -- other hosts -----------------------------------------------------------------------
@@ -847,7 +984,7 @@ def test_a_guard_held_too_long_times_out_as_locked(lock: LockFile, worker_dir: P
         impatient = LockFile(worker_dir, guard_timeout=0.05)
         with pytest.raises(Locked, match="stayed locked"):
             impatient.release(MY_PID)
-        # Reads take no lock and still answer.
+        # Reads wait for the guard as long, then still answer.
         assert impatient.status() == f"locked by pid {MY_PID} (session %1)"
     finally:
         os.close(stuck)
@@ -907,4 +1044,4 @@ def test_of_eight_racing_processes_exactly_one_wins_every_round(
                 assert referee.status() == f"stale (dead pid {dead_pid})"
             holder = race_round(racers, referee, round_index)
             assert holder.session_id == f"racer-{holder.pid}"
-    assert sorted(os.listdir(Path(referee.record_path).parent)) == [GUARD_NAME]
+    assert sorted(os.listdir(Path(referee.record_path).parent)) == [GUARD_NAME, TEMP_NAME]

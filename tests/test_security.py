@@ -200,7 +200,7 @@ def test_a_symlinked_lock_path_is_refused_and_its_target_untouched(tmp_path, whe
 def test_a_planted_temporary_record_link_is_replaced_not_followed(tmp_path):
     target = Target(tmp_path)
     worker = tmp_path / "worker"
-    _plant(worker, "agent.lock.tmp", target.path)
+    _plant(worker, "agent.lock.next", target.path)
     lock = WorkerLock.start(str(worker), check_interval=3600.0)
     try:
         info = lock.proxy().acquire("s").get(timeout=CALL_TIMEOUT)
@@ -209,7 +209,8 @@ def test_a_planted_temporary_record_link_is_replaced_not_followed(tmp_path):
     finally:
         stop_quietly(lock)
     target.assert_unchanged()
-    assert not os.path.lexists(worker / ".runtime" / "agent.lock.tmp")
+    # Stopping the lock removed the temporary file the release kept: the link is long gone.
+    assert not os.path.lexists(worker / ".runtime" / "agent.lock.next")
 
 
 def test_a_loose_runtime_dir_and_guard_are_tightened(tmp_path):
