@@ -723,17 +723,29 @@ class LockFile:
         """Delete the temporary file a release keeps for the next record, if any.
 
         For an idle worker (the owner check) and a lock actor that stops, so that a worker
-        nobody locks is left with its guard file alone. Raises `InvalidLock` for a
-        symlinked `.runtime` or guard.
+        nobody locks is left with its guard file alone. Never waits: with the guard busy,
+        whoever holds it may be about to use the file, and it is left. Raises
+        `InvalidLock` for a symlinked `.runtime` or guard.
         """
-        with _unsafe_as_invalid_lock, self._guarded(create=False) as dir_fd:
+        with _unsafe_as_invalid_lock:
+            dir_fd = self._open_runtime(create=False)
             if dir_fd is None:
                 return
             try:
-                if stat.S_ISREG(os.stat(_TEMP_NAME, dir_fd=dir_fd, follow_symlinks=False).st_mode):
-                    os.unlink(_TEMP_NAME, dir_fd=dir_fd)
-            except FileNotFoundError:
-                pass
+                guard_fd = self._open_guard(dir_fd, _READ_FLAGS)
+                if guard_fd is None:
+                    return
+                try:
+                    fcntl.flock(guard_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    spare = os.stat(_TEMP_NAME, dir_fd=dir_fd, follow_symlinks=False)
+                    if stat.S_ISREG(spare.st_mode):
+                        os.unlink(_TEMP_NAME, dir_fd=dir_fd)
+                except (BlockingIOError, FileNotFoundError):
+                    pass
+                finally:
+                    _unlock_and_close(guard_fd)
+            finally:
+                os.close(dir_fd)
 
     def _report_once(self, problem: str) -> None:
         """Log a problem the periodic check leaves alone, once until it changes."""

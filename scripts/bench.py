@@ -190,7 +190,7 @@ def section_name_pool(quick: bool) -> SectionResult:
 
 
 _LOCK_ROWS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...], str]] = {
-    "cycles_ratio": ("acquire+release vs filelock (cycles/s)", ("lock_cycles_per_s",), ("filelock_cycles_per_s",), "/s"),
+    "cycles_ratio": ("acquire+release (release not awaited) vs filelock (cycles/s)", ("lock_cycles_per_s",), ("filelock_cycles_per_s",), "/s"),
     "rss_ratio": ("RSS of 1,000 WorkerLocks vs 1,000 bare actors (MB)", ("rss_lock_actors_mb",),
                   ("rss_bare_actors_mb",), " MB"),
 }
@@ -206,6 +206,13 @@ def section_locks(quick: bool) -> SectionResult:
         if isinstance(shown.get(key), int | float):
             shown[key.replace("_bytes", "_mb")] = shown[key] / 1e6
     rows = rows_from_figures(shown, _LOCK_ROWS)
+    sync_rate = figures.get("sync_lock_cycles_per_s")
+    if isinstance(sync_rate, int | float):
+        rows.insert(1, Row("  same, release awaited too: two round trips (info)", float(sync_rate),
+                           figures.get("filelock_cycles_per_s"), "/s", figures.get("sync_cycles_ratio"), None))
+        rows.insert(2, Row("  two asks to an actor doing nothing (info: the floor of that)",
+                           figures.get("two_asks_vs_filelock_ratio", 0) * figures.get("filelock_cycles_per_s", 0),
+                           figures.get("filelock_cycles_per_s"), "/s", figures.get("two_asks_vs_filelock_ratio"), None))
     idle = figures.get("idle_fd_delta")
     if isinstance(idle, int | float):
         # Not a ratio: the count itself, which must be 0.

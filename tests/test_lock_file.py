@@ -604,6 +604,16 @@ def test_the_temporary_file_of_an_idle_worker_goes_at_the_next_owner_check(lock:
     assert lock.read() is not None
     lock.discard_spare()  # while held there is none: the record stays
     assert lock.read() is not None
+    lock.release()
+    busy = os.open(lock.guard_path, os.O_RDONLY)
+    try:
+        fcntl.flock(busy, fcntl.LOCK_EX)
+        lock.discard_spare()  # never waits for a busy guard: leaves the file
+        assert os.path.lexists(Path(lock.record_path).parent / TEMP_NAME)
+    finally:
+        os.close(busy)
+    lock.discard_spare()
+    assert sorted(os.listdir(Path(lock.record_path).parent)) == [GUARD_NAME]
 
 
 @pytest.mark.parametrize("kind", ["hard link", "group-readable", "fifo", "symlink"])
