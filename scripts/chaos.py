@@ -223,10 +223,15 @@ class Resources:
 
 
 def temporary_files(directory: Path) -> list[Path]:
-    """Files a killed or interrupted writer leaves (`*.tmp*`), anywhere below `directory`."""
+    """Files a killed or interrupted writer leaves (`*.tmp*`), and the spare record files
+    (`agent.lock.next`) that stopping the lock actors removes, anywhere below `directory`."""
     if not directory.exists():
         return []
-    return [path for path in directory.rglob("*") if ".tmp" in path.name and path.is_file()]
+    return [
+        path
+        for path in directory.rglob("*")
+        if (".tmp" in path.name or path.name == "agent.lock.next") and path.is_file()
+    ]
 
 
 class FlakySource:

@@ -373,6 +373,24 @@ def test_the_tick_releases_a_recycled_pids_record(lock: Any, worker_dir: Path, m
     assert lock.status().get(timeout=T) == "unlocked"
 
 
+def test_an_idle_workers_spare_record_file_goes_at_the_owner_check_and_at_stop(
+    lock_ref: pykka.ActorRef[WorkerLock], worker_dir: Path, manual_clock: ManualClock
+) -> None:
+    # A release keeps the record's inode as agent.lock.next for the next acquire.
+    lock = lock_ref.proxy()
+    runtime = worker_dir / ".runtime"
+    lock.acquire().get(timeout=T)
+    lock.release().get(timeout=T)
+    assert sorted(os.listdir(runtime)) == [GUARD_NAME, "agent.lock.next"]
+    manual_clock.advance(CHECK)
+    assert lock.status().get(timeout=T) == "unlocked"  # the tick was handled before
+    assert sorted(os.listdir(runtime)) == [GUARD_NAME]
+    lock.acquire().get(timeout=T)
+    lock.release().get(timeout=T)
+    lock_ref.stop()
+    assert sorted(os.listdir(runtime)) == [GUARD_NAME]
+
+
 def test_a_process_killed_while_holding_the_guard_flock_leaves_a_lock_that_can_be_taken(
     lock: Any, worker_dir: Path
 ) -> None:
