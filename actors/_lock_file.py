@@ -20,8 +20,10 @@ that file and renames it back (temp file + rename, with the temp file recycled).
 without a journal, allocating an inode scans past every inode freed in the last seconds,
 which made a fresh file per record cost ~15 to ~170 µs; recycling costs a few. A reader
 that opened the record just before a release could see the recycled inode rewritten, so
-readers hold the guard shared (writers hold it exclusive). An idle worker's spare goes at
-the next owner check, and when its lock actor stops.
+readers hold the guard shared (writers hold it exclusive), after a turnstile that keeps
+many readers from starving a writer (`_lock_guard`). A release renames only a record
+with no other name (a rename between two names of one inode does nothing). An idle
+worker's spare goes at the next owner check, and when its lock actor stops.
 Descriptors are not kept while the lock is held: re-checking them (`.runtime` may since
 be a symlink, the guard another file) costs nearly the opens saved, a thousand held locks
 would need thousands of descriptors, and a guard descriptor kept across a fork would be
@@ -84,6 +86,8 @@ GUARD_NAME = "agent.lock.flock"
 #: record back to this name, and the next acquire rewrites that file: one inode serves
 #: every record of a worker (see `LockFile._write_record`).
 _TEMP_NAME = "agent.lock.next"
+#: Temporary names to sweep: ours, and the fresh temporary file of earlier versions.
+_TEMP_NAMES = frozenset({_TEMP_NAME, "agent.lock.tmp"})
 #: Prefix of the unique names a stale record is renamed to before it is deleted.
 _ASIDE_PREFIX = "agent.lock.stale-"
 
@@ -368,6 +372,7 @@ class _Snapshot:
     mtime: float
     device: int
     inode: int
+    links: int
 
     def is_same_file(self, other: _Snapshot) -> bool:
         return (self.device, self.inode, self.data) == (other.device, other.inode, other.data)
@@ -512,8 +517,8 @@ class LockFile:
         self._guard_timeout = guard_timeout
         self._reported_problem: str | None = None
         self._log = logger.bind(worker_dir=self.worker_dir)
-        # The encoding of the last new record's owner: ((pid, start, session), head, tail).
-        self._template: tuple[tuple[int, float, str], bytes, bytes] | None = None
+        # The encoding of the last new record's owner: ((pid, start, session, host), head, tail).
+        self._template: tuple[tuple[int, float, str, str], bytes, bytes] | None = None
         # (our pid, bytes) of the last record we wrote naming this very process: a record
         # with exactly these bytes is held by us, with no parsing or judging (release).
         self._written: tuple[int, bytes] | None = None
@@ -597,7 +602,7 @@ class LockFile:
                 if snapshot is None:
                     raise NotLocked(f"{self.worker_dir} is not locked")
                 if self._is_ours(snapshot, owner_pid, start_time):
-                    self._retire_record(dir_fd)
+                    self._retire_record(dir_fd, snapshot)
                     return
                 verdict = self._judge_snapshot(snapshot)
                 if verdict.state is LockState.STALE:
@@ -611,7 +616,7 @@ class LockFile:
                     self._raise_unless_held_here(verdict)
                 else:
                     self._raise_unless_mine(verdict, owner_pid, start_time)
-                self._retire_record(dir_fd)
+                self._retire_record(dir_fd, snapshot)
                 return
         raise Locked(f"{self._record_path} kept changing under the guard; a writer ignores it")
 
@@ -619,8 +624,8 @@ class LockFile:
         """The record as it is on disk (held, stale or another host's), or None if none.
 
         An unreadable record from before the current boot reads as None. Raises
-        `InvalidLock` for a corrupt record or a symlinked path. Takes no lock: records
-        are only ever replaced by rename, so a reader sees a whole one or none.
+        `InvalidLock` for a corrupt record or a symlinked path. Holds the guard shared
+        for the read (see `_look`), so it sees a whole record or none.
         """
         with _unsafe_as_invalid_lock:
             verdict = self._look()
@@ -628,7 +633,7 @@ class LockFile:
         return verdict.info
 
     def inspect(self) -> Verdict:
-        """Judge the record now (no lock taken). Raises `InvalidLock` for a symlinked path."""
+        """Judge the record now (the guard held shared). Raises `InvalidLock` for a symlinked path."""
         with _unsafe_as_invalid_lock:
             return self._look()
 
@@ -701,7 +706,7 @@ class LockFile:
                 return None
             self._reported_problem = None
             if verdict.state is LockState.UNLOCKED and os.path.lexists(self._temp_path):
-                self.discard_spare()  # an idle worker keeps it one check interval at most
+                self._discard_spare()  # an idle worker keeps it one check interval at most
             if verdict.state is not LockState.STALE:
                 return None
             with self._guarded(create=False) as dir_fd:
@@ -728,24 +733,28 @@ class LockFile:
         `InvalidLock` for a symlinked `.runtime` or guard.
         """
         with _unsafe_as_invalid_lock:
-            dir_fd = self._open_runtime(create=False)
-            if dir_fd is None:
+            self._discard_spare()
+
+    def _discard_spare(self) -> None:
+        """`discard_spare`, raising `_Unsafe` for a refused path."""
+        dir_fd = self._open_runtime(create=False)
+        if dir_fd is None:
+            return
+        try:
+            guard_fd = self._open_guard(dir_fd, _READ_FLAGS, tighten=False)
+            if guard_fd is None:
                 return
             try:
-                guard_fd = self._open_guard(dir_fd, _READ_FLAGS)
-                if guard_fd is None:
-                    return
-                try:
-                    fcntl.flock(guard_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    spare = os.stat(_TEMP_NAME, dir_fd=dir_fd, follow_symlinks=False)
-                    if stat.S_ISREG(spare.st_mode):
-                        os.unlink(_TEMP_NAME, dir_fd=dir_fd)
-                except (BlockingIOError, FileNotFoundError):
-                    pass
-                finally:
-                    _unlock_and_close(guard_fd)
+                fcntl.flock(guard_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                spare = os.stat(_TEMP_NAME, dir_fd=dir_fd, follow_symlinks=False)
+                if stat.S_ISREG(spare.st_mode):
+                    os.unlink(_TEMP_NAME, dir_fd=dir_fd)
+            except (BlockingIOError, FileNotFoundError):
+                pass
             finally:
-                os.close(dir_fd)
+                _unlock_and_close(guard_fd)
+        finally:
+            os.close(dir_fd)
 
     def _report_once(self, problem: str) -> None:
         """Log a problem the periodic check leaves alone, once until it changes."""
@@ -819,20 +828,22 @@ class LockFile:
 
         Shared, so readers never wait for each other, only for a writer: a writer
         rewrites the temporary file in place, and that inode may be the very record a
-        reader opened before a release renamed it away. Without a guard file (nobody
-        ever wrote here) there is nothing to wait for. A guard held past `guard_timeout`
-        (a stuck process) is read through, with a warning, rather than hang a reader.
+        reader opened before a release renamed it away. Readers pass the turnstile
+        first (see `_lock_guard`), so however many read, a writer gets its turn.
+        Without a guard file (nobody ever wrote here) there is nothing to wait for. A
+        guard held past `guard_timeout` (a stuck process) is read through, with a
+        warning, rather than hang a reader.
         """
         dir_fd = self._open_runtime(create=False)
         if dir_fd is None:
             return Verdict(LockState.UNLOCKED)
         try:
-            guard_fd = self._open_guard(dir_fd, _READ_FLAGS)
+            guard_fd = self._open_guard(dir_fd, _READ_FLAGS, tighten=False)
             if guard_fd is None:
                 return self._judge_record(dir_fd)[1]
             try:
                 try:
-                    self._lock_guard(guard_fd, fcntl.LOCK_SH)
+                    self._lock_guard(dir_fd, guard_fd, fcntl.LOCK_SH)
                 except Locked as stuck:
                     self._log.warning("reading the lock record without the guard: {}", stuck)
                 return self._judge_record(dir_fd)[1]
@@ -898,18 +909,19 @@ class LockFile:
     def _open_locked_guard(self, dir_fd: int) -> int:
         """Open (create) the guard file in `.runtime`, refusing anything but a regular file,
         and flock it exclusively."""
-        guard_fd = self._open_guard(dir_fd, _GUARD_FLAGS)
+        guard_fd = self._open_guard(dir_fd, _GUARD_FLAGS, tighten=True)
         assert guard_fd is not None  # created if absent
         try:
-            self._lock_guard(guard_fd, fcntl.LOCK_EX)
+            self._lock_guard(dir_fd, guard_fd, fcntl.LOCK_EX)
         except BaseException:
             os.close(guard_fd)
             raise
         return guard_fd
 
-    def _open_guard(self, dir_fd: int, flags: int) -> int | None:
+    def _open_guard(self, dir_fd: int, flags: int, *, tighten: bool) -> int | None:
         """The guard file opened with `flags` (None if absent and not created); refuses a
-        symlink or anything but a regular file, and tightens loose permissions."""
+        symlink or anything but a regular file, and (if `tighten`: writers) makes loose
+        permissions owner-only."""
         try:
             guard_fd = os.open(GUARD_NAME, flags, 0o600, dir_fd=dir_fd)
         except FileNotFoundError:
@@ -922,7 +934,7 @@ class LockFile:
             guard_stat = os.fstat(guard_fd)
             if not stat.S_ISREG(guard_stat.st_mode):
                 raise _Unsafe(self._guard_path, "is not a regular file")
-            if guard_stat.st_mode & 0o077:
+            if tighten and guard_stat.st_mode & 0o077:
                 # Anyone who can open the guard can flock it forever and stall us.
                 os.fchmod(guard_fd, 0o600)
         except BaseException:
@@ -930,20 +942,36 @@ class LockFile:
             raise
         return guard_fd
 
-    def _lock_guard(self, guard_fd: int, mode: int) -> None:
-        """flock the guard (`mode`: LOCK_EX or LOCK_SH), polling so the wait is bounded
-        (a blocking flock cannot time out); `Locked` after `guard_timeout` seconds."""
-        try:
-            fcntl.flock(guard_fd, mode | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            pass
-        deadline = time.monotonic() + self._guard_timeout
-        delay = 0.0001
-        while True:
-            time.sleep(delay)
+    def _lock_guard(self, dir_fd: int, guard_fd: int, mode: int) -> None:
+        """flock the guard (`mode`: LOCK_EX to write, LOCK_SH to read) within `guard_timeout`
+        seconds, else `Locked`; a blocking flock could not time out, so this polls.
+
+        Linux flock favours no one: readers that keep overlapping could hold the guard
+        shared forever while a writer polls. So a reader first passes a turnstile, an
+        exclusive flock on the `.runtime` directory held only while it takes the guard,
+        and a writer that finds the guard taken holds the turnstile while it waits: the
+        readers inside finish, no new one gets in. A writer that finds the guard free
+        takes it at once, with no extra system call.
+        """
+        if mode == fcntl.LOCK_EX:
             try:
                 fcntl.flock(guard_fd, mode | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                pass
+        deadline = time.monotonic() + self._guard_timeout
+        self._poll_flock(dir_fd, fcntl.LOCK_EX, deadline)
+        try:
+            self._poll_flock(guard_fd, mode, deadline)
+        finally:
+            fcntl.flock(dir_fd, fcntl.LOCK_UN)
+
+    def _poll_flock(self, fd: int, mode: int, deadline: float) -> None:
+        """flock `fd` in `mode`, retrying with growing sleeps until `deadline`, then `Locked`."""
+        delay = 0.0001
+        while True:
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
                 return
             except BlockingIOError:
                 if time.monotonic() >= deadline:
@@ -951,7 +979,8 @@ class LockFile:
                         f"{self._guard_path} stayed locked for {self._guard_timeout} s; "
                         "a process is stuck inside the lock's critical section"
                     ) from None
-                delay = min(delay * 2, 0.01)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.01)
 
     def _read_snapshot(self, dir_fd: int, name: str) -> _Snapshot | None:
         """The file `name` in `.runtime` (None if absent); refuses symlinks and non-files."""
@@ -979,13 +1008,15 @@ class LockFile:
                     break  # all fstat saw: spare the read that would only say "end of file"
         finally:
             os.close(fd)
-        return _Snapshot(b"".join(chunks), file_stat.st_mtime, file_stat.st_dev, file_stat.st_ino)
+        return _Snapshot(
+            b"".join(chunks), file_stat.st_mtime, file_stat.st_dev, file_stat.st_ino, file_stat.st_nlink
+        )
 
     def _write_new_record(self, dir_fd: int, owner_pid: int, start_time: float, session_id: str) -> LockInfo:
         """Write and return a new record for the owner (the lock is free: we hold the guard)."""
         now = _rfc3339(self._wall_time())
         info = LockInfo(owner_pid, start_time, now, session_id, self.hostname)
-        key = (owner_pid, start_time, session_id)
+        key = (owner_pid, start_time, session_id, self.hostname)
         template = self._template
         if template is None or template[0] != key:
             template = self._template = (key, *_record_template(owner_pid, start_time, session_id, self.hostname))
@@ -1067,7 +1098,11 @@ class LockFile:
             if error.errno not in (errno.ELOOP, errno.ENXIO, errno.EISDIR, errno.EACCES, errno.EPERM):
                 raise
         else:
-            temp_stat = os.fstat(fd)
+            try:
+                temp_stat = os.fstat(fd)
+            except BaseException:
+                os.close(fd)
+                raise
             if (
                 stat.S_ISREG(temp_stat.st_mode)
                 and temp_stat.st_nlink == 1
@@ -1079,14 +1114,21 @@ class LockFile:
         try:
             os.unlink(_TEMP_NAME, dir_fd=dir_fd)
         except IsADirectoryError:
-            raise _Unsafe(os.path.join(self._runtime_path, _TEMP_NAME), "is a directory") from None
+            raise _Unsafe(
+                os.path.join(self._runtime_path, _TEMP_NAME), "is a directory; remove it by hand"
+            ) from None
         except FileNotFoundError:
             pass
         return os.open(_TEMP_NAME, _WRITE_FLAGS, 0o600, dir_fd=dir_fd), 0
 
-    def _retire_record(self, dir_fd: int) -> None:
-        """Remove the record (call under the guard), keeping its inode as the next temporary file."""
+    def _retire_record(self, dir_fd: int, snapshot: _Snapshot) -> None:
+        """Remove the record read as `snapshot` (call under the guard), keeping its inode as
+        the next temporary file when it has no other name."""
         self._written = None
+        if snapshot.links != 1:
+            # A rename between two names of one inode does nothing (and succeeds).
+            os.unlink(RECORD_NAME, dir_fd=dir_fd)
+            return
         try:
             os.rename(RECORD_NAME, _TEMP_NAME, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         except (IsADirectoryError, NotADirectoryError):
@@ -1135,10 +1177,14 @@ class LockFile:
         self._log.warning("the lock record changed before it could be broken; put it back")
 
     def _sweep_leftovers(self, dir_fd: int) -> None:
-        """Delete aside copies and temporary files of killed writers (call under the guard)."""
+        """Delete aside copies and temporary files of killed writers (call under the guard).
+
+        A directory under one of those names is left (and refused where it is in the
+        way, see `_open_temp`): it is nothing a writer of ours leaves.
+        """
         for name in os.listdir(dir_fd):
-            if name.startswith(_ASIDE_PREFIX) or name == _TEMP_NAME:
+            if name.startswith(_ASIDE_PREFIX) or name in _TEMP_NAMES:
                 try:
                     os.unlink(name, dir_fd=dir_fd)
-                except FileNotFoundError:
+                except (FileNotFoundError, IsADirectoryError):
                     pass

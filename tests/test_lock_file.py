@@ -530,6 +530,26 @@ def test_release_if_stale_removes_only_a_dead_owners_record(
     assert lock.status() == "unlocked"
 
 
+def test_release_if_stale_never_raises_for_a_path_turned_symlink(
+    lock: LockFile, worker_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # .runtime becomes a symlink between the look and the removal of the spare file.
+    lock.acquire(MY_PID)
+    lock.release()
+    runtime = Path(lock.record_path).parent
+    real_look = LockFile._look
+
+    def look_then_swap(self: LockFile) -> Verdict:
+        verdict = real_look(self)
+        runtime.rename(tmp_path / "elsewhere")
+        runtime.symlink_to(tmp_path / "elsewhere")
+        return verdict
+
+    monkeypatch.setattr(LockFile, "_look", look_then_swap)
+    assert lock.release_if_stale() is None
+    assert (tmp_path / "elsewhere" / TEMP_NAME).exists()  # nothing done through the link
+
+
 def test_release_if_stale_leaves_other_hosts_and_corrupt_records_and_logs_once(
     lock: LockFile, captured_logs: list[Any]
 ) -> None:
@@ -641,12 +661,29 @@ def test_a_temporary_file_that_is_not_ours_alone_is_replaced_never_written(
     assert os.lstat(lock.record_path).st_nlink == 1
 
 
+def test_release_removes_a_record_whose_temporary_name_is_a_hard_link_to_it(lock: LockFile) -> None:
+    # rename(2) between two names of one inode does nothing and succeeds: the record
+    # would stay while release() said it went.
+    lock.acquire(MY_PID, "%1")
+    runtime = Path(lock.record_path).parent
+    os.link(lock.record_path, runtime / TEMP_NAME)
+    lock.release(MY_PID)
+    assert not os.path.lexists(lock.record_path)
+    assert lock.status() == "unlocked"
+    lock.acquire(MY_PID, "%2")  # the other name is a plain file of ours again: reused
+    assert Path(lock.record_path).read_bytes() == encode_record(lock.read())
+
+
 def test_a_directory_under_the_temporary_name_is_refused(lock: LockFile) -> None:
     runtime = Path(lock.record_path).parent
     (runtime / TEMP_NAME).mkdir(mode=0o700, parents=True)
-    with pytest.raises(InvalidLock, match="is a directory"):
+    with pytest.raises(InvalidLock, match="is a directory; remove it by hand"):
         lock.acquire(MY_PID)
     assert lock.status() == "unlocked"
+    write_record(lock, record_bytes(pid=MY_PID, start_time=1.0))  # stale: breaking sweeps
+    with pytest.raises(InvalidLock, match="is a directory"):
+        lock.acquire(MY_PID)  # the sweep leaves the directory, and it is still in the way
+    lock.force_release()
     (runtime / TEMP_NAME).rmdir()
     lock.acquire(MY_PID)
     (runtime / TEMP_NAME).mkdir()
@@ -658,7 +695,7 @@ def test_readers_wait_for_a_writer_not_for_each_other(lock: LockFile, worker_dir
     # A writer rewrites the temporary file in place, and it may be the inode a reader
     # opened as the record before a release: readers hold the guard shared, so they
     # wait (here: time out and read anyway, saying so) while a writer holds it.
-    lock.acquire(MY_PID, "%1")
+    held = lock.acquire(MY_PID, "%1")
     impatient = LockFile(worker_dir, guard_timeout=0.01)
     other = os.open(lock.guard_path, os.O_RDONLY)
     try:
@@ -666,7 +703,7 @@ def test_readers_wait_for_a_writer_not_for_each_other(lock: LockFile, worker_dir
         assert impatient.status() == f"locked by pid {MY_PID} (session %1)"
         assert not [r for r in captured_logs if "without the guard" in r["message"]]
         fcntl.flock(other, fcntl.LOCK_EX)
-        assert impatient.read() == lock.read()
+        assert impatient.read() == held
         assert [r for r in captured_logs if "without the guard" in r["message"]]
     finally:
         os.close(other)
@@ -1036,6 +1073,43 @@ def test_threads_with_their_own_lock_objects_exclude_each_other(
         read_holder=referee.read,
         release=lambda _round_index, pid: referee.release(pid),
     )
+
+
+READER = """
+import os, sys
+sys.path.insert(0, {root!r})
+from loguru import logger
+logger.remove()
+from actors._lock_file import LockFile
+lock = LockFile({worker_dir!r})
+lock.read()
+print("reading", flush=True)
+while not os.path.exists({stop!r}):
+    lock.read()
+"""
+
+
+def test_readers_in_many_processes_never_starve_a_writer(worker_dir: Path, tmp_path: Path) -> None:
+    # Linux flock favours no one: eight processes reading in a loop would keep the guard
+    # shared all the time, and an acquire of a free lock would time out as Locked,
+    # without the turnstile readers pass first.
+    writer = LockFile(worker_dir, guard_timeout=0.5)
+    writer.acquire(MY_PID, "%w")
+    writer.release(MY_PID)
+    stop = tmp_path / "stop"
+    code = READER.format(root=str(Path(__file__).resolve().parent.parent), worker_dir=str(worker_dir), stop=str(stop))
+    readers = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(8)]
+    try:
+        for reader in readers:
+            assert reader.stdout is not None and reader.stdout.readline().strip() == "reading"
+        for _ in range(30):
+            writer.acquire(MY_PID, "%w")
+            writer.release(MY_PID)
+    finally:
+        stop.touch()
+        for reader in readers:
+            reader.wait(timeout=30)
+    assert all(reader.returncode == 0 for reader in readers)
 
 
 @pytest.mark.slow
