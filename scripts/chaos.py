@@ -453,7 +453,13 @@ def _name_thread(run: _Run, index: int, seed: int) -> None:
                 else:
                     name, family, start = anonymous.pop(0)
                     run.believed(name, family, start, sent)
-                    run.get(names.checkin_name(name), f"checkin_name({name})")
+                    try:
+                        run.get(names.checkin_name(name), f"checkin_name({name})")
+                    except ActorCrashed:
+                        # Cut off before it was durable: the name is still ours (nobody
+                        # else can find an anonymous holder's name), so check it in later.
+                        run.count("calls cut off by a crash")
+                        anonymous.append((name, family, sent))
             elif held is None:
                 held = run.get(names.checkout_name(owner), f"checkout_name({owner})")
                 since = now()
