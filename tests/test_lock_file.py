@@ -10,6 +10,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -1073,6 +1074,50 @@ def test_threads_with_their_own_lock_objects_exclude_each_other(
         read_holder=referee.read,
         release=lambda _round_index, pid: referee.release(pid),
     )
+
+
+def test_readers_never_see_a_torn_or_mixed_record_while_the_inode_is_recycled(
+    worker_dir: Path, spawn_process: Callable[[], subprocess.Popen[bytes]]
+) -> None:
+    # One writer cycles acquire/release for two owners with sessions of different
+    # lengths (the recycled file grows and shrinks); readers in other threads, each with
+    # its own LockFile, must only ever see no record or a whole one of those owners.
+    other = spawn_process().pid
+    owners = {MY_PID: "%a", other: "%a-much-longer-session-id-than-the-other-one"}
+    writer = LockFile(worker_dir)
+    writer.acquire(MY_PID)
+    writer.release()
+    done = threading.Event()
+    seen: list[tuple[LockState, int | None, str | None]] = []
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        reader = LockFile(worker_dir)
+        try:
+            while not done.is_set():
+                verdict = reader.inspect()
+                info = verdict.info
+                seen.append((verdict.state, info and info.pid, info and info.session_id))
+        except BaseException as error:  # reported below, with the thread's verdicts
+            errors.append(error)
+
+    readers = [threading.Thread(target=read) for _ in range(3)]
+    for thread in readers:
+        thread.start()
+    try:
+        for index in range(600):
+            pid = MY_PID if index % 2 else other
+            writer.acquire(pid, owners[pid])
+            writer.release(pid)
+    finally:
+        done.set()
+        for thread in readers:
+            thread.join()
+    assert not errors
+    assert seen
+    for state, pid, session_id in seen:
+        assert state in (LockState.UNLOCKED, LockState.HELD)
+        assert pid is None or owners[pid] == session_id
 
 
 READER = """
