@@ -19,11 +19,12 @@ inode: a release renames the record to `agent.lock.next`, and the next acquire r
 that file and renames it back (temp file + rename, with the temp file recycled). On ext4
 without a journal, allocating an inode scans past every inode freed in the last seconds,
 which made a fresh file per record cost ~15 to ~170 µs; recycling costs a few. A reader
-that opened the record just before a release could see the recycled inode rewritten, so
-readers hold the guard shared (writers hold it exclusive), after a turnstile that keeps
-many readers from starving a writer (`_lock_guard`). A release renames only a record
-with no other name (a rename between two names of one inode does nothing). An idle
-worker's spare goes at the next owner check, and when its lock actor stops.
+that opened the record just before a release could see the recycled inode rewritten;
+such a rewrite happens only while that inode is not the record, so readers read twice,
+through two opens, until both agree (`_read_settled`), and never wait for a lock: no
+number of readers can hold a writer up, nor a writer a reader. A release renames only a
+record with no other name (a rename between two names of one inode does nothing). An
+idle worker's spare goes at the next owner check, and when its lock actor stops.
 Descriptors are not kept while the lock is held: re-checking them (`.runtime` may since
 be a symlink, the guard another file) costs nearly the opens saved, a thousand held locks
 would need thousands of descriptors, and a guard descriptor kept across a fork would be
@@ -106,6 +107,8 @@ _REWRITE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 #: Give up on a breaking-and-rewriting race after this many rounds (only a writer that
 #: ignores the guard can make us lose one).
 _MAX_ATTEMPTS = 3
+#: Reads of a record that keeps changing before a reader waits for the guard instead.
+_SETTLING_READS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -624,8 +627,8 @@ class LockFile:
         """The record as it is on disk (held, stale or another host's), or None if none.
 
         An unreadable record from before the current boot reads as None. Raises
-        `InvalidLock` for a corrupt record or a symlinked path. Holds the guard shared
-        for the read (see `_look`), so it sees a whole record or none.
+        `InvalidLock` for a corrupt record or a symlinked path. Takes no lock, and sees a
+        whole record or none (see `_read_settled`).
         """
         with _unsafe_as_invalid_lock:
             verdict = self._look()
@@ -633,7 +636,7 @@ class LockFile:
         return verdict.info
 
     def inspect(self) -> Verdict:
-        """Judge the record now (the guard held shared). Raises `InvalidLock` for a symlinked path."""
+        """Judge the record now (no lock taken). Raises `InvalidLock` for a symlinked path."""
         with _unsafe_as_invalid_lock:
             return self._look()
 
@@ -699,7 +702,7 @@ class LockFile:
         unexpected filesystem failure (OSError) escapes.
         """
         try:
-            # Most ticks find a live owner or no record: judge with the guard shared first.
+            # Most ticks find a live owner or no record: judge without the guard first.
             verdict = self._look()
             if verdict.state is LockState.CORRUPT:
                 self._report_once(f"corrupt lock record {self._record_path}: {verdict.reason}")
@@ -824,33 +827,47 @@ class LockFile:
         return snapshot, self._judge_snapshot(snapshot)
 
     def _look(self) -> Verdict:
-        """Judge the record under a shared flock of the guard (for reads).
-
-        Shared, so readers never wait for each other, only for a writer: a writer
-        rewrites the temporary file in place, and that inode may be the very record a
-        reader opened before a release renamed it away. Readers pass the turnstile
-        first (see `_lock_guard`), so however many read, a writer gets its turn.
-        Without a guard file (nobody ever wrote here) there is nothing to wait for. A
-        guard held past `guard_timeout` (a stuck process) is read through, with a
-        warning, rather than hang a reader.
-        """
+        """Judge the record without taking a lock (for reads): see `_read_settled`."""
         dir_fd = self._open_runtime(create=False)
         if dir_fd is None:
             return Verdict(LockState.UNLOCKED)
         try:
-            guard_fd = self._open_guard(dir_fd, _READ_FLAGS, tighten=False)
-            if guard_fd is None:
-                return self._judge_record(dir_fd)[1]
-            try:
-                try:
-                    self._lock_guard(dir_fd, guard_fd, fcntl.LOCK_SH)
-                except Locked as stuck:
-                    self._log.warning("reading the lock record without the guard: {}", stuck)
-                return self._judge_record(dir_fd)[1]
-            finally:
-                _unlock_and_close(guard_fd)
+            return self._judge_snapshot(self._read_settled(dir_fd))
         finally:
             os.close(dir_fd)
+
+    def _read_settled(self, dir_fd: int) -> _Snapshot | None:
+        """The record as one whole version, read without waiting for any lock.
+
+        A release renames the record to the temporary name and the next acquire rewrites
+        that inode in place, so a reader that opened the record just before a release
+        could read it mid-rewrite. The rewrite happens only while the inode is not the
+        record: a second read through a new open that finds the same file with the same
+        bytes proves the first whole (and two reads finding none, that there was none).
+        Readers never hold the guard, so no number of them can hold up a writer, and a
+        reader stopped half-way holds up nobody. A record that changes between every
+        pair of reads is read once under the guard, shared.
+        """
+        previous = self._read_snapshot(dir_fd, RECORD_NAME)
+        for _ in range(_SETTLING_READS):
+            current = self._read_snapshot(dir_fd, RECORD_NAME)
+            if current is None:
+                if previous is None:
+                    return None
+            elif previous is not None and current.is_same_file(previous):
+                return current
+            previous = current
+        guard_fd = self._open_guard(dir_fd, _READ_FLAGS, tighten=False)
+        if guard_fd is None:
+            return previous
+        try:
+            try:
+                self._lock_guard(guard_fd, fcntl.LOCK_SH)
+            except Locked as stuck:
+                self._log.warning("reading the lock record without the guard: {}", stuck)
+            return self._read_snapshot(dir_fd, RECORD_NAME)
+        finally:
+            _unlock_and_close(guard_fd)
 
     # -- files -------------------------------------------------------------------------
 
@@ -912,7 +929,7 @@ class LockFile:
         guard_fd = self._open_guard(dir_fd, _GUARD_FLAGS, tighten=True)
         assert guard_fd is not None  # created if absent
         try:
-            self._lock_guard(dir_fd, guard_fd, fcntl.LOCK_EX)
+            self._lock_guard(guard_fd, fcntl.LOCK_EX)
         except BaseException:
             os.close(guard_fd)
             raise
@@ -927,7 +944,7 @@ class LockFile:
         except FileNotFoundError:
             return None
         except OSError as error:
-            if error.errno in (errno.ELOOP, errno.EISDIR):
+            if error.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):  # ENXIO: a socket
                 raise _Unsafe(self._guard_path, os.strerror(error.errno)) from None
             raise
         try:
@@ -942,29 +959,14 @@ class LockFile:
             raise
         return guard_fd
 
-    def _lock_guard(self, dir_fd: int, guard_fd: int, mode: int) -> None:
-        """flock the guard (`mode`: LOCK_EX to write, LOCK_SH to read) within `guard_timeout`
-        seconds, else `Locked`; a blocking flock could not time out, so this polls.
-
-        Linux flock favours no one: readers that keep overlapping could hold the guard
-        shared forever while a writer polls. So a reader first passes a turnstile, an
-        exclusive flock on the `.runtime` directory held only while it takes the guard,
-        and a writer that finds the guard taken holds the turnstile while it waits: the
-        readers inside finish, no new one gets in. A writer that finds the guard free
-        takes it at once, with no extra system call.
-        """
-        if mode == fcntl.LOCK_EX:
-            try:
-                fcntl.flock(guard_fd, mode | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                pass
-        deadline = time.monotonic() + self._guard_timeout
-        self._poll_flock(dir_fd, fcntl.LOCK_EX, deadline)
+    def _lock_guard(self, guard_fd: int, mode: int) -> None:
+        """flock the guard (`mode`: LOCK_EX, or LOCK_SH for a reader's last resort) within
+        `guard_timeout` seconds, else `Locked`; a blocking flock could not time out, so
+        this polls."""
         try:
-            self._poll_flock(guard_fd, mode, deadline)
-        finally:
-            fcntl.flock(dir_fd, fcntl.LOCK_UN)
+            fcntl.flock(guard_fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._poll_flock(guard_fd, mode, time.monotonic() + self._guard_timeout)
 
     def _poll_flock(self, fd: int, mode: int, deadline: float) -> None:
         """flock `fd` in `mode`, retrying with growing sleeps until `deadline`, then `Locked`."""
@@ -991,6 +993,8 @@ class LockFile:
         except OSError as error:
             if error.errno == errno.ELOOP:
                 raise _Unsafe(os.path.join(self._runtime_path, name), "is a symlink") from None
+            if error.errno == errno.ENXIO:  # a socket
+                raise _Unsafe(os.path.join(self._runtime_path, name), "is not a regular file") from None
             raise
         try:
             file_stat = os.fstat(fd)
