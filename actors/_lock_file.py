@@ -20,8 +20,9 @@ that file and renames it back (temp file + rename, with the temp file recycled).
 without a journal, allocating an inode scans past every inode freed in the last seconds,
 which made a fresh file per record cost ~15 to ~170 µs; recycling costs a few. A reader
 that opened the record just before a release could see the recycled inode rewritten;
-such a rewrite happens only while that inode is not the record, so readers read twice,
-through two opens, until both agree (`_read_settled`), and never wait for a lock: no
+such a rewrite happens only while that inode is not the record, and each write's bytes
+are unique (a `write_id` field), so readers read twice, through two opens, until both
+agree (`_read_settled`), and never wait for a lock: no
 number of readers can hold a writer up, nor a writer a reader. A release renames only a
 record with no other name (a rename between two names of one inode does nothing). An
 idle worker's spare goes at the next owner check, and when its lock actor stops.
@@ -43,6 +44,7 @@ import fcntl
 import json
 import math
 import os
+import random
 import reprlib
 import secrets
 import socket
@@ -75,6 +77,7 @@ __all__ = [
     "Verdict",
     "encode_record",
     "judge",
+    "new_write_id",
     "own_identity",
     "parse_record",
 ]
@@ -217,9 +220,14 @@ def parse_record(data: bytes) -> LockInfo:
 _ENCODER = json.JSONEncoder(ensure_ascii=True, allow_nan=False)
 
 
-def encode_record(info: LockInfo) -> bytes:
-    """The bytes of `agent.lock` for `info` (one line of ASCII JSON)."""
-    fields = {
+def encode_record(info: LockInfo, write_id: str | None = None) -> bytes:
+    """The bytes of `agent.lock` for `info` (one line of ASCII JSON).
+
+    A `write_id` (`new_write_id`) makes the bytes of each write unique, even of two
+    records with the same fields, so that a reader can tell two versions apart (see
+    `LockFile._read_settled`); `parse_record` ignores it.
+    """
+    fields: dict[str, object] = {
         "pid": info.pid,
         "start_time": info.start_time,
         "acquired_at": info.acquired_at,
@@ -227,18 +235,37 @@ def encode_record(info: LockInfo) -> bytes:
         "hostname": info.hostname,
         "refreshed_at": info.refreshed_at,
     }
+    if write_id is not None:
+        fields["write_id"] = write_id
     return (_ENCODER.encode(fields) + "\n").encode("ascii")
 
 
-def _record_template(pid: int, start_time: float, session_id: str, hostname: str) -> tuple[bytes, bytes]:
-    """(head, tail) such that `head + acquired_at + tail` is `encode_record` of a new record.
+def new_write_id() -> str:
+    """An id no other write of a record has (64 random bits, as 16 hex digits).
 
-    Only for an `acquired_at` that JSON leaves as it is (the digits and `-T:.Z` of
-    `_rfc3339`): a lock actor encodes the same owner again and again, and only the time moves.
+    Random rather than counted: ids of two writes then share no digits by design, so no
+    mix of two of them is a third. `random` reseeds in a forked child, so parent and
+    child draw apart.
+    """
+    return f"{random.getrandbits(64):016x}"
+
+
+def _record_template(
+    pid: int, start_time: float, session_id: str, hostname: str
+) -> tuple[bytes, bytes, bytes]:
+    """(head, middle, tail): `head + acquired_at + middle + write_id + tail` is
+    `encode_record` of a new record with that `write_id`.
+
+    Only for an `acquired_at` and a `write_id` that JSON leaves as they are (those of
+    `_rfc3339` and `new_write_id`): a lock actor encodes the same owner again and again,
+    and only the time and the id move.
     """
     head = f'{{"pid": {_ENCODER.encode(pid)}, "start_time": {_ENCODER.encode(start_time)}, "acquired_at": "'
-    tail = f'", "session_id": {_ENCODER.encode(session_id)}, "hostname": {_ENCODER.encode(hostname)}, "refreshed_at": null}}\n'
-    return head.encode("ascii"), tail.encode("ascii")
+    middle = (
+        f'", "session_id": {_ENCODER.encode(session_id)}, "hostname": {_ENCODER.encode(hostname)}, '
+        '"refreshed_at": null, "write_id": "'
+    )
+    return head.encode("ascii"), middle.encode("ascii"), b'"}\n'
 
 
 # (pid, start time) of this process. Keyed by pid, so a forked child looks itself up afresh.
@@ -520,8 +547,9 @@ class LockFile:
         self._guard_timeout = guard_timeout
         self._reported_problem: str | None = None
         self._log = logger.bind(worker_dir=self.worker_dir)
-        # The encoding of the last new record's owner: ((pid, start, session, host), head, tail).
-        self._template: tuple[tuple[int, float, str, str], bytes, bytes] | None = None
+        # The encoding of the last new record's owner: ((pid, start, session, host), head,
+        # middle, tail); see _record_template.
+        self._template: tuple[tuple[int, float, str, str], bytes, bytes, bytes] | None = None
         # (our pid, bytes) of the last record we wrote naming this very process: a record
         # with exactly these bytes is held by us, with no parsing or judging (release).
         self._written: tuple[int, bytes] | None = None
@@ -842,32 +870,44 @@ class LockFile:
         A release renames the record to the temporary name and the next acquire rewrites
         that inode in place, so a reader that opened the record just before a release
         could read it mid-rewrite. The rewrite happens only while the inode is not the
-        record: a second read through a new open that finds the same file with the same
-        bytes proves the first whole (and two reads finding none, that there was none).
+        record, and every write's bytes are unique (its `write_id`): a second read
+        through a new open that finds the same file with the same bytes proves both
+        whole, since two torn reads could match only within one rewrite, which the
+        second open, finding the inode back as the record, shows was over (and two
+        reads finding none prove there was none).
         Readers never hold the guard, so no number of them can hold up a writer, and a
         reader stopped half-way holds up nobody. A record that changes between every
         pair of reads is read once under the guard, shared.
         """
-        previous = self._read_snapshot(dir_fd, RECORD_NAME)
-        for _ in range(_SETTLING_READS):
-            current = self._read_snapshot(dir_fd, RECORD_NAME)
-            if current is None:
-                if previous is None:
-                    return None
-            elif previous is not None and current.is_same_file(previous):
-                return current
-            previous = current
+        is_settled, snapshot = self._settle(dir_fd)
+        if is_settled:
+            return snapshot
         guard_fd = self._open_guard(dir_fd, _READ_FLAGS, tighten=False)
-        if guard_fd is None:
-            return previous
+        if guard_fd is None:  # nobody ever wrote here: another pass is all there is to do
+            return self._settle(dir_fd)[1]
         try:
             try:
                 self._lock_guard(guard_fd, fcntl.LOCK_SH)
             except Locked as stuck:
                 self._log.warning("reading the lock record without the guard: {}", stuck)
+                return self._settle(dir_fd)[1]
             return self._read_snapshot(dir_fd, RECORD_NAME)
         finally:
             _unlock_and_close(guard_fd)
+
+    def _settle(self, dir_fd: int) -> tuple[bool, _Snapshot | None]:
+        """(True, the record) once two reads in a row agree, within `_SETTLING_READS`
+        reads; else (False, the last read)."""
+        previous = self._read_snapshot(dir_fd, RECORD_NAME)
+        for _ in range(_SETTLING_READS):
+            current = self._read_snapshot(dir_fd, RECORD_NAME)
+            if current is None:
+                if previous is None:
+                    return True, None
+            elif previous is not None and current.is_same_file(previous):
+                return True, current
+            previous = current
+        return False, previous
 
     # -- files -------------------------------------------------------------------------
 
@@ -1024,7 +1064,8 @@ class LockFile:
         template = self._template
         if template is None or template[0] != key:
             template = self._template = (key, *_record_template(owner_pid, start_time, session_id, self.hostname))
-        self._write_record(dir_fd, info, template[1] + now.encode("ascii") + template[2])
+        data = b"".join((template[1], now.encode("ascii"), template[2], new_write_id().encode("ascii"), template[3]))
+        self._write_record(dir_fd, info, data)
         return info
 
     def _is_ours(self, snapshot: _Snapshot, owner_pid: int | None, start_time: float | None) -> bool:
@@ -1063,7 +1104,7 @@ class LockFile:
         from before the boot, hence stale.
         """
         if data is None:
-            data = encode_record(info)
+            data = encode_record(info, new_write_id())
         self._written = None
         fd, old_size = self._open_temp(dir_fd)
         try:

@@ -37,7 +37,7 @@ from actors._lock_file import (
     parse_record,
 )
 from actors._process import process_start_time
-from supervision import ClientError
+from supervision import ClientError, ManualClock
 
 RACER = Path(__file__).resolve().parent / "_lock_racer.py"
 HOST = socket.gethostname()
@@ -258,9 +258,30 @@ def test_a_new_records_template_gives_the_bytes_of_encode_record(
     pid: int, start_time: float, seconds: float, session_id: str, hostname: str
 ) -> None:
     acquired_at = _lock_file._rfc3339(seconds)
-    head, tail = _lock_file._record_template(pid, start_time, session_id, hostname)
+    write_id = _lock_file.new_write_id()
+    head, middle, tail = _lock_file._record_template(pid, start_time, session_id, hostname)
     info = LockInfo(pid, start_time, acquired_at, session_id, hostname)
-    assert head + acquired_at.encode() + tail == encode_record(info)
+    assert head + acquired_at.encode() + middle + write_id.encode() + tail == encode_record(info, write_id)
+
+
+@given(infos, st.text(max_size=20))
+def test_a_write_id_is_one_more_field_that_parsing_ignores(info: LockInfo, write_id: str) -> None:
+    fields: dict[str, Any] = {name: getattr(info, name) for name in LockInfo.__dataclass_fields__}
+    fields["write_id"] = write_id
+    data = encode_record(info, write_id)
+    assert data == (json.dumps(fields, ensure_ascii=True, allow_nan=False) + "\n").encode()
+    assert parse_record(data) == info
+
+
+def test_every_write_of_a_record_has_its_own_write_id(lock: LockFile) -> None:
+    ids = set()
+    for session_id in ("%1", "%1", "%2"):
+        lock.acquire(MY_PID, session_id)
+        ids.add(json.loads(Path(lock.record_path).read_bytes())["write_id"])
+        lock.acquire(MY_PID, session_id)  # a refresh is a write too
+        ids.add(json.loads(Path(lock.record_path).read_bytes())["write_id"])
+        lock.release()
+    assert len(ids) == 6 and all(len(write_id) == 16 for write_id in ids)
 
 
 def test_a_record_with_a_non_finite_start_time_cannot_be_encoded() -> None:
@@ -611,7 +632,7 @@ def test_release_keeps_the_records_inode_as_the_next_temporary_file(lock: LockFi
     for session_id in ("%a-much-longer-session-than-before", "", "%2"):  # grows, shrinks
         info = lock.acquire(MY_PID, session_id)
         assert os.stat(lock.record_path).st_ino == inode
-        assert Path(lock.record_path).read_bytes() == encode_record(info)
+        assert parse_record(Path(lock.record_path).read_bytes()) == info
         assert not os.path.lexists(runtime / TEMP_NAME)
         lock.release()
 
@@ -657,7 +678,7 @@ def test_a_temporary_file_that_is_not_ours_alone_is_replaced_never_written(
         temp.symlink_to(precious)
     info = lock.acquire(MY_PID, "%1")
     assert precious.read_bytes() == b"precious\n"
-    assert Path(lock.record_path).read_bytes() == encode_record(info)
+    assert parse_record(Path(lock.record_path).read_bytes()) == info
     assert stat.S_IMODE(os.lstat(lock.record_path).st_mode) == 0o600
     assert os.lstat(lock.record_path).st_nlink == 1
 
@@ -672,7 +693,7 @@ def test_release_removes_a_record_whose_temporary_name_is_a_hard_link_to_it(lock
     assert not os.path.lexists(lock.record_path)
     assert lock.status() == "unlocked"
     lock.acquire(MY_PID, "%2")  # the other name is a plain file of ours again: reused
-    assert Path(lock.record_path).read_bytes() == encode_record(lock.read())
+    assert parse_record(Path(lock.record_path).read_bytes()) == lock.read()
 
 
 def test_a_directory_under_the_temporary_name_is_refused(lock: LockFile) -> None:
@@ -725,6 +746,92 @@ def test_a_read_that_caught_a_rewrite_reads_again(lock: LockFile, monkeypatch: p
     monkeypatch.setattr(LockFile, "_read_snapshot", first_read_torn)
     assert lock.read() == held
     assert reads == [torn, whole, whole]  # the torn read did not match the next one
+
+
+LONG_SESSION = "L" * 120
+
+
+class TornReads:
+    """Pauses a reader between its open and its read of the record while a writer cycles
+    the lock (release, shrinking acquire, release, growing acquire), and makes the read
+    happen in the shrinking acquire's window between write and ftruncate: the reader
+    reads a short record followed by the end of a long one. Twice, so a reader that
+    compares two reads sees two torn reads of one inode."""
+
+    def __init__(self, writer: LockFile, record_inode: int) -> None:
+        self.writer = writer
+        self.record_inode = record_inode
+        self.real_read = os.read
+        self.real_ftruncate = os.ftruncate
+        self.armed = False
+        self.thread = threading.get_ident()
+        self.reader_fd: int | None = None
+        self.torn: bytes | None = None
+        self.torn_reads: list[bytes] = []
+        self.pauses_left = 2  # the reader's first pair of reads; later reads are left alone
+
+    def read(self, fd: int, n: int) -> bytes:
+        if (
+            not self.armed
+            or self.pauses_left <= 0
+            or self.reader_fd is not None
+            or threading.get_ident() != self.thread
+            or os.fstat(fd).st_ino != self.record_inode
+        ):
+            return self.real_read(fd, n)
+        self.pauses_left -= 1
+        self.reader_fd, self.torn = fd, None
+        try:
+            self.writer.release(MY_PID)
+            self.writer.acquire(MY_PID, "s", owner_start_time=MY_START)  # shrinks: ftruncate hook reads
+            if self.torn is None:  # (a fix that never shrinks in place: read what is there)
+                self.torn = self.real_read(fd, 1 << 17)
+            self.writer.release(MY_PID)
+            self.writer.acquire(MY_PID, LONG_SESSION, owner_start_time=MY_START)  # grows back
+        finally:
+            self.reader_fd = None
+        self.torn_reads.append(self.torn)
+        return self.torn
+
+    def ftruncate(self, fd: int, length: int) -> None:
+        if self.reader_fd is not None and self.torn is None:
+            # The reader's read, in the window: the new record's bytes, then the old one's end.
+            self.torn = self.real_read(self.reader_fd, 1 << 17)
+        self.real_ftruncate(fd, length)
+
+
+@pytest.fixture
+def torn_reads(worker_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[LockFile, LockFile, TornReads]]:
+    clock = ManualClock()  # what a WorkerLock started with a ManualClock passes as wall_time
+    writer = LockFile(worker_dir, wall_time=clock.time)
+    reader = LockFile(worker_dir)
+    writer.acquire(MY_PID, LONG_SESSION, owner_start_time=MY_START)
+    writer.release(MY_PID)
+    writer.acquire(MY_PID, LONG_SESSION, owner_start_time=MY_START)  # the record is now the recycled inode
+    inode = os.stat(writer.record_path).st_ino
+    hooks = TornReads(writer, inode)
+    monkeypatch.setattr(os, "read", hooks.read)
+    monkeypatch.setattr(os, "ftruncate", hooks.ftruncate)
+    yield writer, reader, hooks
+    hooks.armed = False
+
+
+def test_two_torn_reads_of_one_recycled_inode_never_pass_for_a_record(
+    torn_reads: tuple[LockFile, LockFile, TornReads],
+) -> None:
+    # With a clock that stands still (a ManualClock's wall time), both torn reads would
+    # be byte for byte the same but for the write ids.
+    writer, reader, hooks = torn_reads
+    hooks.armed, hooks.pauses_left = True, 2
+    try:
+        verdict = reader.inspect()
+        status = reader.status()
+    finally:
+        hooks.armed = False
+    assert len(hooks.torn_reads) == 2 and hooks.torn_reads[0].count(b"}") == 2  # really torn
+    assert writer.inspect().state is LockState.HELD
+    assert verdict.state is LockState.HELD, verdict
+    assert status == f"locked by pid {MY_PID} (session {LONG_SESSION})"
 
 
 def test_a_record_that_keeps_changing_is_read_under_the_guard_at_last(
