@@ -22,17 +22,17 @@ which made a fresh file per record cost ~15 to ~170 µs; recycling costs a few. 
 that opened the record just before a release could see the recycled inode rewritten;
 such a rewrite happens only while that inode is not the record, and each write's bytes
 are unique (a `write_id` field), so readers read twice, through two opens, until both
-agree (`_read_settled`), and never wait for a lock: no
-number of readers can hold a writer up, nor a writer a reader. A release renames only a
-record with no other name (a rename between two names of one inode does nothing). An
-idle worker's spare goes at the next owner check, and when its lock actor stops.
+agree (`_read_settled`), and never wait for a lock: no number of readers can hold a
+writer up, nor a writer a reader. A release renames only a record with no other name (a
+rename between two names of one inode does nothing). An idle worker's spare goes at the
+next owner check, and when its lock actor stops.
 Descriptors are not kept while the lock is held: re-checking them (`.runtime` may since
 be a symlink, the guard another file) costs nearly the opens saved, a thousand held locks
 would need thousands of descriptors, and a guard descriptor kept across a fork would be
 shared with the child, whose flock would then not exclude ours. What needs no system call
 is cached: this process's own start time (a record naming this very process is alive
 without a /proc read), the formatted second of `acquired_at`, a new record's encoding
-but for its time, and the bytes of the last record written for this process (released
+but for its time and write id, and the bytes of the last record written for this process (released
 without being parsed or judged when unchanged).
 """
 
