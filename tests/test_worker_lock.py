@@ -613,6 +613,31 @@ def test_lock_supervisor_is_a_supervisor_and_validates_its_settings(tmp_path: Pa
         LockSupervisor.start(root=tmp_path, max_restarts=-1)
 
 
+@pytest.mark.parametrize("name", [RECORD_NAME, GUARD_NAME])
+def test_a_socket_planted_in_runtime_is_invalid_lock_never_a_crash(
+    lock_ref: pykka.ActorRef[WorkerLock], worker_dir: Path, manual_clock: ManualClock, name: str
+) -> None:
+    runtime = worker_dir / ".runtime"
+    runtime.mkdir(parents=True, mode=0o700)
+    planted = socket.socket(socket.AF_UNIX)
+    try:
+        planted.bind(str(runtime / name))  # opening a socket fails with ENXIO
+        lock = lock_ref.proxy()
+        with pytest.raises(InvalidLock):
+            lock.acquire().get(timeout=T)
+        manual_clock.advance(CHECK)  # the owner check copes too
+        if name == RECORD_NAME:
+            lock.force_release().get(timeout=T)  # removes any record, a socket included
+            assert not os.path.lexists(runtime / name)
+        else:
+            with pytest.raises(InvalidLock):  # nothing is done through a guard it refuses
+                lock.force_release().get(timeout=T)
+        assert lock.status().get(timeout=T) in ("unlocked", f"corrupt ({runtime / name})")
+        assert lock_ref.is_alive()
+    finally:
+        planted.close()
+
+
 def test_an_unusable_worker_directory_is_a_client_error(tmp_path: Path, manual_clock: ManualClock) -> None:
     too_long = WorkerLock.start(tmp_path / ("x" * 300), clock=manual_clock)
     with pytest.raises(InvalidWorkerDir, match="too long"):
