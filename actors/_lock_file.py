@@ -32,8 +32,8 @@ would need thousands of descriptors, and a guard descriptor kept across a fork w
 shared with the child, whose flock would then not exclude ours. What needs no system call
 is cached: this process's own start time (a record naming this very process is alive
 without a /proc read), the formatted second of `acquired_at`, a new record's encoding
-but for its time and write id, and the bytes of the last record written for this process (released
-without being parsed or judged when unchanged).
+but for its time and write id, and the bytes of the last record written for this
+process (released without being parsed or judged when unchanged).
 """
 
 from __future__ import annotations
@@ -1003,20 +1003,16 @@ class LockFile:
         """flock the guard (`mode`: LOCK_EX, or LOCK_SH for a reader's last resort) within
         `guard_timeout` seconds, else `Locked`; a blocking flock could not time out, so
         this polls."""
-        try:
-            fcntl.flock(guard_fd, mode | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._poll_flock(guard_fd, mode, time.monotonic() + self._guard_timeout)
-
-    def _poll_flock(self, fd: int, mode: int, deadline: float) -> None:
-        """flock `fd` in `mode`, retrying with growing sleeps until `deadline`, then `Locked`."""
+        deadline: float | None = None
         delay = 0.0001
         while True:
             try:
-                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                fcntl.flock(guard_fd, mode | fcntl.LOCK_NB)
                 return
             except BlockingIOError:
-                if time.monotonic() >= deadline:
+                if deadline is None:
+                    deadline = time.monotonic() + self._guard_timeout
+                elif time.monotonic() >= deadline:
                     raise Locked(
                         f"{self._guard_path} stayed locked for {self._guard_timeout} s; "
                         "a process is stuck inside the lock's critical section"
@@ -1099,7 +1095,7 @@ class LockFile:
         The temporary file is the previous record when there is one (`_retire_record`):
         rewriting an inode costs a fraction of allocating one, and freeing it again on
         release (on ext4 without a journal, allocation scans past every inode freed in the
-        last seconds). Readers hold the guard shared, so none reads it mid-rewrite.
+        last seconds). Readers catch a rewrite by reading twice (`_read_settled`).
         No fsync: a lock never outlives a reboot, and a record torn by a power cut is
         from before the boot, hence stale.
         """

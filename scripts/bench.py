@@ -211,8 +211,8 @@ def section_locks(quick: bool) -> SectionResult:
         rows.insert(1, Row("  same, release awaited too: two round trips (info)", float(sync_rate),
                            figures.get("filelock_cycles_per_s"), "/s", figures.get("sync_cycles_ratio"), None))
         rows.insert(2, Row("  two asks to an actor doing nothing (info: the floor of that)",
-                           figures.get("two_asks_vs_filelock_ratio", 0) * figures.get("filelock_cycles_per_s", 0),
-                           figures.get("filelock_cycles_per_s"), "/s", figures.get("two_asks_vs_filelock_ratio"), None))
+                           figures.get("two_asks_per_s"), figures.get("filelock_cycles_per_s"), "/s",
+                           figures.get("two_asks_vs_filelock_ratio"), None))
     idle = figures.get("idle_fd_delta")
     if isinstance(idle, int | float):
         # Not a ratio: the count itself, which must be 0.

@@ -225,12 +225,14 @@ class Resources:
 def temporary_files(directory: Path) -> list[Path]:
     """Files a killed or interrupted writer leaves (`*.tmp*`), and the spare record files
     (`agent.lock.next`) that stopping the lock actors removes, anywhere below `directory`."""
+    from actors._lock_file import _TEMP_NAME as SPARE_RECORD_NAME
+
     if not directory.exists():
         return []
     return [
         path
         for path in directory.rglob("*")
-        if (".tmp" in path.name or path.name == "agent.lock.next") and path.is_file()
+        if (".tmp" in path.name or path.name == SPARE_RECORD_NAME) and path.is_file()
     ]
 
 

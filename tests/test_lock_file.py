@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -1298,21 +1299,7 @@ def test_readers_never_see_a_torn_or_mixed_record_while_the_inode_is_recycled(
         assert pid is None or owners[pid] == session_id
 
 
-READER = """
-import os, sys
-sys.path.insert(0, {root!r})
-from loguru import logger
-logger.remove()
-from actors._lock_file import LockFile
-lock = LockFile({worker_dir!r})
-lock.read()
-print("reading", flush=True)
-while not os.path.exists({stop!r}):
-    lock.read()
-"""
-
-
-WRITER = """
+LOOPING_PROCESS = """
 import os, sys
 sys.path.insert(0, {root!r})
 from loguru import logger
@@ -1320,16 +1307,40 @@ logger.remove()
 from actors._errors import Locked, NotLocked
 from actors._lock_file import LockFile
 lock = LockFile({worker_dir!r})
-print("writing", flush=True)
 cycle = 0
+print("looping", flush=True)
 while not os.path.exists({stop!r}):
     cycle += 1
+{body}
+"""
+
+READ_BODY = "    lock.read()"
+WRITE_BODY = """\
     try:
         lock.acquire(os.getpid(), "x" * (1 if cycle % 2 else 200))  # grows and shrinks
         lock.release(os.getpid())
     except (Locked, NotLocked):
-        pass
-"""
+        pass"""
+
+
+@contextmanager
+def looping_processes(body: str, count: int, worker_dir: Path, tmp_path: Path) -> Iterator[None]:
+    """`count` processes running `body` in a loop on `worker_dir`'s lock for the block;
+    each must end cleanly once told to stop."""
+    stop = tmp_path / "stop"
+    code = LOOPING_PROCESS.format(
+        root=str(Path(__file__).resolve().parent.parent), worker_dir=str(worker_dir), stop=str(stop), body=body
+    )
+    processes = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(count)]
+    try:
+        for process in processes:
+            assert process.stdout is not None and process.stdout.readline().strip() == "looping"
+        yield
+    finally:
+        stop.touch()
+        for process in processes:
+            process.wait(timeout=30)
+    assert all(process.returncode == 0 for process in processes)
 
 
 def test_a_reader_sees_whole_records_only_and_promptly_while_processes_cycle_the_lock(
@@ -1338,25 +1349,14 @@ def test_a_reader_sees_whole_records_only_and_promptly_while_processes_cycle_the
     writer = LockFile(worker_dir)
     writer.acquire(MY_PID)
     writer.release(MY_PID)
-    stop = tmp_path / "stop"
-    code = WRITER.format(root=str(Path(__file__).resolve().parent.parent), worker_dir=str(worker_dir), stop=str(stop))
-    writers = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)]
     reader = LockFile(worker_dir, guard_timeout=30.0)
-    states: set[LockState] = set()
     slowest = 0.0
-    try:
-        for process in writers:
-            assert process.stdout is not None and process.stdout.readline().strip() == "writing"
+    with looping_processes(WRITE_BODY, 2, worker_dir, tmp_path):
         for _ in range(3000):
             started = time.monotonic()
             verdict = reader.inspect()
             slowest = max(slowest, time.monotonic() - started)
-            states.add(verdict.state)
             assert verdict.state in (LockState.UNLOCKED, LockState.HELD), verdict
-    finally:
-        stop.touch()
-        for process in writers:
-            process.wait(timeout=30)
     assert slowest < 5.0  # never waits out a guard held by a writer that is not stuck
 
 
@@ -1367,20 +1367,10 @@ def test_readers_in_many_processes_never_starve_a_writer(worker_dir: Path, tmp_p
     writer = LockFile(worker_dir, guard_timeout=0.5)
     writer.acquire(MY_PID, "%w")
     writer.release(MY_PID)
-    stop = tmp_path / "stop"
-    code = READER.format(root=str(Path(__file__).resolve().parent.parent), worker_dir=str(worker_dir), stop=str(stop))
-    readers = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(8)]
-    try:
-        for reader in readers:
-            assert reader.stdout is not None and reader.stdout.readline().strip() == "reading"
+    with looping_processes(READ_BODY, 8, worker_dir, tmp_path):
         for _ in range(30):
             writer.acquire(MY_PID, "%w")
             writer.release(MY_PID)
-    finally:
-        stop.touch()
-        for reader in readers:
-            reader.wait(timeout=30)
-    assert all(reader.returncode == 0 for reader in readers)
 
 
 @pytest.mark.slow
