@@ -78,6 +78,20 @@ def write_record(lock: LockFile, data: bytes) -> Path:
     return path
 
 
+def assert_every_call_refused(lock: LockFile, match: str) -> None:
+    """acquire, read, check and release (with and without an owner) each raise InvalidLock."""
+    attempts: list[Callable[[], object]] = [
+        lambda: lock.acquire(MY_PID),
+        lambda: lock.read(),
+        lambda: lock.check(MY_PID),
+        lambda: lock.release(),
+        lambda: lock.release(MY_PID),
+    ]
+    for attempt in attempts:
+        with pytest.raises(InvalidLock, match=match):
+            attempt()
+
+
 def open_fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
 
@@ -930,16 +944,7 @@ CORRUPT_FILES = {name: CORRUPT_RECORDS[name] for name in ("empty", "truncated", 
 @pytest.mark.parametrize("data", CORRUPT_FILES.values(), ids=CORRUPT_FILES.keys())
 def test_a_corrupt_record_is_refused_until_force_release(lock: LockFile, data: bytes) -> None:
     path = write_record(lock, data)
-    attempts: list[Callable[[], object]] = [
-        lambda: lock.acquire(MY_PID),
-        lambda: lock.read(),
-        lambda: lock.check(MY_PID),
-        lambda: lock.release(),
-        lambda: lock.release(MY_PID),
-    ]
-    for attempt in attempts:
-        with pytest.raises(InvalidLock, match="corrupt lock record"):
-            attempt()
+    assert_every_call_refused(lock, "corrupt lock record")
     assert lock.status() == f"corrupt ({lock.record_path})"
     assert path.read_bytes() == data  # left for a human
     lock.force_release()
@@ -1052,16 +1057,7 @@ def test_a_symlinked_record_is_refused_and_its_target_untouched(lock: LockFile, 
     os.utime(target, (1_000_000, 1_000_000))
     Path(lock.record_path).parent.mkdir(parents=True)
     Path(lock.record_path).symlink_to(target)
-    attempts: list[Callable[[], object]] = [
-        lambda: lock.acquire(MY_PID),
-        lambda: lock.read(),
-        lambda: lock.check(MY_PID),
-        lambda: lock.release(),
-        lambda: lock.release(MY_PID),
-    ]
-    for attempt in attempts:
-        with pytest.raises(InvalidLock, match="symlink"):
-            attempt()
+    assert_every_call_refused(lock, "symlink")
     assert lock.status() == f"corrupt ({lock.record_path})"
     assert lock.release_if_stale() is None
     lock.force_release()  # unlinks the link itself
