@@ -442,6 +442,14 @@ def _name_thread(run: _Run, index: int, seed: int) -> None:
                 run.count("calls cut off by a crash")
         raise Hung(f"resync of {owner} failed 20 times")
 
+    def retire_owner() -> None:
+        """Leave this owner's names to be let go at the end; go on as a new owner."""
+        nonlocal generation, owner, held
+        with run._lock:
+            run.retired_owners.update({owner, f"{owner}~child"})
+        generation += 1
+        owner, held = f"t{index}.g{generation}", None
+
     anonymous: list[tuple[str, str, float]] = []  # (name, its family, since)
     while not run.stopping.is_set():
         sent = now()
@@ -488,10 +496,7 @@ def _name_thread(run: _Run, index: int, seed: int) -> None:
             # names are let go at the end) and go on as a new one.
             if held is not None:
                 run.believed(held, owner, since, sent)
-            with run._lock:
-                run.retired_owners.update({owner, f"{owner}~child"})
-            generation += 1
-            owner, held = f"t{index}.g{generation}", None
+            retire_owner()
         except ActorCrashed:
             # Cut off before its write was durable: nothing happened. Ask what is true.
             run.count("calls cut off by a crash")
@@ -500,10 +505,7 @@ def _name_thread(run: _Run, index: int, seed: int) -> None:
             try:
                 resync()
             except Hung:
-                with run._lock:
-                    run.retired_owners.update({owner, f"{owner}~child"})
-                generation += 1
-                owner, held = f"t{index}.g{generation}", None
+                retire_owner()
         except NameSourceError:
             run.count("name source failures seen by checkouts (expected)")
         except ClientError as error:
