@@ -15,24 +15,23 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "NamePool": "actors._name_pool",
-    "ThemedSource": "actors._names",
-    "THEMES": "actors._names",
-    "RESERVED_NAMES": "actors._names",
-    "validate_name": "actors._names",
-    "AgentPool": "actors._agent_pool",
-    "WorkerLock": "actors._worker_lock",
-    "LockSupervisor": "actors._worker_lock",
-    "InvalidWorkerDir": "actors._worker_lock",
-    "LockInfo": "actors._lock_file",
+    "NamePool": "actors.names._pool",
+    "ThemedSource": "actors.names._source",
+    "THEMES": "actors.names._source",
+    "RESERVED_NAMES": "actors.names._source",
+    "validate_name": "actors.names._source",
+    "AgentPool": "actors.agents._pool",
+    "WorkerLock": "actors.locks._worker_lock",
+    "LockSupervisor": "actors.locks._worker_lock",
+    "LockInfo": "actors.locks._lock_file",
     "start_tree": "actors._tree",
     "Tree": "actors._tree",
-    "WorkerProcess": "actors._worker_process",
-    "Backoff": "actors._worker_process",
-    "inherit_identity": "actors._worker_process",
-    "WorkerExited": "actors._worker_process",
-    "Client": "actors._client",
-    "connect": "actors._client",
+    "WorkerProcess": "actors.workers._worker_process",
+    "Backoff": "actors.workers._worker_process",
+    "inherit_identity": "actors.workers._worker_process",
+    "WorkerExited": "actors.workers._worker_process",
+    "Client": "actors.daemon._client",
+    "connect": "actors.daemon._client",
     "NameSourceError": "actors._errors",
     "InvalidName": "actors._errors",
     "InvalidOwner": "actors._errors",
@@ -42,9 +41,15 @@ _EXPORTS = {
     "InvalidLock": "actors._errors",
     "NotPermitted": "actors._errors",
     "RemoteError": "actors._errors",
-    "InvalidKey": "actors._agent_registry",
-    "InvalidBackend": "actors._agent_registry",
-    "InvalidSetting": "actors._agent_registry",
+    "InvalidWorkerDir": "actors._errors",
+    "TooManyLocks": "actors._errors",
+    "StateDirInUse": "actors._errors",
+    "LockLost": "actors._errors",
+    "FleetUnavailable": "actors._errors",
+    "ConnectionLost": "actors._errors",
+    "InvalidKey": "actors.agents._registry",
+    "InvalidBackend": "actors.agents._registry",
+    "InvalidSetting": "actors.agents._registry",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -64,26 +69,32 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from actors._agent_pool import AgentPool
-    from actors._agent_registry import InvalidBackend, InvalidKey, InvalidSetting
-    from actors._client import Client, connect
+    from actors.agents._pool import AgentPool
+    from actors.agents._registry import InvalidBackend, InvalidKey, InvalidSetting
+    from actors.daemon._client import Client, connect
     from actors._errors import (
+        ConnectionLost,
         FactoryError,
+        FleetUnavailable,
         InvalidLock,
         InvalidName,
         InvalidOwner,
+        InvalidWorkerDir,
         Locked,
+        LockLost,
         NameSourceError,
         NotLocked,
         NotPermitted,
         RemoteError,
+        StateDirInUse,
+        TooManyLocks,
     )
-    from actors._lock_file import LockInfo
-    from actors._name_pool import NamePool
-    from actors._names import RESERVED_NAMES, THEMES, ThemedSource, validate_name
+    from actors.locks._lock_file import LockInfo
+    from actors.names._pool import NamePool
+    from actors.names._source import RESERVED_NAMES, THEMES, ThemedSource, validate_name
     from actors._tree import Tree, start_tree
-    from actors._worker_lock import InvalidWorkerDir, LockSupervisor, WorkerLock
-    from actors._worker_process import (
+    from actors.locks._worker_lock import LockSupervisor, WorkerLock
+    from actors.workers._worker_process import (
         Backoff,
         WorkerExited,
         WorkerProcess,

@@ -64,13 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "status":
         return _status(args)
     _configure_logging("WARNING")
-    from actors._demo import run_demo
+    from actors.demo._demo import run_demo
 
     return run_demo(args.rounds)
 
 
 def _serve(args: Any) -> int:
-    from actors._daemon import serve
+    from actors.daemon._daemon import serve
 
     _configure_logging(args.log_level)
     options = {
@@ -81,7 +81,7 @@ def _serve(args: Any) -> int:
     }
     on_started = None
     if args.demo:
-        from actors._demo import start_demo_workers
+        from actors.demo._demo import start_demo_workers
 
         def on_started(daemon: Any) -> None:
             start_demo_workers(daemon, seconds=args.demo_seconds)
@@ -89,8 +89,8 @@ def _serve(args: Any) -> int:
 
 
 def _status(args: Any) -> int:
-    from actors._client import connect
-    from actors._status import render_status
+    from actors.daemon._client import connect
+    from actors.daemon._status import render_status
 
     try:
         with connect(args.state_dir, timeout=10.0) as client:

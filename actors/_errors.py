@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
-from supervision import ClientError
+from supervision import ClientError, StorageError
 
 __all__ = [
+    "ConnectionLost",
     "FactoryError",
+    "FleetUnavailable",
     "InvalidLock",
     "InvalidName",
     "InvalidOwner",
+    "InvalidWorkerDir",
+    "LockLost",
     "Locked",
     "NameSourceError",
     "NotLocked",
     "NotPermitted",
     "RemoteError",
+    "StateDirInUse",
+    "TooManyLocks",
 ]
 
 
@@ -47,6 +53,31 @@ class NotLocked(ClientError, RuntimeError):
 
 class InvalidLock(ClientError, ValueError):
     """The lock record is corrupt, or the lock path is a symlink."""
+
+
+class InvalidWorkerDir(ClientError, ValueError):
+    """A worker directory the locks cannot use (missing, not a directory, unreadable, on
+    /proc, outside the `LockSupervisor`'s root, ...); the message names the path and errno."""
+
+
+class TooManyLocks(ClientError, RuntimeError):
+    """`max_locks` lock actors are live already; retry once some retire."""
+
+
+class StateDirInUse(ClientError, RuntimeError):
+    """Another tree or daemon holds this state directory (the message names its pid)."""
+
+
+class LockLost(ClientError, RuntimeError):
+    """The fleet lease of a worker lock ran out: the lock is no longer held."""
+
+
+class FleetUnavailable(StorageError):
+    """The fleet store cannot be reached in time: name changes are refused, not guessed."""
+
+
+class ConnectionLost(ConnectionError):
+    """The daemon connection broke with a call in flight: its effect is unknown."""
 
 
 class RemoteError(Exception):

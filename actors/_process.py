@@ -1,93 +1,181 @@
-"""Process identity: a pid plus its creation time, so a reused pid is not the old process.
+"""Process identity: pid + start ticks since boot + boot id, and a three-way liveness.
 
-Shared by the name pool (owner watching) and the worker locks (stale records).
+Shared by the name pool (owner watching) and the worker locks (stale records). Nothing
+here reads the wall clock: a wall-clock step of any size never makes a live process look
+dead or another process look like it::
+
+    me = identify(os.getpid())                # ProcessIdentity(pid, start_ticks, boot_id)
+    me.liveness()                             # Liveness.ALIVE
+    liveness(pid, start_ticks=..., boot_id=...)   # ALIVE, DEAD, or UNKNOWN
+
+Only proof of death (no such process, a zombie, another start, another boot) is `DEAD`.
+An error while looking (out of descriptors or memory, permission) is `UNKNOWN`: callers
+free nothing on it and look again later.
 """
 
 from __future__ import annotations
 
+import enum
+import errno
 import os
 from dataclasses import dataclass
 
 import psutil
 
-__all__ = ["CREATE_TIME_TOLERANCE", "ProcessIdentity", "is_same_process_alive", "process_start_time"]
+__all__ = [
+    "BOOT_ID",
+    "CREATE_TIME_TOLERANCE",
+    "Liveness",
+    "ProcessIdentity",
+    "boot_time",
+    "identify",
+    "liveness",
+    "liveness_by_start_time",
+    "ticks_to_epoch",
+]
 
-#: Creation times compared equal within this many seconds (psutil's value is rounded
-#: differently across platforms and boot-time adjustments).
+#: v2 records carry only an epoch `start_time`; they are compared within this tolerance.
 CREATE_TIME_TOLERANCE = 1.0
 
 
-def process_start_time(pid: int) -> float | None:
-    """Creation time (epoch seconds) of the live, non-zombie process `pid`, or None."""
-    if pid <= 0:
-        return None
-    if _PROC_STAT:
-        return _linux_start_time(pid)
-    return _psutil_start_time(pid)
+class Liveness(enum.Enum):
+    ALIVE = "alive"
+    DEAD = "dead"
+    UNKNOWN = "unknown"
 
 
-def _psutil_start_time(pid: int) -> float | None:
+def _read_boot_id() -> str | None:
     try:
-        process = psutil.Process(pid)
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return None
-        return process.create_time()
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, ValueError, OverflowError):
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as boot_file:
+            return boot_file.read().strip() or None
+    except OSError:
         return None
 
 
-def _linux_start_time(pid: int) -> float | None:
-    # /proc/<pid>/stat directly: ~10x cheaper than psutil.Process(), and the same
-    # figure psutil computes (boot time + start ticks / clock ticks per second).
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat_file:
-            data = stat_file.read()
-    except (FileNotFoundError, ProcessLookupError, PermissionError, OSError):
-        return None
-    # The command name may contain spaces and parentheses: fields start after the last ')'.
-    fields = data[data.rfind(b")") + 2 :].split()
-    if not fields or fields[0] in (b"Z", b"X"):  # zombie or dead
-        return None
-    try:
-        ticks = int(fields[19])
-    except (IndexError, ValueError):
-        return _psutil_start_time(pid)
-    return _BOOT_TIME + ticks / _CLOCK_TICKS
-
-
-_PROC_STAT = os.path.exists(f"/proc/{os.getpid()}/stat") and hasattr(os, "sysconf")
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if _PROC_STAT else 100
-_BOOT_TIME = psutil.boot_time()
-
-
-def is_same_process_alive(pid: int, start_time: float | None) -> bool:
-    """True when `pid` runs and is the process that started at `start_time`.
-
-    With `start_time` None (unknown), any live process with that pid counts.
-    """
-    current = process_start_time(pid)
-    if current is None:
-        return False
-    if start_time is None:
-        return True
-    return abs(current - start_time) <= CREATE_TIME_TOLERANCE
+#: This boot's id (`/proc/sys/kernel/random/boot_id`), or None where the kernel has none.
+BOOT_ID: str | None = _read_boot_id()
+_CLOCK_TICKS: int = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+# errnos that prove there is no such process; anything else means "could not look".
+_GONE_ERRNOS = frozenset({errno.ENOENT, errno.ESRCH})
 
 
 @dataclass(frozen=True, slots=True)
 class ProcessIdentity:
-    """A pid pinned to one process lifetime."""
+    """One process lifetime: pid, kernel start ticks since boot, and the boot's id."""
 
     pid: int
-    start_time: float | None
+    start_ticks: int
+    boot_id: str | None
 
-    @classmethod
-    def of(cls, pid: int) -> ProcessIdentity:
-        """The identity of `pid` now (start_time None if it does not run)."""
-        return cls(pid, process_start_time(pid))
+    @property
+    def start_time(self) -> float:
+        """The v2 epoch start time (for records read by older code only; moves with the wall clock)."""
+        return ticks_to_epoch(self.start_ticks)
 
-    @classmethod
-    def current(cls) -> ProcessIdentity:
-        return cls.of(os.getpid())
+    def liveness(self) -> Liveness:
+        return liveness(self.pid, self.start_ticks, self.boot_id)
 
-    def is_alive(self) -> bool:
-        return self.start_time is not None and is_same_process_alive(self.pid, self.start_time)
+
+def identify(pid: int) -> ProcessIdentity | None:
+    """The identity of the live, non-zombie process `pid`; None when there is none.
+
+    Raises `OSError` when it cannot tell (EMFILE, ENOMEM, EACCES, ...): that is not death.
+    """
+    if type(pid) is not int or pid <= 0:
+        return None
+    ticks = _start_ticks(pid)
+    return None if ticks is None else ProcessIdentity(pid, ticks, BOOT_ID)
+
+
+def liveness(pid: int, start_ticks: int, boot_id: str | None) -> Liveness:
+    """Whether the process that started at `start_ticks` in boot `boot_id` still runs as `pid`."""
+    if boot_id is not None and BOOT_ID is not None and boot_id != BOOT_ID:
+        return Liveness.DEAD
+    try:
+        current = identify(pid)
+    except OSError:
+        return Liveness.UNKNOWN
+    if current is None or current.start_ticks != start_ticks:
+        return Liveness.DEAD
+    return Liveness.ALIVE
+
+
+def liveness_by_start_time(pid: int, start_time: float | None) -> Liveness:
+    """v2 judgement for records without start ticks: epoch start time within a tolerance.
+
+    `start_time` None accepts any live process with that pid.
+    """
+    try:
+        current = identify(pid)
+    except OSError:
+        return Liveness.UNKNOWN
+    if current is None:
+        return Liveness.DEAD
+    if start_time is None or abs(current.start_time - start_time) <= CREATE_TIME_TOLERANCE:
+        return Liveness.ALIVE
+    return Liveness.DEAD
+
+
+def boot_time() -> float:
+    """The boot's epoch time as the kernel reports it now (moves with wall-clock steps)."""
+    return float(psutil.boot_time())
+
+
+def ticks_to_epoch(start_ticks: int) -> float:
+    return boot_time() + start_ticks / _CLOCK_TICKS
+
+
+def _start_ticks(pid: int) -> int | None:
+    """Start ticks of live, non-zombie `pid`; None if gone; OSError if it cannot tell."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat_file:
+            data = stat_file.read()
+    except FileNotFoundError:
+        if not os.path.isdir("/proc/self"):
+            return _psutil_start_ticks(pid)
+        return None
+    except ProcessLookupError:
+        return None
+    except OSError as error:
+        if error.errno in _GONE_ERRNOS:
+            return None
+        raise
+    # The command name may hold spaces and parentheses: fields start after the last ')'.
+    fields = data[data.rfind(b")") + 2 :].split()
+    if not fields:
+        return None  # the process went away while the kernel produced the file
+    if fields[0] in (b"Z", b"X"):
+        return None  # zombie or dead
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError) as error:
+        raise OSError(errno.EIO, f"unreadable /proc/{pid}/stat") from error
+
+
+def _psutil_start_ticks(pid: int) -> int | None:
+    # No /proc: psutil's creation time, scaled to ticks (only equal to itself, which is all we need).
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return round((process.create_time() - boot_time()) * _CLOCK_TICKS)
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+    except psutil.AccessDenied as error:
+        raise PermissionError(errno.EACCES, f"cannot inspect pid {pid}") from error
+
+
+# -- v2 helpers, kept only until the name pool and the locks use `liveness` (to be removed) --
+
+
+def process_start_time(pid: int) -> float | None:
+    """Epoch creation time of live `pid`, or None (also when it cannot tell)."""
+    try:
+        current = identify(pid)
+    except OSError:
+        return None
+    return None if current is None else current.start_time
+
+
+def is_same_process_alive(pid: int, start_time: float | None) -> bool:
+    return liveness_by_start_time(pid, start_time) is Liveness.ALIVE

@@ -99,9 +99,9 @@ def start_tree(
     max_seconds: float = 5.0,
 ) -> Tree:
     """Start the root supervisor (one_for_one) with "names", "agents", "locks", in that order."""
-    from actors._agent_pool import AgentPool
-    from actors._name_pool import NamePool
-    from actors._worker_lock import LockSupervisor
+    from actors.agents._pool import AgentPool
+    from actors.names._pool import NamePool
+    from actors.locks._worker_lock import LockSupervisor
 
     path = prepare_state_dir(state_dir)
     children = [

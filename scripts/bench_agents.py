@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # import the packages from this checkout without installing
     sys.path.insert(0, str(ROOT))
 
-from actors._agent_registry import (  # noqa: E402
+from actors.agents._registry import (  # noqa: E402
     AgentKey,
     AgentRegistry,
     is_busy,

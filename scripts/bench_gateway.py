@@ -51,7 +51,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 import msgpack
 
 import actors
-from actors._protocol import MAX_FRAME
+from actors.daemon._protocol import MAX_FRAME
 
 __all__ = ["GATEWAY_TARGET", "bench_gateway"]
 

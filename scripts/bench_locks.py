@@ -41,9 +41,9 @@ import filelock  # noqa: E402
 import psutil  # noqa: E402
 import pykka  # noqa: E402
 
-from actors._lock_file import LockFile  # noqa: E402
+from actors.locks._lock_file import LockFile  # noqa: E402
 from actors._process import process_start_time  # noqa: E402
-from actors._worker_lock import WorkerLock  # noqa: E402
+from actors.locks._worker_lock import WorkerLock  # noqa: E402
 from supervision import ManualClock, SupervisedActor  # noqa: E402
 
 __all__ = ["CYCLES_TARGET", "RSS_TARGET", "bench_locks"]

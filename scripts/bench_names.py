@@ -38,7 +38,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 
 import pykka  # noqa: E402
 
-from actors._name_pool import NamePool  # noqa: E402
+from actors.names._pool import NamePool  # noqa: E402
 
 __all__ = ["DURABLE_TARGET", "IN_MEMORY_TARGET", "bench_names"]
 

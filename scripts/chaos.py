@@ -225,7 +225,7 @@ class Resources:
 def temporary_files(directory: Path) -> list[Path]:
     """Files a killed or interrupted writer leaves (`*.tmp*`), and the spare record files
     (`agent.lock.next`) that stopping the lock actors removes, anywhere below `directory`."""
-    from actors._lock_file import _TEMP_NAME as SPARE_RECORD_NAME
+    from actors.locks._lock_file import _TEMP_NAME as SPARE_RECORD_NAME
 
     if not directory.exists():
         return []
@@ -646,7 +646,7 @@ def _agent_thread(run: _Run, index: int, seed: int) -> None:
 
 def _sampler_thread(run: _Run) -> None:
     """Reads the pool's holders four times a second: a name shared across families is a duplicate."""
-    from actors._name_pool import HOLDERS_REQUEST
+    from actors.names._pool import HOLDERS_REQUEST
     from supervision import ActorCrashed
 
     while not run.stopping.wait(0.25):
@@ -1017,7 +1017,7 @@ def run_chaos(config: ChaosConfig, *, progress: Callable[[str], None] | None = N
     from loguru import logger
 
     from actors import WorkerProcess, start_tree
-    from actors._gateway import Gateway
+    from actors.daemon._gateway import Gateway
     from supervision import ChildSpec
 
     say = progress or (lambda text: None)
@@ -1192,7 +1192,7 @@ def _lost_names(run: _Run) -> tuple[int, list[str]]:
     """Names checked out by no live owner after one reap interval, plus names the pool forgot."""
     import psutil
 
-    from actors._name_pool import HOLDERS_REQUEST
+    from actors.names._pool import HOLDERS_REQUEST
 
     names = run.tree.names
 

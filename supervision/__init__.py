@@ -39,6 +39,7 @@ from supervision._errors import (
     ChildRunning,
     ClientError,
     StartError,
+    StorageError,
     UnknownMessage,
 )
 from supervision._handle import Handle
@@ -67,6 +68,7 @@ __all__ = [
     "SnapshotError",
     "SnapshotStore",
     "StartError",
+    "StorageError",
     "Strategy",
     "SupervisedActor",
     "Supervisor",

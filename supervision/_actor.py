@@ -50,6 +50,7 @@ from supervision._errors import (
     ActorCrashed,
     BadCall,
     ClientError,
+    StorageError,
     StartError,
     UnknownMessage,
     describe,
@@ -339,7 +340,7 @@ class SupervisedActor(pykka.ThreadingActor):
             reply_to = envelope.reply_to
             try:
                 response = handle(message)
-            except ClientError:
+            except (ClientError, StorageError):
                 self._refuse(reply_to, message)
                 continue
             except TypeError as error:

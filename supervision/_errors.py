@@ -17,6 +17,7 @@ __all__ = [
     "ChildRunning",
     "ClientError",
     "StartError",
+    "StorageError",
     "UnknownMessage",
     "describe",
 ]
@@ -87,3 +88,11 @@ class ChildRunning(ClientError, ValueError):
 
 class ChildNotFound(ClientError, LookupError):
     """No child with that id (or path), or no incarnation to reach in time."""
+
+
+class StorageError(OSError):
+    """Durable state could not be written (disk full, I/O error, read-only file system).
+
+    Not a crash: the change was not applied, the caller gets this error (naming the path and
+    the errno), and the actor keeps running and answering reads.
+    """

@@ -16,7 +16,7 @@ from _racing import load_actors_module, serve
 
 
 def main() -> None:
-    lock_file = load_actors_module("_lock_file")
+    lock_file = load_actors_module("locks._lock_file")
     from loguru import logger
 
     logger.remove()  # breaking stale records logs; the parent checks results, not logs

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from loguru import logger
 
-from actors._name_pool import NamePool
+from actors.names._pool import NamePool
 
 
 def main(state_path: str, owner_pid: int) -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from actors._lock_file import LockFile, LockInfo
+    from actors.locks._lock_file import LockFile, LockInfo
 
 ROOT = Path(__file__).resolve().parent.parent
 

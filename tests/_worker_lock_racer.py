@@ -18,7 +18,7 @@ from _racing import load_actors_module, serve
 
 
 def main() -> None:
-    worker_lock = load_actors_module("_worker_lock")
+    worker_lock = load_actors_module("locks._worker_lock")
     from loguru import logger
 
     from actors._errors import Locked

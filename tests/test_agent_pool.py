@@ -17,9 +17,9 @@ from typing import Any
 import pykka
 import pytest
 
-import actors._agent_pool as agent_pool_module
-from actors._agent_pool import AgentPool
-from actors._agent_registry import AgentRegistry
+import actors.agents._pool as agent_pool_module
+from actors.agents._pool import AgentPool
+from actors.agents._registry import AgentRegistry
 from actors._errors import FactoryError
 from supervision import (
     ActorCrashed,

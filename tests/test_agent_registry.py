@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors._agent_registry import (
+from actors.agents._registry import (
     AgentKey,
     AgentRegistry,
     EntrySnapshot,

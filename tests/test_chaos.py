@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from actors import Client, LockSupervisor, WorkerProcess, start_tree
-from actors._gateway import Gateway
-from actors._worker_lock import WorkerLock
+from actors.daemon._gateway import Gateway
+from actors.locks._worker_lock import WorkerLock
 from supervision import (
     ChildSpec,
     DeferredReply,

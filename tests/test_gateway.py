@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from actors import Client, InvalidName, Locked, NotLocked, NotPermitted, RemoteError, start_tree
-from actors._gateway import Gateway
-from actors._protocol import MAX_FRAME
+from actors.daemon._gateway import Gateway
+from actors.daemon._protocol import MAX_FRAME
 from supervision import BadCall, ChildNotFound, UnknownMessage
 from supervision.testing import wait_until
 
@@ -169,7 +169,7 @@ def test_errors_map_back_to_the_same_classes(client):
 
 
 def test_unknown_error_types_become_remote_error():
-    from actors._client import raise_remote
+    from actors.daemon._client import raise_remote
 
     with pytest.raises(RemoteError) as raised:
         raise_remote({"type": "WeirdThing", "message": "odd"})

@@ -38,7 +38,7 @@ from actors import (
     WorkerLock,
     start_tree,
 )
-from actors._gateway import (
+from actors.daemon._gateway import (
     AGENT_METHODS,
     LOCK_METHODS,
     NAME_METHODS,
@@ -667,7 +667,7 @@ DEEP_CALLS = [
 @pytest.mark.parametrize(("actor_class", "method", "make_args"), DEEP_CALLS,
                          ids=[f"{cls.__name__}.{method}-{index}" for index, (cls, method, _) in enumerate(DEEP_CALLS)])
 def test_deeply_nested_argument_is_refused_not_a_crash(actor_class, method, make_args):
-    # validate_name / validate_owner (actors/_names.py, _name_state.py) and
+    # validate_name / validate_owner (actors/names/_source.py, _name_state.py) and
     # _agent_registry._describe format the rejected value with {!r}; repr of a list nested
     # ~1000 deep raises RecursionError, which is not a ClientError: the actor crashes.
     harness = Harness([ChildSpec("actor", actor_class, kwargs={})])

@@ -24,9 +24,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from loguru import logger
 
-from actors import _lock_file
+from actors.locks import _lock_file
 from actors._errors import InvalidLock, InvalidOwner, Locked, NotLocked
-from actors._lock_file import (
+from actors.locks._lock_file import (
     GUARD_NAME,
     RECORD_NAME,
     LockFile,
@@ -1301,7 +1301,7 @@ sys.path.insert(0, {root!r})
 from loguru import logger
 logger.remove()
 from actors._errors import Locked, NotLocked
-from actors._lock_file import LockFile
+from actors.locks._lock_file import LockFile
 lock = LockFile({worker_dir!r})
 cycle = 0
 print("looping", flush=True)

@@ -21,11 +21,11 @@ import pytest
 from loguru import logger
 from pykka import messages as pykka_messages
 
-import actors._name_pool as name_pool_module
+import actors.names._pool as name_pool_module
 from actors._errors import InvalidName, InvalidOwner, NameSourceError
-from actors._name_pool import HOLDERS_REQUEST, NamePool, _StateFiles
-from actors._name_state import NameState
-from actors._names import THEMES
+from actors.names._pool import HOLDERS_REQUEST, NamePool, _StateFiles
+from actors.names._state import NameState
+from actors.names._source import THEMES
 from supervision import (
     ActorCrashed,
     BadCall,

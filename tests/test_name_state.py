@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from actors._errors import InvalidName, InvalidOwner
-from actors._name_state import SNAPSHOT_VERSION, CheckinOutcome, NameState, validate_owner
-from actors._names import ThemedSource
+from actors.names._state import SNAPSHOT_VERSION, CheckinOutcome, NameState, validate_owner
+from actors.names._source import ThemedSource
 from supervision import ClientError
 
 DEFAULT = "Nameless Agent"

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from actors._errors import InvalidName
-from actors._names import (
+from actors.names._source import (
     MAX_NAME_LENGTH,
     RESERVED_NAMES,
     THEMES,

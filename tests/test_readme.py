@@ -25,7 +25,7 @@ def test_readme_python_examples_run():
 
 
 def test_demo_runs_and_shows_restarts(capsys):
-    from actors._demo import run_demo
+    from actors.demo._demo import run_demo
 
     assert run_demo(rounds=2) == 0
     out = capsys.readouterr().out

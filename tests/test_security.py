@@ -23,9 +23,9 @@ import pykka
 import pytest
 
 from actors import InvalidLock, LockSupervisor, NamePool, WorkerLock, start_tree
-from actors._client import SOCKET_NAME
-from actors._daemon import DAEMON_STATE, LOCK_NAME, Daemon
-from actors._gateway import Gateway
+from actors.daemon._client import SOCKET_NAME
+from actors.daemon._daemon import DAEMON_STATE, LOCK_NAME, Daemon
+from actors.daemon._gateway import Gateway
 from actors._tree import NAMES_STATE, prepare_state_dir
 from supervision import ClientError, StartError
 

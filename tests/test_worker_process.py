@@ -22,7 +22,7 @@ import psutil
 import pykka
 import pytest
 
-from actors._worker_process import Backoff, WorkerExited, WorkerProcess, inherit_identity
+from actors.workers._worker_process import Backoff, WorkerExited, WorkerProcess, inherit_identity
 from supervision import (
     ChildSpec,
     Handle,
@@ -523,7 +523,7 @@ def test_a_worker_abandoned_while_checking_out_spawns_nothing_and_gives_the_name
 
 
 def test_with_the_real_name_pool_a_restarted_worker_gets_its_old_name(record: Path) -> None:
-    name_pool = pytest.importorskip("actors._name_pool")
+    name_pool = pytest.importorskip("actors.names._pool")
     source = lambda count, used: [f"n{i}" for i in range(count)]  # noqa: E731
     root = Supervisor.start([ChildSpec("names", name_pool.NamePool, kwargs={"source": source})])
     names = Handle(root, "names")
@@ -574,9 +574,9 @@ def test_inherit_identity_with_an_unreachable_socket_raises_connection_error(
 
 
 def test_inherit_identity_through_a_running_daemon(tmp_path: Path) -> None:
-    pytest.importorskip("actors._gateway")
-    pytest.importorskip("actors._daemon")
-    from actors._client import Client
+    pytest.importorskip("actors.daemon._gateway")
+    pytest.importorskip("actors.daemon._daemon")
+    from actors.daemon._client import Client
 
     state_dir = tmp_path / "state"
     daemon = subprocess.Popen([sys.executable, "-m", "actors", "serve", "--state-dir", str(state_dir)])
@@ -587,7 +587,7 @@ def test_inherit_identity_through_a_running_daemon(tmp_path: Path) -> None:
         with Client(socket_path) as client:
             name = client.call("names.checkout_name", "test-owner")
         script = (
-            "import json; from actors._client import Client; from actors._worker_process import inherit_identity\n"
+            "import json; from actors.daemon._client import Client; from actors.workers._worker_process import inherit_identity\n"
             "name = inherit_identity()\n"
             "import os\n"
             "with Client(os.environ['ACTORS_SOCKET']) as client:\n"

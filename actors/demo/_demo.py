@@ -82,15 +82,15 @@ def start_demo_workers(daemon: Any, *, workers: int = 3, seconds: float = 0.0, s
     Every `status_every` seconds the status is written to stdout; with `seconds` > 0 the
     daemon stops itself after that long (so the demo ends on its own).
     """
-    from actors._client import SOCKET_NAME
-    from actors._status import render_status
-    from actors._worker_process import Backoff, WorkerProcess
+    from actors.daemon._client import SOCKET_NAME
+    from actors.daemon._status import render_status
+    from actors.workers._worker_process import Backoff, WorkerProcess
 
     root = daemon.tree.supervisor
     for index in range(1, workers + 1):
         worker_dir = daemon.state_dir / "workers" / f"w{index}"
         worker_dir.mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, "-m", "actors._demo_worker", str(worker_dir)]
+        argv = [sys.executable, "-m", "actors.demo._worker", str(worker_dir)]
         flaky = index == workers
         if flaky:
             argv.append("--flaky")

@@ -42,7 +42,7 @@ from typing import Any
 import pykka
 from loguru import logger
 
-from actors._client import Client
+from actors.daemon._client import Client
 from supervision import (
     ActorCrashed,
     Clock,

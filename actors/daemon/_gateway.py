@@ -31,7 +31,7 @@ import pykka
 from loguru import logger
 
 from actors._errors import NotPermitted
-from actors._protocol import (
+from actors.daemon._protocol import (
     FrameError,
     FrameReader,
     ask_method,
@@ -41,7 +41,7 @@ from actors._protocol import (
     ok_reply,
     set_kernel_timeouts,
 )
-from actors._status import collect_status
+from actors.daemon._status import collect_status
 from actors._tree import Tree
 from supervision import BadCall, ChildNotFound, ClientError, Handle, UnknownMessage
 from supervision._errors import describe

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from actors._errors import InvalidName, InvalidOwner
-from actors._names import is_valid_name, validate_name
+from actors.names._source import is_valid_name, validate_name
 from actors._process import CREATE_TIME_TOLERANCE
 from supervision._errors import describe
 

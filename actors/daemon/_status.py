@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote
 
-from actors._name_pool import HOLDERS_REQUEST
-from actors._protocol import ask_method, to_wire
+from actors.names._pool import HOLDERS_REQUEST
+from actors.daemon._protocol import ask_method, to_wire
 from actors._tree import Tree
 
 __all__ = ["collect_status", "render_status"]

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from actors._errors import RemoteError
-from actors._protocol import FrameReader, encode, set_kernel_timeouts
+from actors.daemon._protocol import FrameReader, encode, set_kernel_timeouts
 
 __all__ = ["SOCKET_NAME", "Client", "connect"]
 

@@ -66,7 +66,7 @@ from typing import Any
 
 import pykka
 
-from actors._agent_registry import (
+from actors.agents._registry import (
     AgentKey,
     AgentRegistry,
     InvalidBackend,

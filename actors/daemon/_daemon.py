@@ -25,9 +25,9 @@ from typing import Any
 import msgpack
 from loguru import logger
 
-from actors._client import SOCKET_NAME
-from actors._gateway import Gateway
-from actors._status import collect_status
+from actors.daemon._client import SOCKET_NAME
+from actors.daemon._gateway import Gateway
+from actors.daemon._status import collect_status
 from actors._tree import Tree, prepare_state_dir, start_tree
 from supervision import Clock, SnapshotStore, SystemClock
 

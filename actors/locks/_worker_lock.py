@@ -1,6 +1,6 @@
 """Worker identity locks as actors: `WorkerLock` per worker directory, `LockSupervisor` over them.
 
-Both are thin shells around the plain core `LockFile` (`actors._lock_file`), which keeps
+Both are thin shells around the plain core `LockFile` (`actors.locks._lock_file`), which keeps
 the record, the guard `flock` and the staleness verdict; the actors add the calling
 process as the default owner, the periodic owner check on the injected clock, and
 supervision::
@@ -27,8 +27,8 @@ from typing import Any, NoReturn
 
 import pykka
 
-from actors._errors import InvalidOwner
-from actors._lock_file import LockFile, LockInfo, own_identity
+from actors._errors import InvalidOwner, InvalidWorkerDir
+from actors.locks._lock_file import LockFile, LockInfo, own_identity
 from supervision import (
     BadCall,
     ChildSpec,
@@ -47,11 +47,6 @@ from supervision import (
 from supervision._errors import describe
 
 __all__ = ["InvalidWorkerDir", "LockSupervisor", "WorkerLock", "lock_child_id"]
-
-
-class InvalidWorkerDir(ClientError, ValueError):
-    """A worker directory the locks cannot use: outside the `LockSupervisor`'s root, or a
-    path the filesystem refuses (not a directory, permission denied, read-only, ...)."""
 
 
 # Errors of the path the caller named, not of this process: answered, never a crash (a

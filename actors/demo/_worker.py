@@ -1,6 +1,6 @@
 """A demo worker process: inherits its name, takes its worker lock, works, maybe crashes.
 
-Run by the daemon demo as `python -m actors._demo_worker WORKER_DIR [--flaky]`.
+Run by the daemon demo as `python -m actors.demo._worker WORKER_DIR [--flaky]`.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import random
 import sys
 import time
 
-from actors._client import Client
-from actors._worker_process import inherit_identity
+from actors.daemon._client import Client
+from actors.workers._worker_process import inherit_identity
 
 
 def main(argv: list[str]) -> int:

@@ -52,8 +52,8 @@ import msgpack
 import pykka
 
 from actors._errors import NameSourceError
-from actors._name_state import CheckinOutcome, NameState, Owner, validate_owner
-from actors._names import ThemedSource, validate_name
+from actors.names._state import CheckinOutcome, NameState, Owner, validate_owner
+from actors.names._source import ThemedSource, validate_name
 from actors._process import is_same_process_alive, process_start_time
 from supervision import (
     ActorCrashed,
@@ -79,7 +79,7 @@ __all__ = ["HOLDERS_REQUEST", "NamePool", "NameSource"]
 NameSource = Callable[[int, frozenset[str]], Iterable[str]]
 
 #: `pool_ref.ask(HOLDERS_REQUEST)` answers `{name: [owner, ...]}` for every checked-out
-#: name (None stands for an anonymous holder); `actors._status` uses it.
+#: name (None stands for an anonymous holder); `actors.daemon._status` uses it.
 HOLDERS_REQUEST = "holders"
 
 #: Version of the snapshot envelope (`SnapshotStore`); the data carries its own version.
@@ -366,7 +366,7 @@ class NamePool(SupervisedActor):
     default_name="Nameless Agent", clock=None, reap_interval=5.0, source_timeout=30.0)`;
     invalid settings raise `ValueError`/`TypeError` before anything starts. The rules
     live in `NameState`; names come from `source` (default `ThemedSource()`); owners
-    are None, an int pid or a str (see `actors._name_state`).
+    are None, an int pid or a str (see `actors.names._state`).
     """
 
     def __init__(

@@ -1,0 +1,1 @@
+"""The demo run by `python -m actors demo` and `serve --demo`."""
