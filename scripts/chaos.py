@@ -63,6 +63,11 @@ if str(ROOT) not in sys.path:
 
 SCRIPT = Path(__file__).resolve()
 now = time.monotonic
+sys.path.insert(0, str(SCRIPT.parent))
+from chaos_faults import FaultInjector, expected_under_faults, hostile_main  # noqa: E402
+
+#: Set in the environment of client and worker processes of a fault-mode run.
+FAULTS_ENV = "CHAOS_FAULTS"
 
 
 # -- configuration and report --------------------------------------------------------------------
@@ -88,6 +93,10 @@ class ChaosConfig:
     client_kill_share: float = 0.12
     run_dir: Path | None = None
     keep_run_dir: bool = False
+    #: Fault mode (`scripts/chaos_faults.py`): hostile peers, descriptor exhaustion, a full
+    #: state filesystem (as root) and wall-clock steps, on top of the kills.
+    faults: bool = False
+    hostiles: int = 2
 
 
 @dataclass
@@ -354,6 +363,10 @@ class _Run:
             raise
 
     def unexpected(self, what: str, error: BaseException) -> None:
+        label = expected_under_faults(error) if self.config.faults else None
+        if label is not None:
+            self.count(label)
+            return
         self.count("unexpected errors")
         self.problem(f"unexpected error in {what}: {error!r}")
 
@@ -392,10 +405,26 @@ class _Run:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             close_fds=True,
+            env=self.child_env(),
         )
         with self._lock:
             self.clients[slot] = process
             self.all_clients.append(process)
+
+    def child_env(self) -> dict[str, str]:
+        return {**os.environ, FAULTS_ENV: "1"} if self.config.faults else dict(os.environ)
+
+    def spawn_hostile(self, slot: int) -> subprocess.Popen[bytes]:
+        """A hostile peer process (fault mode): asks only for what it must be refused."""
+        process = subprocess.Popen(
+            [sys.executable, str(SCRIPT), "--hostile", str(self.socket_path),
+             str(self.ledger_dir / f"hostile-{slot}.jsonl"), json.dumps(self.lock_dirs),
+             str(self.rng.randrange(1 << 30)), str(self.deadline_wall)],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True,
+        )
+        with self._lock:
+            self.all_clients.append(process)
+        return process
 
     def kill_client(self, slot: int) -> bool:
         with self._lock:
@@ -422,7 +451,7 @@ def _timeout_errors() -> tuple[type[BaseException], ...]:
 def _name_thread(run: _Run, index: int, seed: int) -> None:
     """Checkout, associate (with its own `~child` owner), confirm, checkin, with str owners."""
     from actors import NameSourceError
-    from supervision import ActorCrashed, ClientError
+    from supervision import ActorCrashed, ClientError, StorageError
 
     rng = random.Random(seed)
     names = run.tree.names.proxy()
@@ -465,10 +494,13 @@ def _name_thread(run: _Run, index: int, seed: int) -> None:
                     run.believed(name, family, start, sent)
                     try:
                         run.get(names.checkin_name(name), f"checkin_name({name})")
-                    except ActorCrashed:
-                        # Cut off before it was durable: the name is still ours (nobody
-                        # else can find an anonymous holder's name), so check it in later.
-                        run.count("calls cut off by a crash")
+                    except (ActorCrashed, StorageError) as error:
+                        # Cut off before it was durable, or refused: the name is still ours
+                        # (nobody else can find an anonymous holder's name): check it in later.
+                        if isinstance(error, StorageError):
+                            run.unexpected(f"name thread {index}", error)  # expected only in fault mode
+                        else:
+                            run.count("calls cut off by a crash")
                         anonymous.append((name, family, sent))
             elif held is None:
                 held = run.get(names.checkout_name(owner), f"checkout_name({owner})")
@@ -497,9 +529,13 @@ def _name_thread(run: _Run, index: int, seed: int) -> None:
             if held is not None:
                 run.believed(held, owner, since, sent)
             retire_owner()
-        except ActorCrashed:
-            # Cut off before its write was durable: nothing happened. Ask what is true.
-            run.count("calls cut off by a crash")
+        except (ActorCrashed, StorageError) as error:
+            # Cut off before its write was durable, or refused (storage failing under the
+            # fault mode): nothing happened. Ask what is true.
+            if isinstance(error, StorageError):
+                run.unexpected(f"name thread {index}", error)  # expected only in fault mode
+            else:
+                run.count("calls cut off by a crash")
             if held is not None:
                 run.believed(held, owner, since, sent)
             try:
@@ -766,6 +802,7 @@ def client_main(socket_path: str, ledger_dir: str, lock_dirs: list[str], seed: i
 
     parent = os.getppid()
     rng = random.Random(seed)
+    faults = os.environ.get(FAULTS_ENV) == "1"
     ledger = _Ledger(Path(ledger_dir) / f"client-{os.getpid()}.jsonl")
     stop = threading.Event()
 
@@ -873,6 +910,20 @@ def client_main(socket_path: str, ledger_dir: str, lock_dirs: list[str], seed: i
                         ledger.write(k="problem", text=f"client {os.getpid()} release of {directory}: {error}")
                     ledger.count("operations", 4)
             except (TimeoutError, OSError) as error:
+                label = expected_under_faults(error) if faults else None
+                if label is not None:
+                    # Refused (nothing applied), or the connection was closed with the
+                    # call in flight (its effect unknown): ask what is true.
+                    ledger.count(label)
+                    if held is not None:
+                        ledger.write(k="name-", n=held, t=sent)
+                    held = None
+                    with contextlib.suppress(Exception):
+                        held = call("names.get_name_by_pid")
+                    if held is not None:
+                        ledger.write(k="name+", n=held, t=now())
+                    stop.wait(0.01)
+                    continue
                 if isinstance(error, ConnectionError):
                     ledger.write(k="problem", text=f"client {os.getpid()} lost the daemon: {error!r}")
                     ledger.count("unexpected errors")
@@ -949,6 +1000,11 @@ def worker_main(ledger_dir: str, deadline: float) -> int:
                 ledger.count("calls cut off by a crash")
                 continue
             except (TimeoutError, OSError) as error:
+                label = expected_under_faults(error) if os.environ.get(FAULTS_ENV) == "1" else None
+                if label is not None:
+                    ledger.count(label)
+                    time.sleep(0.05)  # pacing, not synchronisation
+                    continue
                 ledger.count("hung calls")
                 ledger.write(k="problem", text=f"worker {os.getpid()} hung: {error!r}")
                 ledger.flush_counts()
@@ -1038,6 +1094,11 @@ def run_chaos(config: ChaosConfig, *, progress: Callable[[str], None] | None = N
     started = now()
     threads: list[threading.Thread] = []
     source = FlakySource(config.seed)
+    injector: FaultInjector | None = None
+    if config.faults:
+        injector = FaultInjector(run, config.seed ^ 0xFA17, spawn_hostile=run.spawn_hostile)
+        injector.prepare_state_dir(run.state_dir)
+    daemon_down = 0
     try:
         run.tree = start_tree(
             run.state_dir,
@@ -1058,7 +1119,8 @@ def run_chaos(config: ChaosConfig, *, progress: Callable[[str], None] | None = N
                 worker_id,
                 WorkerProcess,
                 args=([sys.executable, str(SCRIPT), "--worker", str(run.ledger_dir), str(run.deadline_wall)],),
-                kwargs={"names": run.tree.names, "socket_path": str(run.socket_path), "term_timeout": 1.0},
+                kwargs={"names": run.tree.names, "socket_path": str(run.socket_path), "term_timeout": 1.0,
+                        "env": run.child_env()},
             )
             root.start_child(spec).get(timeout=config.call_timeout)
         for slot in range(config.clients):
@@ -1081,11 +1143,16 @@ def run_chaos(config: ChaosConfig, *, progress: Callable[[str], None] | None = N
             target=_fault_thread, args=(run, seeds.randrange(1 << 30)), name="chaos-faults", daemon=True
         )
         fault_thread.start()
-        say(f"chaos for {config.seconds:g}s in {run_dir} (seed {config.seed})")
+        if injector is not None:
+            injector.start(config.hostiles)
+        say(f"chaos for {config.seconds:g}s in {run_dir} (seed {config.seed}{', faults' if injector else ''})")
 
         run.faults_stop.wait(config.seconds)  # the run's length, not a synchronisation
         run.faults_stop.set()
         fault_thread.join(config.call_timeout * 3)
+        if injector is not None:
+            injector.stop()
+        daemon_down = _daemon_down(run)
         say("faults stopped; stopping the load")
         _wind_down(run, threads)
         report.seconds = now() - started
@@ -1097,7 +1164,11 @@ def run_chaos(config: ChaosConfig, *, progress: Callable[[str], None] | None = N
     finally:
         run.stopping.set()
         run.faults_stop.set()
+        if injector is not None:
+            injector.stop()
         _stop_everything(run)
+        if injector is not None:
+            injector.unmount()
         logger.remove(sink)
 
     agents_undisposed, agents_twice = _backend_disposals(run, stopped=True)
@@ -1116,6 +1187,15 @@ def run_chaos(config: ChaosConfig, *, progress: Callable[[str], None] | None = N
     report.add("faults injected", sum(run.faults.values()))
     for kind in sorted(run.faults):
         report.add(f"  faults: {kind}", run.faults[kind])
+    if injector is not None:
+        for label, value in injector.figures():
+            report.add(label, value)
+        for label in sorted(counts):
+            if "(expected)" in label or label.startswith(("hostile", "half frames", "malformed")):
+                if label != "hostile requests served":
+                    report.add(f"  {label}", counts[label])
+        report.add("hostile requests served", counts["hostile requests served"], 0)
+    report.add("daemon down after the faults (root failed or socket not answering)", daemon_down, 0)
     report.add("restarts seen", counts["restarts seen"])
     report.add("calls cut off by a crash (retried)", counts["calls cut off by a crash"])
     report.add("lock calls sent again (actor gone)", counts["lock calls sent again (actor gone)"])
@@ -1145,6 +1225,27 @@ def run_chaos(config: ChaosConfig, *, progress: Callable[[str], None] | None = N
         shutil.rmtree(run_dir, ignore_errors=True)
         report.run_dir = None
     return report
+
+
+def _daemon_down(run: _Run) -> int:
+    """1 unless the root supervisor runs and the socket answers a call (within 10 s)."""
+    from actors import Client
+
+    deadline = now() + 10.0
+    while True:
+        try:
+            with Client(str(run.socket_path), timeout=5.0) as client:
+                client.call("names.pool_stats")
+            if run.tree.supervisor.is_alive():
+                return 0
+        except Exception as error:
+            last = error
+        else:
+            last = RuntimeError("the root supervisor is not alive")
+        if now() > deadline:
+            run.problem(f"daemon not serving after the faults: {last!r}")
+            return 1
+        time.sleep(0.1)  # a bounded poll for the socket to answer again
 
 
 def _wind_down(run: _Run, threads: list[threading.Thread]) -> None:
@@ -1344,6 +1445,9 @@ def main(argv: list[str] | None = None) -> int:
                            float(call_timeout))
     if argv and argv[0] == "--worker":
         return worker_main(argv[1], float(argv[2]))
+    if argv and argv[0] == "--hostile":
+        socket_path, ledger_path, lock_dirs, seed, deadline = argv[1:6]
+        return hostile_main(socket_path, ledger_path, json.loads(lock_dirs), int(seed), float(deadline))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the load (default 60)")
     parser.add_argument("--seed", type=int, default=1)
@@ -1352,11 +1456,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fault-pause", type=float, nargs=2, default=(0.05, 0.35), metavar=("MIN", "MAX"),
                         help="seconds between faults, drawn uniformly (default 0.05 0.35)")
     parser.add_argument("--keep", action="store_true", help="keep the run directory (ledgers, chaos.log)")
+    parser.add_argument("--faults", action="store_true",
+                        help="also hostile peers, descriptor exhaustion, a full state filesystem, clock steps")
     args = parser.parse_args(argv)
     from loguru import logger
 
     config = ChaosConfig(seconds=args.seconds, seed=args.seed, clients=args.clients, workers=args.workers,
-                         fault_pause=tuple(args.fault_pause), keep_run_dir=args.keep)
+                         fault_pause=tuple(args.fault_pause), keep_run_dir=args.keep, faults=args.faults)
     config.run_dir = Path(tempfile.mkdtemp(prefix="chaos-"))
     logger.remove()  # the tree's logs go to a file; the report goes to stdout
     log_sink = logger.add(config.run_dir / "chaos.log", level="INFO", enqueue=False)
