@@ -251,22 +251,31 @@ class Supervisor(SupervisedActor):
         self._restart_in_order([child_id for child_id in targets if child_id in self._records])
 
     def _restart_in_order(self, child_ids: list[str]) -> None:
-        for index, child_id in enumerate(child_ids):
+        """Start `child_ids` (one strategy round) in order; a failure retries the whole round.
+
+        As OTP (supervisor_SUITE `one_for_all_other_child_fails_restart`): when one start
+        fails, the children this round already started are stopped again, in reverse order,
+        and the round is tried again from a message to ourselves. Each failed attempt counts
+        as a restart, so a child that never starts escalates as usual.
+        """
+        started: list[_ChildRecord] = []
+        for child_id in child_ids:
             record = self._records.get(child_id)
             if record is None or record.is_running:
                 continue
             try:
                 self._start(record)
             except StartError as error:
-                # A failed restart counts as another restart and is tried again.
                 self._log.error("restart of child {} failed: {}", child_id, error)
-                remaining = child_ids[index:]
-                for later in remaining:
+                for sibling in reversed(started):
+                    self._terminate(sibling, pending=True)
+                for later in child_ids:
                     if later in self._records:
                         self._directory.update(later, ref=None, pending=True)
                 self._count_restart(f"restart of child {child_id!r} failed")
-                self.actor_ref.tell(_RetryRestart(remaining))
+                self.actor_ref.tell(_RetryRestart(child_ids))
                 return
+            started.append(record)
 
     def _count_restart(self, why: str) -> None:
         if self._intensity.add(self._clock.monotonic()):
