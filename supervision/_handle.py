@@ -13,7 +13,7 @@ retried.
 
 from __future__ import annotations
 
-import threading
+import inspect
 import time
 from typing import Any
 
@@ -21,7 +21,7 @@ import pykka
 from pykka import messages as pykka_messages
 from pykka._envelope import Envelope
 
-from supervision._actor import Undelivered
+from supervision._actor import NoSuchAttribute, Undelivered
 from supervision._directory import Directory
 from supervision._errors import ChildNotFound
 
@@ -170,14 +170,18 @@ class Handle:
 
 
 class _HandleFuture(pykka.ThreadingFuture[Any]):
-    """The reply to a call through a `Handle`; resends a call that was never handled."""
+    """The reply to a call through a `Handle`; resends a call that was never handled.
+
+    The future itself is the envelope's `reply_to` (one future per call, as pykka's
+    proxies): an `Undelivered` tied to it means no handler ran, so `get()` clears it
+    and sends the call to the next incarnation.
+    """
 
     def __init__(self, handle: Handle | None = None, message: Any = None) -> None:
         super().__init__()
         self._handle = handle
         self._message = message
-        self._inner: pykka.Future[Any] | None = None
-        self._send_lock = threading.Lock()
+        self._is_sent = False
         if handle is not None:
             # Sent now, like a pykka proxy call; only while a restart is pending does
             # sending wait for get().
@@ -186,9 +190,9 @@ class _HandleFuture(pykka.ThreadingFuture[Any]):
                 self._send(ref)
 
     def _send(self, ref: pykka.ActorRef[Any]) -> None:
-        inner: pykka.Future[Any] = pykka.ThreadingFuture()
-        self._inner = inner
-        ref.actor_inbox.put(Envelope(self._message, reply_to=inner))
+        self._is_sent = True
+        # A closed inbox answers Undelivered at once, tied to this future.
+        ref.actor_inbox.put(Envelope(self._message, reply_to=self))
 
     def get(self, *, timeout: float | None = None) -> Any:
         handle = self._handle
@@ -196,63 +200,97 @@ class _HandleFuture(pykka.ThreadingFuture[Any]):
             return super().get(timeout=timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            with self._send_lock:
-                inner = self._inner
-                if inner is None:
-                    remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                    self._send(handle.ref(timeout=remaining))
-                    inner = self._inner
-            assert inner is not None
+            if not self._is_sent:
+                with self._condition:  # one sender; re-entrant if the put answers at once
+                    if not self._is_sent:
+                        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                        self._send(handle.ref(timeout=remaining))
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                return inner.get(timeout=remaining)
+                return super().get(timeout=remaining)
             except Undelivered as error:
-                if error.reply_to is not inner:
+                if error.reply_to is not self:
                     raise  # the handler ran and raised it: not ours to retry
-                with self._send_lock:
-                    if self._inner is inner:
-                        self._inner = None
+                with self._condition:
+                    if self._result is not None and self._result.exc_info is not None and self._result.exc_info[1] is error:
+                        self._result = None
+                        self._is_sent = False
 
 
 class _HandleProxy:
-    """Method calls become asks to the current incarnation; `.defer()` makes them tells."""
+    """Method calls become asks to the current incarnation; `.defer()` makes them tells.
 
-    def __init__(self, handle: Handle) -> None:
+    Traversable attributes (`pykka.traversable`) give nested proxies, as pykka's do.
+    """
+
+    def __init__(self, handle: Handle, attr_path: tuple[str, ...] = ()) -> None:
         self._handle = handle
-        self._methods: dict[str, _HandleMethod] = {}
+        self._attr_path = attr_path
+        self._members: dict[str, _HandleMethod | _HandleProxy] = {}
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
-        method = self._methods.get(name)
-        if method is not None:
-            return method
-        ref = self._handle.current()
-        if ref is not None:
-            attribute = getattr(ref.actor_class, name, _MISSING)
-            if attribute is _MISSING:
-                actor = ref._actor_weakref()
-                attribute = getattr(actor, name, _MISSING) if actor is not None else _MISSING
-                if attribute is _MISSING:
-                    raise AttributeError(f"{ref.actor_class.__name__} has no attribute {name!r}")
-            if not callable(attribute) or isinstance(attribute, property):
-                return _HandleFuture(self._handle, pykka_messages.ProxyGetAttr(attr_path=(name,)))
-        method = self._methods[name] = _HandleMethod(self._handle, name)
-        return method
+        member = self._members.get(name)
+        if member is not None:
+            return member
+        attr_path = (*self._attr_path, name)
+        kind = _kind_of(self._handle.current(), attr_path)
+        if kind is _VALUE:
+            return _HandleFuture(self._handle, pykka_messages.ProxyGetAttr(attr_path=attr_path))
+        if kind is _TRAVERSABLE:
+            member = _HandleProxy(self._handle, attr_path)
+        else:
+            member = _HandleMethod(self._handle, attr_path)
+        self._members[name] = member
+        return member
 
     def __repr__(self) -> str:
-        return f"<HandleProxy for {self._handle!r}>"
+        suffix = f", attr_path={self._attr_path!r}" if self._attr_path else ""
+        return f"<HandleProxy for {self._handle!r}{suffix}>"
 
 
 _MISSING = object()
+_METHOD, _TRAVERSABLE, _VALUE = "method", "traversable", "value"
+
+
+def _kind_of(ref: pykka.ActorRef[Any] | None, attr_path: tuple[str, ...]) -> str:
+    """How a proxy treats `attr_path` on the running incarnation (a method while none runs).
+
+    Looked up without running properties, as pykka's proxies introspect.
+    """
+    if ref is None:
+        return _METHOD
+    actor = ref._actor_weakref()
+    if actor is None:
+        return _METHOD
+    label = ref.actor_class.__name__
+    parent: Any = actor
+    for name in attr_path[:-1]:
+        parent = getattr(parent, name, _MISSING)
+        if parent is _MISSING:
+            raise NoSuchAttribute(f"{label} has no attribute {'.'.join(attr_path)!r}")
+    try:
+        attribute = inspect.getattr_static(parent, attr_path[-1])
+    except AttributeError:
+        raise NoSuchAttribute(f"{label} has no attribute {'.'.join(attr_path)!r}") from None
+    if isinstance(attribute, staticmethod | classmethod) or callable(attribute):
+        return _METHOD  # pykka's order: a callable is a method even when traversable
+    if _is_traversable(attribute):
+        return _TRAVERSABLE
+    return _VALUE  # plain values and properties are read with ProxyGetAttr
+
+
+def _is_traversable(attribute: Any) -> bool:
+    return getattr(attribute, "_pykka_traversable", False) is True or getattr(attribute, "pykka_traversable", False) is True
 
 
 class _HandleMethod:
     __slots__ = ("_attr_path", "_handle")
 
-    def __init__(self, handle: Handle, name: str) -> None:
+    def __init__(self, handle: Handle, attr_path: tuple[str, ...]) -> None:
         self._handle = handle
-        self._attr_path = (name,)
+        self._attr_path = attr_path
 
     def __call__(self, *args: Any, **kwargs: Any) -> pykka.Future[Any]:
         return _HandleFuture(

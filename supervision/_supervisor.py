@@ -183,7 +183,7 @@ class Supervisor(SupervisedActor):
                 pass  # we are gone too; nothing will restart it
 
         try:
-            ref = actor._launch(child_id=spec.id, incarnation=record.incarnations, exit_listener=on_exit)
+            ref = actor._supervision_launch(child_id=spec.id, incarnation=record.incarnations, exit_listener=on_exit)
         except StartError as error:
             self._directory.update(spec.id, ref=None, pending=False)
             raise StartError(f"child {spec.id!r} failed to start: {error.__cause__ or error!r}") from (error.__cause__ or error)
@@ -192,7 +192,7 @@ class Supervisor(SupervisedActor):
         child_directory = actor._directory if isinstance(actor, Supervisor) else None
         self._directory.update(spec.id, ref=ref, pending=False, directory=child_directory)
         if record.incarnations > 1:
-            self._log.warning("restarted child {} (restart {})", spec.id, record.restarts)
+            self._supervision_.log.warning("restarted child {} (restart {})", spec.id, record.restarts)
         return ref
 
     def _terminate(self, record: _ChildRecord, *, pending: bool = False) -> None:
@@ -205,9 +205,9 @@ class Supervisor(SupervisedActor):
         # Straight into the inbox: a stop sent to a stopping actor is simply answered.
         ref.actor_inbox.put(Envelope(pykka_messages._ActorStop(), reply_to=None))
         grace = record.spec.shutdown
-        if not actor._terminated.wait(grace):
-            self._log.warning("child {} did not stop within {}s; abandoned", record.id, grace)
-            actor._abandon()
+        if not actor._supervision_.terminated.wait(grace):
+            self._supervision_.log.warning("child {} did not stop within {}s; abandoned", record.id, grace)
+            actor._supervision_abandon()
 
     def _terminate_all(self) -> None:
         for record in reversed(list(self._records.values())):
@@ -230,7 +230,7 @@ class Supervisor(SupervisedActor):
         record.actor = record.ref = None
         crashed = exited.reason.is_crash
         if not crashed:
-            self._log.debug("child {} exited normally", record.id)
+            self._supervision_.log.debug("child {} exited normally", record.id)
         if not should_restart(record.spec.restart, crashed=crashed):
             if record.spec.restart is Restart.TEMPORARY:
                 self._forget(record.id)
@@ -266,7 +266,7 @@ class Supervisor(SupervisedActor):
             try:
                 self._start(record)
             except StartError as error:
-                self._log.error("restart of child {} failed: {}", child_id, error)
+                self._supervision_.log.error("restart of child {} failed: {}", child_id, error)
                 for sibling in reversed(started):
                     self._terminate(sibling, pending=True)
                 for later in child_ids:
@@ -281,10 +281,10 @@ class Supervisor(SupervisedActor):
         if self._intensity.add(self._clock.monotonic()):
             return
         message = (
-            f"{self._label}: more than {self._intensity.max_restarts} restarts within "
+            f"{self._supervision_label()}: more than {self._intensity.max_restarts} restarts within "
             f"{self._intensity.max_seconds}s (last: {why}); stopping all children and giving up"
         )
-        self._log.error(message)
+        self._supervision_.log.error(message)
         self._shut_down()
         raise RestartIntensityExceeded(message)
 
@@ -299,7 +299,7 @@ class Supervisor(SupervisedActor):
             raise BadCall(f"child id must be a str, not {type(child_id).__name__}")
         record = self._records.get(child_id)
         if record is None:
-            raise ChildNotFound(f"{self._label} has no child {describe(child_id)}")
+            raise ChildNotFound(f"{self._supervision_label()} has no child {describe(child_id)}")
         return record
 
     def which_children(self) -> list[ChildInfo]:
