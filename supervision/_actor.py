@@ -148,6 +148,9 @@ def _reject(envelope: Envelope[Any], owner_name: str) -> None:
     if isinstance(message, pykka_messages._ActorStop):
         _settle(envelope.reply_to, None)  # stopping a stopped actor succeeds, as in pykka
         return
+    park = getattr(envelope.reply_to, "_park_undelivered", None)
+    if park is not None and park():
+        return  # a Handle's call, kept for the next incarnation (see _directory)
     error = Undelivered(f"{owner_name} stopped before handling the message")
     # Ties the error to this envelope: a Handle re-sends only its own undelivered call,
     # never one whose handler raised an Undelivered from a nested ask.
@@ -567,10 +570,10 @@ class SupervisedActor(pykka.ThreadingActor):
         pykka.ActorRegistry.unregister(self.actor_ref)
         self.actor_stopped.set()
         state.exit_reason = ExitReason("crash", error)
-        if isinstance(error, Killed):
-            state.log.error("{} killed: {}", self._supervision_label(), error)
-        else:
-            state.log.opt(exception=(type(error), error, tb)).error("{} crashed: {!r}", self._supervision_label(), error)
+        if not state.exit_listeners:
+            # On its own nobody else reports it; a supervisor logs its child's crash once
+            # it has acted on it, so the report is off the restart path.
+            log_crash(state.log, self._supervision_label(), error, tb)
         try:
             self.on_failure(type(error), error, tb)
         except BaseException as hook_error:
@@ -613,6 +616,15 @@ class SupervisedActor(pykka.ThreadingActor):
         if state.child_id is None:
             return str(self)
         return f"{state.child_id} (incarnation {state.incarnation})"
+
+
+def log_crash(log: Any, label: str, error: BaseException, tb: TracebackType | None, outcome: str = "") -> None:
+    """The crash report of one incarnation: ERROR, with its traceback unless it was a kill."""
+    prefix = f"{outcome}: " if outcome else ""
+    if isinstance(error, Killed):
+        log.error("{}{} killed: {}", prefix, label, error)
+    else:
+        log.opt(exception=(type(error), error, tb)).error("{}{} crashed: {!r}", prefix, label, error)
 
 
 def _wait(future: pykka.Future[Any]) -> pykka.Future[Any]:

@@ -14,6 +14,7 @@ retried.
 from __future__ import annotations
 
 import inspect
+import queue
 import time
 from typing import Any
 
@@ -58,6 +59,8 @@ class Handle:
         self._root = directory
         self._cached: pykka.ActorRef[Any] | None = None
         self._proxy: _HandleProxy | None = None
+        # The directory and id of the child itself, once found: where late calls park.
+        self._leaf: tuple[Directory, str] | None = None
 
     def __repr__(self) -> str:
         return f"Handle({self.supervisor_ref}, {self.path!r})"
@@ -103,6 +106,7 @@ class Handle:
             raise ChildNotFound(f"{self.path!r}: supervisor {self.supervisor_ref} is not running")
         ref: pykka.ActorRef[Any] | None = None
         parent_directory = directory
+        last = len(self._parts) - 1
         for depth, part in enumerate(self._parts):
             where = "/".join(self._parts[: depth + 1])
             with directory.condition:
@@ -114,6 +118,8 @@ class Handle:
                     slot = directory.slots.get(part)
                     if slot is None:
                         raise ChildNotFound(f"no child {where!r}")
+                    if depth == last:
+                        self._leaf = (directory, part)
                     ref = slot.ref
                     if ref is not None and not ref.actor_stopped.is_set():
                         break
@@ -169,30 +175,60 @@ class Handle:
             pass
 
 
+_UNSENT, _SENT, _PARKED = "unsent", "sent", "parked"
+
+
 class _HandleFuture(pykka.ThreadingFuture[Any]):
-    """The reply to a call through a `Handle`; resends a call that was never handled.
+    """The reply to a call through a `Handle`; a call no handler got goes to the next incarnation.
 
     The future itself is the envelope's `reply_to` (one future per call, as pykka's
-    proxies): an `Undelivered` tied to it means no handler ran, so `get()` clears it
-    and sends the call to the next incarnation.
+    proxies). A call that reaches an incarnation too late, or is made while a restart is
+    pending, is parked in the child's directory slot and handed to the next incarnation
+    by its supervisor (`Directory.park`), so the caller wakes once, with the answer.
     """
 
     def __init__(self, handle: Handle | None = None, message: Any = None) -> None:
         super().__init__()
         self._handle = handle
         self._message = message
-        self._is_sent = False
+        self._state = _UNSENT
         if handle is not None:
-            # Sent now, like a pykka proxy call; only while a restart is pending does
-            # sending wait for get().
             ref = handle.current()
             if ref is not None:
-                self._send(ref)
+                self.deliver(ref)
+            else:
+                self._park_undelivered()
 
-    def _send(self, ref: pykka.ActorRef[Any]) -> None:
-        self._is_sent = True
-        # A closed inbox answers Undelivered at once, tied to this future.
+    # -- as a parked call (see supervision._directory) ------------------------------------
+
+    def deliver(self, ref: pykka.ActorRef[Any]) -> None:
+        self._state = _SENT
+        # A closed inbox rejects at once: the call is parked again or answered Undelivered.
         ref.actor_inbox.put(Envelope(self._message, reply_to=self))
+
+    def give_back(self) -> None:
+        """No incarnation will come: wake the caller, whose `get()` then decides."""
+        self._state = _UNSENT
+        error = Undelivered("no incarnation to deliver the call to")
+        error.reply_to = self
+        try:
+            self.set_exception((Undelivered, error, None))
+        except queue.Full:
+            pass
+
+    def _park_undelivered(self) -> bool:
+        """Called when no handler got this call: park it for the next incarnation if one comes."""
+        leaf = self._handle._leaf if self._handle is not None else None
+        if leaf is None:
+            return False
+        directory, child_id = leaf
+        self._state = _PARKED
+        if directory.park(child_id, self):
+            return True
+        self._state = _UNSENT
+        return False
+
+    # -- waiting --------------------------------------------------------------------------
 
     def get(self, *, timeout: float | None = None) -> Any:
         handle = self._handle
@@ -200,11 +236,11 @@ class _HandleFuture(pykka.ThreadingFuture[Any]):
             return super().get(timeout=timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            if not self._is_sent:
+            if self._state is _UNSENT:
                 with self._condition:  # one sender; re-entrant if the put answers at once
-                    if not self._is_sent:
+                    if self._state is _UNSENT and self._result is None:
                         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                        self._send(handle.ref(timeout=remaining))
+                        self.deliver(handle.ref(timeout=remaining))
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 return super().get(timeout=remaining)
@@ -212,9 +248,16 @@ class _HandleFuture(pykka.ThreadingFuture[Any]):
                 if error.reply_to is not self:
                     raise  # the handler ran and raised it: not ours to retry
                 with self._condition:
-                    if self._result is not None and self._result.exc_info is not None and self._result.exc_info[1] is error:
+                    result = self._result
+                    if result is not None and result.exc_info is not None and result.exc_info[1] is error:
                         self._result = None
-                        self._is_sent = False
+                        self._state = _UNSENT
+            except pykka.Timeout:
+                leaf = handle._leaf
+                if self._state is _PARKED and leaf is not None and leaf[0].unpark(leaf[1], self):
+                    self._state = _UNSENT
+                    raise ChildNotFound(f"child {handle.path!r} did not come back in time") from None
+                raise
 
 
 class _HandleProxy:

@@ -24,7 +24,7 @@ import pykka
 from pykka import messages as pykka_messages
 from pykka._envelope import Envelope
 
-from supervision._actor import ExitReason, SupervisedActor, supervised_class
+from supervision._actor import ExitReason, SupervisedActor, log_crash, supervised_class
 from supervision._clock import Clock, SystemClock
 from supervision._directory import Directory
 from supervision._errors import (
@@ -59,6 +59,18 @@ class _ChildExited:
     child_id: str
     ref: pykka.ActorRef[Any]
     reason: ExitReason
+    log: Any = None  # the incarnation's bound logger, for its crash report
+    label: str = ""
+
+    def report(self, outcome: str = "") -> None:
+        """One record per exit: the crash report (ERROR) or normal exit, and what was done."""
+        error = self.reason.exception
+        if self.reason.is_crash and error is not None:
+            log_crash(self.log, self.label, error, error.__traceback__, outcome)
+        elif outcome.startswith("restarted"):
+            self.log.warning("{}: {} exited normally", outcome, self.label)
+        else:
+            self.log.debug("{}: {} exited normally", outcome or "no action", self.label)
 
 
 @dataclass(slots=True)
@@ -162,7 +174,8 @@ class Supervisor(SupervisedActor):
 
     # -- starting and stopping one child -----------------------------------------------------
 
-    def _start(self, record: _ChildRecord) -> pykka.ActorRef[Any]:
+    def _start(self, record: _ChildRecord, *, is_reported: bool = False) -> pykka.ActorRef[Any]:
+        """Start `record`'s next incarnation (`is_reported`: its exit report says so already)."""
         spec = record.spec
         kwargs = dict(spec.kwargs or {})
         if spec.is_supervisor:
@@ -170,28 +183,30 @@ class Supervisor(SupervisedActor):
         try:
             actor = supervised_class(spec.actor_class)(*spec.args, **kwargs)
         except BaseException as error:  # SystemExit in a constructor is a failed start, not ours
-            self._directory.update(spec.id, ref=None, pending=False)
             raise StartError(f"child {spec.id!r} failed to start: {describe(error)}") from error
         self_ref = self.actor_ref
         directory = self._directory
 
         def on_exit(ref: pykka.ActorRef[Any], reason: ExitReason) -> None:
             directory.exiting(spec.id, ref)
+            exited = _ChildExited(spec.id, ref, reason, actor._supervision_.log, actor._supervision_label())
             try:
-                self_ref.tell(_ChildExited(spec.id, ref, reason))
+                self_ref.tell(exited)
             except pykka.ActorDeadError:
-                pass  # we are gone too; nothing will restart it
+                exited.report(f"child {spec.id} not restarted (its supervisor is gone)")
 
+        # Calls that reached the last incarnation too late go first into the new inbox:
+        # the new incarnation handles them right after on_start, with no extra hop.
+        directory.hand_over(spec.id, actor.actor_ref)
         try:
             ref = actor._supervision_launch(child_id=spec.id, incarnation=record.incarnations, exit_listener=on_exit)
         except StartError as error:
-            self._directory.update(spec.id, ref=None, pending=False)
             raise StartError(f"child {spec.id!r} failed to start: {error.__cause__ or error!r}") from (error.__cause__ or error)
         record.actor, record.ref = actor, ref
         record.incarnations += 1
         child_directory = actor._directory if isinstance(actor, Supervisor) else None
         self._directory.update(spec.id, ref=ref, pending=False, directory=child_directory)
-        if record.incarnations > 1:
+        if record.incarnations > 1 and not is_reported:
             self._supervision_.log.warning("restarted child {} (restart {})", spec.id, record.restarts)
         return ref
 
@@ -224,19 +239,27 @@ class Supervisor(SupervisedActor):
         raise UnknownMessage(f"Supervisor does not handle {describe(message)}")
 
     def _on_child_exit(self, exited: _ChildExited) -> None:
+        # Reported once the decision is carried out (one record: what happened and what
+        # was done), so the report is not on the restart's path.
+        outcome = f"child {exited.child_id}: too many restarts, giving up"
+        try:
+            outcome = self._apply_exit(exited)
+        finally:
+            exited.report(outcome)
+
+    def _apply_exit(self, exited: _ChildExited) -> str:
+        """Carry out what an exit means; returns what was done, for the report."""
         record = self._records.get(exited.child_id)
         if record is None or record.ref is not exited.ref:
-            return  # an incarnation we stopped or replaced ourselves
+            return f"child {exited.child_id} (an incarnation already replaced or stopped)"
         record.actor = record.ref = None
         crashed = exited.reason.is_crash
-        if not crashed:
-            self._supervision_.log.debug("child {} exited normally", record.id)
         if not should_restart(record.spec.restart, crashed=crashed):
             if record.spec.restart is Restart.TEMPORARY:
                 self._forget(record.id)
             else:
                 self._directory.update(record.id, ref=None, pending=False)
-            return
+            return f"child {record.id} not restarted ({record.spec.restart.value})"
         self._count_restart(f"child {record.id!r} exited ({exited.reason.kind})")
         order = list(self._records)
         targets = restart_targets(self.strategy, order, record.id)
@@ -248,9 +271,13 @@ class Supervisor(SupervisedActor):
                 self._terminate(sibling, pending=True)
             if sibling.spec.restart is Restart.TEMPORARY and child_id != record.id:
                 self._forget(child_id)
-        self._restart_in_order([child_id for child_id in targets if child_id in self._records])
+        self._restart_in_order([child_id for child_id in targets if child_id in self._records], reported=record.id)
+        if not record.is_running:
+            return f"restart of child {record.id} failed, trying again"
+        # Worded as the WARNING of other restarts ("restarted child ..."): one record.
+        return f"restarted child {record.id} (restart {record.restarts})"
 
-    def _restart_in_order(self, child_ids: list[str]) -> None:
+    def _restart_in_order(self, child_ids: list[str], reported: str | None = None) -> None:
         """Start `child_ids` (one strategy round) in order; a failure retries the whole round.
 
         As OTP (supervisor_SUITE `one_for_all_other_child_fails_restart`): when one start
@@ -264,7 +291,7 @@ class Supervisor(SupervisedActor):
             if record is None or record.is_running:
                 continue
             try:
-                self._start(record)
+                self._start(record, is_reported=child_id == reported)
             except StartError as error:
                 self._supervision_.log.error("restart of child {} failed: {}", child_id, error)
                 for sibling in reversed(started):
@@ -352,6 +379,7 @@ class Supervisor(SupervisedActor):
         try:
             return self._start(record)
         except StartError as error:
+            self._directory.update(record.id, ref=None, pending=False)
             return _failed(error)
 
     def delete_child(self, child_id: str) -> None:

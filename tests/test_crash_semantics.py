@@ -307,10 +307,12 @@ def test_crash_is_logged_at_error_with_traceback_and_actor_id(log_records):
     ref = sup.proxy().whereis("logged").get(timeout=5)
     with pytest.raises(RuntimeError):
         ref.proxy().crash().get(timeout=5)
-    wait_until(lambda: any(r["level"].name == "WARNING" and "logged" in r["message"] for r in log_records))
+    # One record per crash: the report and what the supervisor did about it.
+    wait_until(lambda: any(r["level"].name == "ERROR" and "restarted" in r["message"] for r in log_records))
     errors = [r for r in log_records if r["level"].name == "ERROR"]
     assert errors and errors[0]["exception"] is not None
     assert errors[0]["extra"]["actor"] == "logged" and errors[0]["extra"]["incarnation"] == 0
+    assert errors[0]["message"].startswith("restarted child logged (restart 1): logged (incarnation 0) crashed")
 
 
 def test_supervised_class_rejects_non_actors_and_is_cached():
