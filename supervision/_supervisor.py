@@ -16,6 +16,7 @@ reaches it as a message from the dying child's thread, off every call path.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -244,6 +245,10 @@ class Supervisor(SupervisedActor):
         outcome = f"child {exited.child_id}: too many restarts, giving up"
         try:
             outcome = self._apply_exit(exited)
+            if outcome.startswith("restarted"):
+                # Callers waiting for the new incarnation go first: on a busy (or single)
+                # CPU the report would otherwise delay their answers by its formatting.
+                os.sched_yield()
         finally:
             exited.report(outcome)
 
