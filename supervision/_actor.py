@@ -25,7 +25,13 @@ Rules, in one place (see the contract, "Crash semantics"): an exception escaping
 handler (ask or tell) or `on_start` stops the actor, runs `on_failure` (not
 `on_stop`), hands the ask its original exception, fails queued asks with an
 `ActorDeadError` (`Undelivered`, safe to retry) and drops queued tells with a
-WARNING. A `ClientError` is returned to the caller and the actor keeps running.
+WARNING. A `ClientError` (or `StorageError`) is returned to the caller and the actor
+keeps running.
+
+Outside those rules it behaves as pykka: the library's per-actor state is one slot,
+`_supervision_` (a user's `self._thread` or `self._log` are theirs), an unknown message
+gets None and a WARNING, a missing attribute is `NoSuchAttribute` (also an
+`AttributeError`), reading an attribute that holds a future answers that future.
 """
 
 from __future__ import annotations

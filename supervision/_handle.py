@@ -6,9 +6,10 @@
 
 Resolving sends no message to the supervisor: the handle reads the supervisor's
 published `Directory` and caches the incarnation it found while that one lives.
-A call that never reached a handler (the actor died or was restarting) is sent to
-the next incarnation while the caller waits; a call whose handler raised is not
-retried.
+A call that never reached a handler (the actor died or was restarting) is parked in
+the child's directory slot and handed to the next incarnation (see `_directory`); a
+call whose handler raised is not retried. `proxy()` follows `pykka.traversable`
+attributes, as a pykka proxy does.
 """
 
 from __future__ import annotations
