@@ -196,7 +196,7 @@ def test_queued_asks_fail_with_undelivered_and_queued_tells_are_dropped(log_reco
         with pytest.raises(pykka.ActorDeadError) as raised:
             future.get(timeout=5)
         assert isinstance(raised.value, Undelivered)
-    wait_until(lambda: not ref.is_alive())
+    wait_until(lambda: actor._terminated.is_set())  # set once the queued tells are dropped
     assert any(r["level"].name == "WARNING" and "dropped" in r["message"] for r in log_records)
     assert actor.calls == 1
 
