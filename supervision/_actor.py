@@ -117,11 +117,17 @@ class _Inbox(queue.Queue[Envelope[Any]]):
         self.closed = False
         self.owner_name = "actor"
 
-    def _put(self, envelope: Envelope[Any]) -> None:  # runs under self.mutex
-        if self.closed:
-            _reject(envelope, self.owner_name)
-        else:
-            self.queue.append(envelope)
+    def put(self, envelope: Envelope[Any], block: bool = True, timeout: float | None = None) -> None:
+        """Queue `envelope`; a closed inbox rejects it (outside the mutex: see `_reject`)."""
+        with self.mutex:
+            if not self.closed:
+                self.queue.append(envelope)
+                self.unfinished_tasks += 1
+                self.not_empty.notify()
+                return
+        # Rejecting may park a Handle's call in a directory, whose lock is taken before
+        # an inbox's when calls are handed over: never hold the mutex here.
+        _reject(envelope, self.owner_name)
 
     def put_front(self, envelope: Envelope[Any]) -> bool:
         """Queue `envelope` ahead of everything else; False if the inbox is closed."""

@@ -238,10 +238,15 @@ class _HandleFuture(pykka.ThreadingFuture[Any]):
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if self._state is _UNSENT:
-                with self._condition:  # one sender; re-entrant if the put answers at once
-                    if self._state is _UNSENT and self._result is None:
-                        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                        self.deliver(handle.ref(timeout=remaining))
+                # Resolved with no lock held (it may wait); one sender wins the send.
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                ref = handle.ref(timeout=remaining)
+                with self._condition:
+                    is_sender = self._state is _UNSENT and self._result is None
+                    if is_sender:
+                        self._state = _SENT
+                if is_sender:
+                    self.deliver(ref)
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 return super().get(timeout=remaining)
