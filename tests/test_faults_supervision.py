@@ -8,12 +8,13 @@ the restart intensity. rest_for_one does the same for the subset it restarts.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pykka
 from _actors import Recorder
 
-from supervision import ChildSpec, ManualClock, Strategy, Supervisor
+from supervision import ChildSpec, Handle, ManualClock, Strategy, Supervisor, kill
 from supervision.testing import wait_until
 
 
@@ -107,3 +108,50 @@ def test_rest_for_one_retries_only_its_subset_when_a_later_child_fails() -> None
         ("start", "b"), ("start", "c"),
     ]
     assert restarts(sup) == {"a": 0, "b": 2, "c": 1}
+
+
+class Ledger(pykka.ThreadingActor):
+    """Appends every call to a list shared across its incarnations."""
+
+    def __init__(self, ledger: list[int]) -> None:
+        super().__init__()
+        self.ledger = ledger
+
+    def record(self, number: int) -> int:
+        self.ledger.append(number)
+        return number
+
+
+def test_every_handle_call_runs_exactly_once_while_its_child_is_killed_again_and_again() -> None:
+    ledger: list[int] = []
+    sup = Supervisor.start([ChildSpec("ledger", Ledger, args=(ledger,))], max_restarts=1_000_000, clock=ManualClock())
+    handle = Handle(sup, "ledger")
+    proxy = handle.proxy()
+    answers: list[int] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def caller() -> None:
+        number = 0
+        try:
+            while not stop.is_set():
+                answers.append(proxy.record(number).get(timeout=10))
+                number += 1
+        except BaseException as error:  # reported below, never lost in the thread
+            errors.append(error)
+
+    thread = threading.Thread(target=caller, name="ledger-caller")
+    thread.start()
+    try:
+        for _ in range(50):
+            ref = handle.ref(timeout=10)
+            kill(ref)
+            wait_until(lambda: handle.current() not in (None, ref), interval=0.0005)
+            wait_until(lambda: len(answers) > 0, interval=0.0005)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not errors and not thread.is_alive()
+    assert answers == list(range(len(answers)))
+    assert sorted(ledger) == answers  # none lost, none run twice
+    assert sum(info.restarts for info in sup.proxy().which_children().get(timeout=5)) == 50
