@@ -50,6 +50,8 @@ from supervision._spec import (
 
 __all__ = ["RestartIntensityExceeded", "Supervisor"]
 
+_yield_cpu = getattr(os, "sched_yield", lambda: None)
+
 
 class RestartIntensityExceeded(Exception):
     """A supervisor gave up: too many restarts in its window. Its parent sees a crash."""
@@ -248,7 +250,7 @@ class Supervisor(SupervisedActor):
             if outcome.startswith("restarted"):
                 # Callers waiting for the new incarnation go first: on a busy (or single)
                 # CPU the report would otherwise delay their answers by its formatting.
-                os.sched_yield()
+                _yield_cpu()
         finally:
             exited.report(outcome)
 
