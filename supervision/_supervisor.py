@@ -244,13 +244,16 @@ class Supervisor(SupervisedActor):
     def _on_child_exit(self, exited: _ChildExited) -> None:
         # Reported once the decision is carried out (one record: what happened and what
         # was done), so the report is not on the restart's path.
-        outcome = f"child {exited.child_id}: too many restarts, giving up"
+        outcome = f"child {exited.child_id}: its supervisor failed while acting on the exit"
         try:
             outcome = self._apply_exit(exited)
             if outcome.startswith("restarted"):
                 # Callers waiting for the new incarnation go first: on a busy (or single)
                 # CPU the report would otherwise delay their answers by its formatting.
                 _yield_cpu()
+        except RestartIntensityExceeded:
+            outcome = f"child {exited.child_id}: too many restarts, giving up"
+            raise
         finally:
             exited.report(outcome)
 
