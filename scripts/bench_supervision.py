@@ -46,8 +46,8 @@ __all__ = [
     "cpu_layout",
 ]
 
-HANDLE_OVERHEAD_TARGET = 0.9  # ours / bare calls per second, at least
-RESTART_LATENCY_TARGET = 3.0  # ours / bare start + first call, at most
+HANDLE_OVERHEAD_TARGET = 0.95  # ours / bare calls per second, at least (contract §6, v3)
+RESTART_LATENCY_TARGET = 2.0  # ours / bare start() + first ref.ask(), at most (contract §6, v3)
 
 
 # -- CPU pinning ----------------------------------------------------------------------------
@@ -210,15 +210,15 @@ def bench_handle_overhead(rounds: int = 20, calls: int = 2_000, warmup: int = 50
 
 
 def bench_restart_latency(rounds: int = 40, warmup: int = 3) -> dict[str, Any]:
-    """Median `kill()` → a new incarnation answers through its Handle, vs bare start + first call.
+    """Median `kill()` → a new incarnation answers through its Handle, vs bare start + first ask.
 
     Ours: `kill(ref)` then `handle.proxy().ping().get()` (the handle's proxy is built once:
     it outlives incarnations) until the answer comes from a different incarnation.
-    Baseline: `Echo.start()` then `ref.proxy().ping().get()` — the same kind of first call
-    (a proxy call); a bare actor's proxy must be built for its new ref, so that is timed.
-    A second baseline, `Echo.start()` then `ref.ask("ping")` (no proxy built), is reported too,
-    as the strictest comparison. Bare actors are stopped after each round, untimed.
-    The whole process runs on one CPU.
+    Baseline (the contract's): `Echo.start()` then `ref.ask("ping")` — no proxy built.
+    `ratio` and `ratio_vs_ask` are ours / that baseline, held against the target. A second
+    baseline, `Echo.start()` then `ref.proxy().ping().get()` (a proxy built for the new
+    ref, ~150 µs of pykka introspection), is reported as `ratio_vs_proxy`, for information.
+    Bare actors are stopped after each round, untimed. The whole process runs on one CPU.
     """
     layout = cpu_layout()
     cpu = layout["caller_cpu"]
@@ -231,6 +231,7 @@ def bench_restart_latency(rounds: int = 40, warmup: int = 3) -> dict[str, Any]:
             )
             handle = Handle(sup, "child")
             handle_proxy = handle.proxy()
+            supervisor_proxy = sup.proxy()
             stale: list[int] = []
 
             def ours() -> float:
@@ -243,6 +244,9 @@ def bench_restart_latency(rounds: int = 40, warmup: int = 3) -> dict[str, Any]:
                     extra += 1
                 elapsed = time.perf_counter() - start
                 stale.append(extra)
+                # Untimed: the supervisor finishes its bookkeeping (the restart's log record)
+                # before the next side is timed, so none of it lands in another side.
+                supervisor_proxy.count_children().get(timeout=10)
                 return elapsed
 
             def bare_proxy() -> float:
@@ -270,16 +274,16 @@ def bench_restart_latency(rounds: int = 40, warmup: int = 3) -> dict[str, Any]:
                     side()
             stale.clear()
             times: dict[str, list[float]] = {name: [] for name in sides}
-            ratios: list[float] = []
-            strict_ratios: list[float] = []
+            ratios: list[float] = []  # the contract's: vs start + first ask
+            proxy_ratios: list[float] = []
             for order in _orders(rounds, list(sides)):
                 this_round: dict[str, float] = {}
                 for name in order:
                     gc.collect()
                     this_round[name] = sides[name]()
                     times[name].append(this_round[name])
-                ratios.append(this_round["handle"] / this_round["bare_proxy"])
-                strict_ratios.append(this_round["handle"] / this_round["bare_ask"])
+                proxy_ratios.append(this_round["handle"] / this_round["bare_proxy"])
+                ratios.append(this_round["handle"] / this_round["bare_ask"])
         finally:
             if sup is not None:
                 sup.stop()
@@ -290,7 +294,8 @@ def bench_restart_latency(rounds: int = 40, warmup: int = 3) -> dict[str, Any]:
         "bare_start_proxy_call_s": _median(times["bare_proxy"]),
         "bare_start_ask_s": _median(times["bare_ask"]),
         "ratio": _median(ratios),
-        "ratio_vs_ask": _median(strict_ratios),
+        "ratio_vs_ask": _median(ratios),
+        "ratio_vs_proxy": _median(proxy_ratios),
         "ratio_min": min(ratios),
         "ratio_max": max(ratios),
         "calls_answered_by_old_incarnation": sum(stale),
@@ -323,6 +328,13 @@ def main(argv: list[str] | None = None) -> int:
         print(title)
         for key, value in figures.items():
             print(f"  {key:36s} {value:.6g}" if isinstance(value, float) else f"  {key:36s} {value}")
+    print("contract §6 (v3)")
+    for label, ratio, target, better in (
+        ("handle overhead: Handle proxy calls/s vs cached bare proxy", overhead["ratio"], overhead["target"], ">="),
+        ("restart latency: kill→answer via Handle vs start()+first ask", restart["ratio"], restart["target"], "<="),
+    ):
+        passed = ratio >= target if better == ">=" else ratio <= target
+        print(f"  {label:62s} {ratio:6.2f}  target {better} {target:<5}  {'PASS' if passed else 'FAIL'}")
     return 0
 
 

@@ -25,13 +25,20 @@ Rules, in one place (see the contract, "Crash semantics"): an exception escaping
 handler (ask or tell) or `on_start` stops the actor, runs `on_failure` (not
 `on_stop`), hands the ask its original exception, fails queued asks with an
 `ActorDeadError` (`Undelivered`, safe to retry) and drops queued tells with a
-WARNING. A `ClientError` is returned to the caller and the actor keeps running.
+WARNING. A `ClientError` (or `StorageError`) is returned to the caller and the actor
+keeps running.
+
+Outside those rules it behaves as pykka: the library's per-actor state is one slot,
+`_supervision_` (a user's `self._thread` or `self._log` are theirs), an unknown message
+gets None and a WARNING, a missing attribute is `NoSuchAttribute` (also an
+`AttributeError`), reading an attribute that holds a future answers that future.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import queue
 import sys
 import threading
@@ -60,6 +67,7 @@ __all__ = [
     "DeferredReply",
     "ExitReason",
     "Killed",
+    "NoSuchAttribute",
     "SupervisedActor",
     "Undelivered",
     "abandoned_actors",
@@ -109,11 +117,17 @@ class _Inbox(queue.Queue[Envelope[Any]]):
         self.closed = False
         self.owner_name = "actor"
 
-    def _put(self, envelope: Envelope[Any]) -> None:  # runs under self.mutex
-        if self.closed:
-            _reject(envelope, self.owner_name)
-        else:
-            self.queue.append(envelope)
+    def put(self, envelope: Envelope[Any], block: bool = True, timeout: float | None = None) -> None:
+        """Queue `envelope`; a closed inbox rejects it (outside the mutex: see `_reject`)."""
+        with self.mutex:
+            if not self.closed:
+                self.queue.append(envelope)
+                self.unfinished_tasks += 1
+                self.not_empty.notify()
+                return
+        # Rejecting may park a Handle's call in a directory, whose lock is taken before
+        # an inbox's when calls are handed over: never hold the mutex here.
+        _reject(envelope, self.owner_name)
 
     def put_front(self, envelope: Envelope[Any]) -> bool:
         """Queue `envelope` ahead of everything else; False if the inbox is closed."""
@@ -146,6 +160,9 @@ def _reject(envelope: Envelope[Any], owner_name: str) -> None:
     if isinstance(message, pykka_messages._ActorStop):
         _settle(envelope.reply_to, None)  # stopping a stopped actor succeeds, as in pykka
         return
+    park = getattr(envelope.reply_to, "_park_undelivered", None)
+    if park is not None and park():
+        return  # a Handle's call, kept for the next incarnation (see _directory)
     error = Undelivered(f"{owner_name} stopped before handling the message")
     # Ties the error to this envelope: a Handle re-sends only its own undelivered call,
     # never one whose handler raised an Undelivered from a nested ask.
@@ -233,10 +250,108 @@ _abandoned: weakref.WeakSet[SupervisedActor] = weakref.WeakSet()
 
 def abandoned_actors() -> list[SupervisedActor]:
     """Incarnations abandoned after their shutdown grace whose threads still run."""
-    return [actor for actor in list(_abandoned) if actor._thread_alive()]
+    return [actor for actor in list(_abandoned) if actor._supervision_.thread_alive()]
 
 
 ExitListener = Callable[[pykka.ActorRef[Any], ExitReason], None]
+
+# Thread names are unique within the process, as pykka's are ("Name-7").
+_thread_numbers = itertools.count()
+
+
+class _Runtime:
+    """The library's per-actor state, kept in one slot (`_supervision_`) of the actor.
+
+    A user's actor class owns every other name: its `self._thread`, `self._log` or
+    `self.exit_reason` never meet ours.
+    """
+
+    __slots__ = (
+        "child_id",
+        "exit_listeners",
+        "exit_reason",
+        "incarnation",
+        "log",
+        "pending_replies",
+        "started",
+        "started_ok",
+        "terminated",
+        "thread",
+    )
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.terminated = threading.Event()
+        self.started_ok = False
+        self.exit_reason: ExitReason | None = None
+        self.exit_listeners: list[ExitListener] = []
+        self.pending_replies: set[pykka.Future[Any]] = set()
+        self.thread: threading.Thread | None = None
+        self.child_id: str | None = None
+        self.incarnation = 0
+        self.log: Any = logger
+
+    def thread_alive(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+
+class _LibraryView:
+    """A convenience name (`_log`, `exit_reason`, ...) over `_supervision_` that a user may take.
+
+    Assigning the name on an instance stores the user's own value, which then wins;
+    `supervised_class` hands the name to a user's class that defines it itself.
+    """
+
+    __slots__ = ("getter", "name")
+
+    def __init__(self, getter: Callable[[Any], Any]) -> None:
+        self.getter = getter
+        self.name = getter.__name__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        own = instance.__dict__.get(self.name, _NOTHING)
+        return self.getter(instance) if own is _NOTHING else own
+
+    def __set__(self, instance: Any, value: Any) -> None:
+        instance.__dict__[self.name] = value
+
+    def __delete__(self, instance: Any) -> None:
+        if instance.__dict__.pop(self.name, _NOTHING) is _NOTHING:
+            raise AttributeError(self.name)
+
+
+_NOTHING = object()
+
+# Names SupervisedActor offers for the library's own actors; a user's class keeps its own.
+_USER_NAMES = ("_log", "_label", "_thread", "_terminated", "_thread_alive", "exit_reason")
+
+
+class NoSuchAttribute(ClientError, AttributeError):
+    """A proxy call or read of an attribute the actor does not have (or keeps private)."""
+
+
+class _Proxy(pykka.ActorProxy[Any]):
+    """pykka's proxy, except that a missing attribute is also a ClientError (`NoSuchAttribute`)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except NoSuchAttribute:
+            raise
+        except AttributeError as error:
+            raise NoSuchAttribute(str(error)) from None
+
+
+class _Ref(pykka.ActorRef[Any]):
+    """pykka's `ActorRef`, whose `proxy()` is a `_Proxy`."""
+
+    def proxy(self) -> Any:
+        return _Proxy(actor_ref=self)
 
 
 class SupervisedActor(pykka.ThreadingActor):
@@ -244,125 +359,149 @@ class SupervisedActor(pykka.ThreadingActor):
 
     `start()` is synchronous: it returns once `on_start` has run, and raises
     `StartError` if it failed. Threads are daemon threads, so an abandoned
-    incarnation never keeps the process alive.
+    incarnation never keeps the process alive. The library's state lives in the
+    single attribute `_supervision_`; `_log`, `_label`, `_thread`, `_terminated`
+    and `exit_reason` are conveniences a subclass may take over.
     """
 
     use_daemon_thread: ClassVar[bool] = True
+    _supervision_: _Runtime
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._started = threading.Event()
-        self._terminated = threading.Event()
-        self._exit_reason: ExitReason | None = None
-        self._exit_listeners: list[ExitListener] = []
-        self._pending_replies: set[pykka.Future[Any]] = set()
-        self._thread: threading.Thread | None = None
-        self._child_id: str | None = None
-        self._incarnation = 0
+        self._supervision_ = _Runtime()
         super().__init__(*args, **kwargs)
+        self._actor_ref = _Ref(self)
         self.actor_inbox.owner_name = str(self)  # type: ignore[attr-defined]
-        self._log = logger.bind(actor=self.__class__.__name__, incarnation=0, urn=self.actor_urn)
 
     @staticmethod
     def _create_actor_inbox() -> _Inbox:
         return _Inbox()
+
+    # -- conveniences for the library's own actors (a user's class may take these names) --
+
+    @_LibraryView
+    def _log(self) -> Any:
+        """A loguru logger bound to this actor (child id, incarnation, urn)."""
+        return self._supervision_.log
+
+    @_LibraryView
+    def _label(self) -> str:
+        return self._supervision_label()
+
+    @_LibraryView
+    def _thread(self) -> threading.Thread | None:
+        return self._supervision_.thread
+
+    @_LibraryView
+    def _terminated(self) -> threading.Event:
+        return self._supervision_.terminated
+
+    def _thread_alive(self) -> bool:
+        return self._supervision_.thread_alive()
+
+    @_LibraryView
+    def exit_reason(self) -> ExitReason | None:
+        """How this incarnation ended, or None while it runs."""
+        return self._supervision_.exit_reason
 
     # -- starting ---------------------------------------------------------------------
 
     @classmethod
     def start(cls, *args: Any, **kwargs: Any) -> pykka.ActorRef[Self]:
         """Start the actor and wait for its `on_start`; `StartError` if that fails."""
-        return cls(*args, **kwargs)._launch()
+        return cls(*args, **kwargs)._supervision_launch()
 
-    def _launch(
+    def _supervision_launch(
         self,
         *,
         child_id: str | None = None,
         incarnation: int = 0,
         exit_listener: ExitListener | None = None,
     ) -> pykka.ActorRef[Self]:
-        self._child_id = child_id
-        self._incarnation = incarnation
-        self._log = logger.bind(
+        state = self._supervision_
+        state.child_id = child_id
+        state.incarnation = incarnation
+        state.log = logger.bind(
             actor=child_id or self.__class__.__name__, incarnation=incarnation, urn=self.actor_urn
         )
         if exit_listener is not None:
-            self._exit_listeners.append(exit_listener)
+            state.exit_listeners.append(exit_listener)
         pykka.ActorRegistry.register(self.actor_ref)
         self._start_actor_loop()
-        self._started.wait()
-        if self._exit_reason is not None and self._exit_reason.is_crash and not self._started_ok:
-            cause = self._exit_reason.exception
+        state.started.wait()
+        if state.exit_reason is not None and state.exit_reason.is_crash and not state.started_ok:
+            cause = state.exit_reason.exception
             if isinstance(cause, StartError):
                 raise cause
             label = child_id or self.__class__.__name__
             raise StartError(f"{label} failed to start: {cause!r}") from cause
         return self.actor_ref
 
-    _started_ok = False
-
     def _start_actor_loop(self) -> None:
-        self._thread = threading.Thread(
+        state = self._supervision_
+        state.thread = threading.Thread(
             target=self._actor_loop,
-            name=f"{self._child_id or self.__class__.__name__}-{self._incarnation}",
+            name=f"{state.child_id or self.__class__.__name__}-{next(_thread_numbers)}",
             daemon=True,
         )
-        self._thread.start()
-
-    def _thread_alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        state.thread.start()
 
     # -- the loop -----------------------------------------------------------------------
 
     def _actor_loop(self) -> None:
+        state = self._supervision_
         try:
             try:
                 self.on_start()
             except BaseException as error:
-                self._crash(error, sys.exc_info()[2])
+                self._supervision_crash(error, sys.exc_info()[2])
                 return
-            self._started_ok = True
-            self._started.set()
-            self._run_loop()
+            state.started_ok = True
+            state.started.set()
+            self._supervision_run()
         finally:
-            self._teardown()
+            self._supervision_teardown()
 
-    def _run_loop(self) -> None:
+    def _supervision_run(self) -> None:
         get = self.actor_inbox.get
         stopped = self.actor_stopped
         handle = self._handle_receive
         future_type = pykka.Future
+        read_attribute = pykka_messages.ProxyGetAttr
         while not stopped.is_set():
             envelope = get()
             message = envelope.message
             if message.__class__ is _Kill:
-                self._crash(Killed(message.reason), None)
+                self._supervision_crash(Killed(message.reason), None)
                 return
             reply_to = envelope.reply_to
             try:
                 response = handle(message)
             except (ClientError, StorageError):
-                self._refuse(reply_to, message)
+                self._supervision_refuse(reply_to, message)
                 continue
             except TypeError as error:
                 if _is_signature_mismatch(error, self, message):
-                    self._refuse(reply_to, message, BadCall(f"{_describe_call(message)}: {error}"))
+                    self._supervision_refuse(reply_to, message, BadCall(f"{_describe_call(message)}: {error}"))
                     continue
                 if reply_to is not None:
                     reply_to.set_exception()
-                self._crash(error, sys.exc_info()[2])
+                self._supervision_crash(error, sys.exc_info()[2])
                 return
             except BaseException as error:
                 if reply_to is not None:
                     reply_to.set_exception()
-                self._crash(error, sys.exc_info()[2])
+                self._supervision_crash(error, sys.exc_info()[2])
                 return
             if reply_to is not None:
-                if isinstance(response, future_type):
-                    self._chain(response, reply_to)
+                # Only what a handler returns is unwrapped: an attribute read answers the
+                # future it holds, as pykka does.
+                if isinstance(response, future_type) and message.__class__ is not read_attribute:
+                    self._supervision_chain(response, reply_to)
                 else:
                     reply_to.set(response)
 
-    def _refuse(self, reply_to: pykka.Future[Any] | None, message: Any, error: Exception | None = None) -> None:
+    def _supervision_refuse(self, reply_to: pykka.Future[Any] | None, message: Any, error: Exception | None = None) -> None:
         if reply_to is not None:
             if error is None:
                 reply_to.set_exception()
@@ -370,10 +509,10 @@ class SupervisedActor(pykka.ThreadingActor):
                 reply_to.set_exception((type(error), error, None))
             return
         shown = error if error is not None else sys.exc_info()[1]
-        self._log.warning("ignored a message sent without reply ({!r}): {}", _short(message), shown)
+        self._supervision_.log.warning("ignored a message sent without reply ({!r}): {}", _short(message), shown)
 
-    def _chain(self, response: pykka.Future[Any], reply_to: pykka.Future[Any]) -> None:
-        pending = self._pending_replies
+    def _supervision_chain(self, response: pykka.Future[Any], reply_to: pykka.Future[Any]) -> None:
+        pending = self._supervision_.pending_replies
         pending.add(reply_to)
 
         def done(source: pykka.Future[Any]) -> None:
@@ -388,20 +527,22 @@ class SupervisedActor(pykka.ThreadingActor):
     def _handle_receive(self, message: Any) -> Any:
         cls = message.__class__
         if cls is pykka_messages.ProxyCall:
-            return self._resolve_attr(message.attr_path, call=True)(*message.args, **message.kwargs)
+            return self._supervision_resolve(message.attr_path, call=True)(*message.args, **message.kwargs)
         if cls is pykka_messages.ProxyGetAttr:
-            return self._resolve_attr(message.attr_path, call=False)
+            return self._supervision_resolve(message.attr_path, call=False)
         if cls is pykka_messages._ActorStop:
             return self._stop()
         if cls is pykka_messages.ProxySetAttr:
             return super()._handle_receive(message)
-        # Not defined on this class: in a class derived from a user's actor it would
+        # pykka's default on_receive answers None with a WARNING; so do we (through loguru).
+        # Not overridden on this class: in a class derived from a user's actor it would
         # shadow the user's own on_receive.
         if type(self).on_receive is pykka.Actor.on_receive:
-            raise UnknownMessage(f"{self.__class__.__name__} does not handle {_short(message)}")
+            self._supervision_.log.warning("Unexpected message received by {}: {}", self, _short(message))
+            return None
         return self.on_receive(message)
 
-    def _resolve_attr(self, attr_path: tuple[str, ...], *, call: bool) -> Any:
+    def _supervision_resolve(self, attr_path: tuple[str, ...], *, call: bool) -> Any:
         target: Any = self
         for name in attr_path:
             if name.startswith("_"):
@@ -409,70 +550,72 @@ class SupervisedActor(pykka.ThreadingActor):
             try:
                 target = getattr(target, name)
             except AttributeError:
-                raise BadCall(f"{self.__class__.__name__} has no attribute {'.'.join(attr_path)!r}") from None
+                raise NoSuchAttribute(f"{self.__class__.__name__} has no attribute {'.'.join(attr_path)!r}") from None
         if call and not callable(target):
             raise BadCall(f"{self.__class__.__name__}.{'.'.join(attr_path)} is not callable")
         return target
 
-
     # -- ending -------------------------------------------------------------------------
 
     def _stop(self) -> None:
+        state = self._supervision_
         pykka.ActorRegistry.unregister(self.actor_ref)
         self.actor_stopped.set()
         try:
             self.on_stop()
         except BaseException as error:
-            self._log.opt(exception=error).error("{} failed in on_stop", self._label)
-            self._exit_reason = ExitReason("crash", error)
+            state.log.opt(exception=error).error("{} failed in on_stop", self._supervision_label())
+            state.exit_reason = ExitReason("crash", error)
         else:
-            self._log.debug("{} stopped", self._label)
-            self._exit_reason = NORMAL_EXIT
-        if self._pending_replies:
+            state.log.debug("{} stopped", self._supervision_label())
+            state.exit_reason = NORMAL_EXIT
+        if state.pending_replies:
             # Deferred replies on_stop did not settle: never leave a caller waiting forever.
             # Not Undelivered: their handlers ran, so a Handle must not send them again.
-            gone = pykka.ActorDeadError(f"{self._label} stopped before answering")
-            for reply_to in list(self._pending_replies):
+            gone = pykka.ActorDeadError(f"{self._supervision_label()} stopped before answering")
+            for reply_to in list(state.pending_replies):
                 _settle(reply_to, None, (pykka.ActorDeadError, gone, None))
-            self._pending_replies.clear()
+            state.pending_replies.clear()
 
-    def _crash(self, error: BaseException, tb: TracebackType | None) -> None:
+    def _supervision_crash(self, error: BaseException, tb: TracebackType | None) -> None:
+        state = self._supervision_
         pykka.ActorRegistry.unregister(self.actor_ref)
         self.actor_stopped.set()
-        self._exit_reason = ExitReason("crash", error)
-        if isinstance(error, Killed):
-            self._log.error("{} killed: {}", self._label, error)
-        else:
-            self._log.opt(exception=(type(error), error, tb)).error("{} crashed: {!r}", self._label, error)
+        state.exit_reason = ExitReason("crash", error)
+        if not state.exit_listeners:
+            # On its own nobody else reports it; a supervisor logs its child's crash once
+            # it has acted on it, so the report is off the restart path.
+            log_crash(state.log, self._supervision_label(), error, tb)
         try:
             self.on_failure(type(error), error, tb)
         except BaseException as hook_error:
-            self._log.opt(exception=hook_error).error("{} failed in on_failure", self._label)
-        if self._pending_replies:
-            cut_off = ActorCrashed(f"{self._label} crashed before answering: {error!r}")
+            state.log.opt(exception=hook_error).error("{} failed in on_failure", self._supervision_label())
+        if state.pending_replies:
+            cut_off = ActorCrashed(f"{self._supervision_label()} crashed before answering: {error!r}")
             cut_off.__cause__ = error
-            for reply_to in list(self._pending_replies):
+            for reply_to in list(state.pending_replies):
                 _settle(reply_to, None, (ActorCrashed, cut_off, None))
-            self._pending_replies.clear()
+            state.pending_replies.clear()
 
-    def _teardown(self) -> None:
+    def _supervision_teardown(self) -> None:
+        state = self._supervision_
         if not self.actor_stopped.is_set():  # abandoned by its supervisor mid-handler
             pykka.ActorRegistry.unregister(self.actor_ref)
             self.actor_stopped.set()
         left = self.actor_inbox.close()  # type: ignore[attr-defined]
         for envelope in left:
             _reject(envelope, str(self))
-        if self._exit_reason is None:
-            self._exit_reason = NORMAL_EXIT
-        self._started.set()  # wakes a start() waiting on a failed on_start
-        self._terminated.set()
-        for listener in self._exit_listeners:
+        if state.exit_reason is None:
+            state.exit_reason = NORMAL_EXIT
+        state.started.set()  # wakes a start() waiting on a failed on_start
+        state.terminated.set()
+        for listener in state.exit_listeners:
             try:
-                listener(self.actor_ref, self._exit_reason)
+                listener(self.actor_ref, state.exit_reason)
             except Exception:
-                self._log.exception("exit listener failed")
+                state.log.exception("exit listener failed")
 
-    def _abandon(self) -> None:
+    def _supervision_abandon(self) -> None:
         """Give up on this incarnation (it outlived its grace): refuse further messages."""
         _abandoned.add(self)
         pykka.ActorRegistry.unregister(self.actor_ref)
@@ -480,16 +623,20 @@ class SupervisedActor(pykka.ThreadingActor):
         for envelope in self.actor_inbox.close():  # type: ignore[attr-defined]
             _reject(envelope, str(self))
 
-    @property
-    def _label(self) -> str:
-        if self._child_id is None:
+    def _supervision_label(self) -> str:
+        state = self._supervision_
+        if state.child_id is None:
             return str(self)
-        return f"{self._child_id} (incarnation {self._incarnation})"
+        return f"{state.child_id} (incarnation {state.incarnation})"
 
-    @property
-    def exit_reason(self) -> ExitReason | None:
-        """How this incarnation ended, or None while it runs."""
-        return self._exit_reason
+
+def log_crash(log: Any, label: str, error: BaseException, tb: TracebackType | None, outcome: str = "") -> None:
+    """The crash report of one incarnation: ERROR, with its traceback unless it was a kill."""
+    prefix = f"{outcome}: " if outcome else ""
+    if isinstance(error, Killed):
+        log.error("{}{} killed: {}", prefix, label, error)
+    else:
+        log.opt(exception=(type(error), error, tb)).error("{}{} crashed: {!r}", prefix, label, error)
 
 
 def _wait(future: pykka.Future[Any]) -> pykka.Future[Any]:
@@ -513,7 +660,7 @@ def _is_signature_mismatch(error: TypeError, actor: Any, message: Any) -> bool:
     # Arguments are bound before a method's first line runs: if they do not bind, the
     # TypeError came from the call itself, not from a bug inside the method.
     try:
-        method = actor._resolve_attr(message.attr_path, call=True)
+        method = actor._supervision_resolve(message.attr_path, call=True)
         inspect.signature(method).bind(*message.args, **message.kwargs)
     except TypeError:
         return True
@@ -524,16 +671,21 @@ def _is_signature_mismatch(error: TypeError, actor: Any, message: Any) -> bool:
 
 @functools.cache
 def supervised_class(actor_class: type[pykka.ThreadingActor]) -> type[SupervisedActor]:
-    """`actor_class` itself if it has the crash semantics, else a class derived from it that has."""
+    """`actor_class` itself if it has the crash semantics, else a class derived from it that has.
+
+    Names the user's class defines itself (`_log`, `exit_reason`, ...) stay the user's.
+    """
     if issubclass(actor_class, SupervisedActor):
         return actor_class
     if not (isinstance(actor_class, type) and issubclass(actor_class, pykka.ThreadingActor)):
         raise TypeError(f"{actor_class!r} is not a pykka.ThreadingActor subclass")
-    return type(
-        actor_class.__name__,
-        (SupervisedActor, actor_class),
-        {"__module__": actor_class.__module__, "__qualname__": actor_class.__qualname__},
-    )
+    namespace: dict[str, Any] = {"__module__": actor_class.__module__, "__qualname__": actor_class.__qualname__}
+    for name in _USER_NAMES:
+        for klass in actor_class.__mro__:
+            if name in vars(klass):
+                namespace[name] = vars(klass)[name]
+                break
+    return type(actor_class.__name__, (SupervisedActor, actor_class), namespace)
 
 
 def kill(ref: pykka.ActorRef[Any], reason: str = "killed") -> None:

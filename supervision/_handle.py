@@ -6,14 +6,16 @@
 
 Resolving sends no message to the supervisor: the handle reads the supervisor's
 published `Directory` and caches the incarnation it found while that one lives.
-A call that never reached a handler (the actor died or was restarting) is sent to
-the next incarnation while the caller waits; a call whose handler raised is not
-retried.
+A call that never reached a handler (the actor died or was restarting) is parked in
+the child's directory slot and handed to the next incarnation (see `_directory`); a
+call whose handler raised is not retried. `proxy()` follows `pykka.traversable`
+attributes, as a pykka proxy does.
 """
 
 from __future__ import annotations
 
-import threading
+import inspect
+import queue
 import time
 from typing import Any
 
@@ -21,7 +23,7 @@ import pykka
 from pykka import messages as pykka_messages
 from pykka._envelope import Envelope
 
-from supervision._actor import Undelivered
+from supervision._actor import NoSuchAttribute, Undelivered
 from supervision._directory import Directory
 from supervision._errors import ChildNotFound
 
@@ -58,6 +60,8 @@ class Handle:
         self._root = directory
         self._cached: pykka.ActorRef[Any] | None = None
         self._proxy: _HandleProxy | None = None
+        # The directory and id of the child itself, once found: where late calls park.
+        self._leaf: tuple[Directory, str] | None = None
 
     def __repr__(self) -> str:
         return f"Handle({self.supervisor_ref}, {self.path!r})"
@@ -103,6 +107,7 @@ class Handle:
             raise ChildNotFound(f"{self.path!r}: supervisor {self.supervisor_ref} is not running")
         ref: pykka.ActorRef[Any] | None = None
         parent_directory = directory
+        last = len(self._parts) - 1
         for depth, part in enumerate(self._parts):
             where = "/".join(self._parts[: depth + 1])
             with directory.condition:
@@ -114,6 +119,8 @@ class Handle:
                     slot = directory.slots.get(part)
                     if slot is None:
                         raise ChildNotFound(f"no child {where!r}")
+                    if depth == last:
+                        self._leaf = (directory, part)
                     ref = slot.ref
                     if ref is not None and not ref.actor_stopped.is_set():
                         break
@@ -169,26 +176,60 @@ class Handle:
             pass
 
 
+_UNSENT, _SENT, _PARKED = "unsent", "sent", "parked"
+
+
 class _HandleFuture(pykka.ThreadingFuture[Any]):
-    """The reply to a call through a `Handle`; resends a call that was never handled."""
+    """The reply to a call through a `Handle`; a call no handler got goes to the next incarnation.
+
+    The future itself is the envelope's `reply_to` (one future per call, as pykka's
+    proxies). A call that reaches an incarnation too late, or is made while a restart is
+    pending, is parked in the child's directory slot and handed to the next incarnation
+    by its supervisor (`Directory.park`), so the caller wakes once, with the answer.
+    """
 
     def __init__(self, handle: Handle | None = None, message: Any = None) -> None:
         super().__init__()
         self._handle = handle
         self._message = message
-        self._inner: pykka.Future[Any] | None = None
-        self._send_lock = threading.Lock()
+        self._state = _UNSENT
         if handle is not None:
-            # Sent now, like a pykka proxy call; only while a restart is pending does
-            # sending wait for get().
             ref = handle.current()
             if ref is not None:
-                self._send(ref)
+                self.deliver(ref)
+            else:
+                self._park_undelivered()
 
-    def _send(self, ref: pykka.ActorRef[Any]) -> None:
-        inner: pykka.Future[Any] = pykka.ThreadingFuture()
-        self._inner = inner
-        ref.actor_inbox.put(Envelope(self._message, reply_to=inner))
+    # -- as a parked call (see supervision._directory) ------------------------------------
+
+    def deliver(self, ref: pykka.ActorRef[Any]) -> None:
+        self._state = _SENT
+        # A closed inbox rejects at once: the call is parked again or answered Undelivered.
+        ref.actor_inbox.put(Envelope(self._message, reply_to=self))
+
+    def give_back(self) -> None:
+        """No incarnation will come: wake the caller, whose `get()` then decides."""
+        self._state = _UNSENT
+        error = Undelivered("no incarnation to deliver the call to")
+        error.reply_to = self
+        try:
+            self.set_exception((Undelivered, error, None))
+        except queue.Full:
+            pass
+
+    def _park_undelivered(self) -> bool:
+        """Called when no handler got this call: park it for the next incarnation if one comes."""
+        leaf = self._handle._leaf if self._handle is not None else None
+        if leaf is None:
+            return False
+        directory, child_id = leaf
+        self._state = _PARKED
+        if directory.park(child_id, self):
+            return True
+        self._state = _UNSENT
+        return False
+
+    # -- waiting --------------------------------------------------------------------------
 
     def get(self, *, timeout: float | None = None) -> Any:
         handle = self._handle
@@ -196,63 +237,109 @@ class _HandleFuture(pykka.ThreadingFuture[Any]):
             return super().get(timeout=timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            with self._send_lock:
-                inner = self._inner
-                if inner is None:
-                    remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                    self._send(handle.ref(timeout=remaining))
-                    inner = self._inner
-            assert inner is not None
+            if self._state is _UNSENT:
+                # Resolved with no lock held (it may wait); one sender wins the send.
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                ref = handle.ref(timeout=remaining)
+                with self._condition:
+                    is_sender = self._state is _UNSENT and self._result is None
+                    if is_sender:
+                        self._state = _SENT
+                if is_sender:
+                    self.deliver(ref)
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                return inner.get(timeout=remaining)
+                return super().get(timeout=remaining)
             except Undelivered as error:
-                if error.reply_to is not inner:
+                if error.reply_to is not self:
                     raise  # the handler ran and raised it: not ours to retry
-                with self._send_lock:
-                    if self._inner is inner:
-                        self._inner = None
+                with self._condition:
+                    result = self._result
+                    if result is not None and result.exc_info is not None and result.exc_info[1] is error:
+                        self._result = None
+                        self._state = _UNSENT
+            except pykka.Timeout:
+                leaf = handle._leaf
+                if self._state is _PARKED and leaf is not None and leaf[0].unpark(leaf[1], self):
+                    self._state = _UNSENT
+                    raise ChildNotFound(f"child {handle.path!r} did not come back in time") from None
+                raise
 
 
 class _HandleProxy:
-    """Method calls become asks to the current incarnation; `.defer()` makes them tells."""
+    """Method calls become asks to the current incarnation; `.defer()` makes them tells.
 
-    def __init__(self, handle: Handle) -> None:
+    Traversable attributes (`pykka.traversable`) give nested proxies, as pykka's do.
+    """
+
+    def __init__(self, handle: Handle, attr_path: tuple[str, ...] = ()) -> None:
         self._handle = handle
-        self._methods: dict[str, _HandleMethod] = {}
+        self._attr_path = attr_path
+        self._members: dict[str, _HandleMethod | _HandleProxy] = {}
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
-        method = self._methods.get(name)
-        if method is not None:
-            return method
-        ref = self._handle.current()
-        if ref is not None:
-            attribute = getattr(ref.actor_class, name, _MISSING)
-            if attribute is _MISSING:
-                actor = ref._actor_weakref()
-                attribute = getattr(actor, name, _MISSING) if actor is not None else _MISSING
-                if attribute is _MISSING:
-                    raise AttributeError(f"{ref.actor_class.__name__} has no attribute {name!r}")
-            if not callable(attribute) or isinstance(attribute, property):
-                return _HandleFuture(self._handle, pykka_messages.ProxyGetAttr(attr_path=(name,)))
-        method = self._methods[name] = _HandleMethod(self._handle, name)
-        return method
+        member = self._members.get(name)
+        if member is not None:
+            return member
+        attr_path = (*self._attr_path, name)
+        kind = _kind_of(self._handle.current(), attr_path)
+        if kind is _VALUE:
+            return _HandleFuture(self._handle, pykka_messages.ProxyGetAttr(attr_path=attr_path))
+        if kind is _TRAVERSABLE:
+            member = _HandleProxy(self._handle, attr_path)
+        else:
+            member = _HandleMethod(self._handle, attr_path)
+        self._members[name] = member
+        return member
 
     def __repr__(self) -> str:
-        return f"<HandleProxy for {self._handle!r}>"
+        suffix = f", attr_path={self._attr_path!r}" if self._attr_path else ""
+        return f"<HandleProxy for {self._handle!r}{suffix}>"
 
 
 _MISSING = object()
+_METHOD, _TRAVERSABLE, _VALUE = "method", "traversable", "value"
+
+
+def _kind_of(ref: pykka.ActorRef[Any] | None, attr_path: tuple[str, ...]) -> str:
+    """How a proxy treats `attr_path` on the running incarnation (a method while none runs).
+
+    Looked up without running properties, as pykka's proxies introspect.
+    """
+    if ref is None:
+        return _METHOD
+    actor = ref._actor_weakref()
+    if actor is None:
+        return _METHOD
+    label = ref.actor_class.__name__
+    parent: Any = actor
+    for name in attr_path[:-1]:
+        parent = getattr(parent, name, _MISSING)
+        if parent is _MISSING:
+            raise NoSuchAttribute(f"{label} has no attribute {'.'.join(attr_path)!r}")
+    try:
+        attribute = inspect.getattr_static(parent, attr_path[-1])
+    except AttributeError:
+        raise NoSuchAttribute(f"{label} has no attribute {'.'.join(attr_path)!r}") from None
+    if isinstance(attribute, staticmethod | classmethod) or callable(attribute):
+        return _METHOD  # pykka's order: a callable is a method even when traversable
+    if _is_traversable(attribute):
+        return _TRAVERSABLE
+    return _VALUE  # plain values and properties are read with ProxyGetAttr
+
+
+def _is_traversable(attribute: Any) -> bool:
+    return getattr(attribute, "_pykka_traversable", False) is True or getattr(attribute, "pykka_traversable", False) is True
 
 
 class _HandleMethod:
     __slots__ = ("_attr_path", "_handle")
 
-    def __init__(self, handle: Handle, name: str) -> None:
+    def __init__(self, handle: Handle, attr_path: tuple[str, ...]) -> None:
         self._handle = handle
-        self._attr_path = (name,)
+        self._attr_path = attr_path
 
     def __call__(self, *args: Any, **kwargs: Any) -> pykka.Future[Any]:
         return _HandleFuture(

@@ -16,6 +16,7 @@ reaches it as a message from the dying child's thread, off every call path.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -24,7 +25,7 @@ import pykka
 from pykka import messages as pykka_messages
 from pykka._envelope import Envelope
 
-from supervision._actor import ExitReason, SupervisedActor, supervised_class
+from supervision._actor import ExitReason, SupervisedActor, log_crash, supervised_class
 from supervision._clock import Clock, SystemClock
 from supervision._directory import Directory
 from supervision._errors import (
@@ -49,6 +50,8 @@ from supervision._spec import (
 
 __all__ = ["RestartIntensityExceeded", "Supervisor"]
 
+_yield_cpu = getattr(os, "sched_yield", lambda: None)
+
 
 class RestartIntensityExceeded(Exception):
     """A supervisor gave up: too many restarts in its window. Its parent sees a crash."""
@@ -59,6 +62,18 @@ class _ChildExited:
     child_id: str
     ref: pykka.ActorRef[Any]
     reason: ExitReason
+    log: Any = None  # the incarnation's bound logger, for its crash report
+    label: str = ""
+
+    def report(self, outcome: str = "") -> None:
+        """One record per exit: the crash report (ERROR) or normal exit, and what was done."""
+        error = self.reason.exception
+        if self.reason.is_crash and error is not None:
+            log_crash(self.log, self.label, error, error.__traceback__, outcome)
+        elif outcome.startswith("restarted"):
+            self.log.warning("{}: {} exited normally", outcome, self.label)
+        else:
+            self.log.debug("{}: {} exited normally", outcome or "no action", self.label)
 
 
 @dataclass(slots=True)
@@ -162,7 +177,8 @@ class Supervisor(SupervisedActor):
 
     # -- starting and stopping one child -----------------------------------------------------
 
-    def _start(self, record: _ChildRecord) -> pykka.ActorRef[Any]:
+    def _start(self, record: _ChildRecord, *, is_reported: bool = False) -> pykka.ActorRef[Any]:
+        """Start `record`'s next incarnation (`is_reported`: its exit report says so already)."""
         spec = record.spec
         kwargs = dict(spec.kwargs or {})
         if spec.is_supervisor:
@@ -170,29 +186,31 @@ class Supervisor(SupervisedActor):
         try:
             actor = supervised_class(spec.actor_class)(*spec.args, **kwargs)
         except BaseException as error:  # SystemExit in a constructor is a failed start, not ours
-            self._directory.update(spec.id, ref=None, pending=False)
             raise StartError(f"child {spec.id!r} failed to start: {describe(error)}") from error
         self_ref = self.actor_ref
         directory = self._directory
 
         def on_exit(ref: pykka.ActorRef[Any], reason: ExitReason) -> None:
             directory.exiting(spec.id, ref)
+            exited = _ChildExited(spec.id, ref, reason, actor._supervision_.log, actor._supervision_label())
             try:
-                self_ref.tell(_ChildExited(spec.id, ref, reason))
+                self_ref.tell(exited)
             except pykka.ActorDeadError:
-                pass  # we are gone too; nothing will restart it
+                exited.report(f"child {spec.id} not restarted (its supervisor is gone)")
 
+        # Calls that reached the last incarnation too late go first into the new inbox:
+        # the new incarnation handles them right after on_start, with no extra hop.
+        directory.hand_over(spec.id, actor.actor_ref)
         try:
-            ref = actor._launch(child_id=spec.id, incarnation=record.incarnations, exit_listener=on_exit)
+            ref = actor._supervision_launch(child_id=spec.id, incarnation=record.incarnations, exit_listener=on_exit)
         except StartError as error:
-            self._directory.update(spec.id, ref=None, pending=False)
             raise StartError(f"child {spec.id!r} failed to start: {error.__cause__ or error!r}") from (error.__cause__ or error)
         record.actor, record.ref = actor, ref
         record.incarnations += 1
         child_directory = actor._directory if isinstance(actor, Supervisor) else None
         self._directory.update(spec.id, ref=ref, pending=False, directory=child_directory)
-        if record.incarnations > 1:
-            self._log.warning("restarted child {} (restart {})", spec.id, record.restarts)
+        if record.incarnations > 1 and not is_reported:
+            self._supervision_.log.warning("restarted child {} (restart {})", spec.id, record.restarts)
         return ref
 
     def _terminate(self, record: _ChildRecord, *, pending: bool = False) -> None:
@@ -205,9 +223,9 @@ class Supervisor(SupervisedActor):
         # Straight into the inbox: a stop sent to a stopping actor is simply answered.
         ref.actor_inbox.put(Envelope(pykka_messages._ActorStop(), reply_to=None))
         grace = record.spec.shutdown
-        if not actor._terminated.wait(grace):
-            self._log.warning("child {} did not stop within {}s; abandoned", record.id, grace)
-            actor._abandon()
+        if not actor._supervision_.terminated.wait(grace):
+            self._supervision_.log.warning("child {} did not stop within {}s; abandoned", record.id, grace)
+            actor._supervision_abandon()
 
     def _terminate_all(self) -> None:
         for record in reversed(list(self._records.values())):
@@ -224,19 +242,34 @@ class Supervisor(SupervisedActor):
         raise UnknownMessage(f"Supervisor does not handle {describe(message)}")
 
     def _on_child_exit(self, exited: _ChildExited) -> None:
+        # Reported once the decision is carried out (one record: what happened and what
+        # was done), so the report is not on the restart's path.
+        outcome = f"child {exited.child_id}: its supervisor failed while acting on the exit"
+        try:
+            outcome = self._apply_exit(exited)
+            if outcome.startswith("restarted"):
+                # Callers waiting for the new incarnation go first: on a busy (or single)
+                # CPU the report would otherwise delay their answers by its formatting.
+                _yield_cpu()
+        except RestartIntensityExceeded:
+            outcome = f"child {exited.child_id}: too many restarts, giving up"
+            raise
+        finally:
+            exited.report(outcome)
+
+    def _apply_exit(self, exited: _ChildExited) -> str:
+        """Carry out what an exit means; returns what was done, for the report."""
         record = self._records.get(exited.child_id)
         if record is None or record.ref is not exited.ref:
-            return  # an incarnation we stopped or replaced ourselves
+            return f"child {exited.child_id} (an incarnation already replaced or stopped)"
         record.actor = record.ref = None
         crashed = exited.reason.is_crash
-        if not crashed:
-            self._log.debug("child {} exited normally", record.id)
         if not should_restart(record.spec.restart, crashed=crashed):
             if record.spec.restart is Restart.TEMPORARY:
                 self._forget(record.id)
             else:
                 self._directory.update(record.id, ref=None, pending=False)
-            return
+            return f"child {record.id} not restarted ({record.spec.restart.value})"
         self._count_restart(f"child {record.id!r} exited ({exited.reason.kind})")
         order = list(self._records)
         targets = restart_targets(self.strategy, order, record.id)
@@ -248,34 +281,47 @@ class Supervisor(SupervisedActor):
                 self._terminate(sibling, pending=True)
             if sibling.spec.restart is Restart.TEMPORARY and child_id != record.id:
                 self._forget(child_id)
-        self._restart_in_order([child_id for child_id in targets if child_id in self._records])
+        self._restart_in_order([child_id for child_id in targets if child_id in self._records], reported=record.id)
+        if not record.is_running:
+            return f"restart of child {record.id} failed, trying again"
+        # Worded as the WARNING of other restarts ("restarted child ..."): one record.
+        return f"restarted child {record.id} (restart {record.restarts})"
 
-    def _restart_in_order(self, child_ids: list[str]) -> None:
-        for index, child_id in enumerate(child_ids):
+    def _restart_in_order(self, child_ids: list[str], reported: str | None = None) -> None:
+        """Start `child_ids` (one strategy round) in order; a failure retries the whole round.
+
+        As OTP (supervisor_SUITE `one_for_all_other_child_fails_restart`): when one start
+        fails, the children this round already started are stopped again, in reverse order,
+        and the round is tried again from a message to ourselves. Each failed attempt counts
+        as a restart, so a child that never starts escalates as usual.
+        """
+        started: list[_ChildRecord] = []
+        for child_id in child_ids:
             record = self._records.get(child_id)
             if record is None or record.is_running:
                 continue
             try:
-                self._start(record)
+                self._start(record, is_reported=child_id == reported)
             except StartError as error:
-                # A failed restart counts as another restart and is tried again.
-                self._log.error("restart of child {} failed: {}", child_id, error)
-                remaining = child_ids[index:]
-                for later in remaining:
+                self._supervision_.log.error("restart of child {} failed: {}", child_id, error)
+                for sibling in reversed(started):
+                    self._terminate(sibling, pending=True)
+                for later in child_ids:
                     if later in self._records:
                         self._directory.update(later, ref=None, pending=True)
                 self._count_restart(f"restart of child {child_id!r} failed")
-                self.actor_ref.tell(_RetryRestart(remaining))
+                self.actor_ref.tell(_RetryRestart(child_ids))
                 return
+            started.append(record)
 
     def _count_restart(self, why: str) -> None:
         if self._intensity.add(self._clock.monotonic()):
             return
         message = (
-            f"{self._label}: more than {self._intensity.max_restarts} restarts within "
+            f"{self._supervision_label()}: more than {self._intensity.max_restarts} restarts within "
             f"{self._intensity.max_seconds}s (last: {why}); stopping all children and giving up"
         )
-        self._log.error(message)
+        self._supervision_.log.error(message)
         self._shut_down()
         raise RestartIntensityExceeded(message)
 
@@ -290,7 +336,7 @@ class Supervisor(SupervisedActor):
             raise BadCall(f"child id must be a str, not {type(child_id).__name__}")
         record = self._records.get(child_id)
         if record is None:
-            raise ChildNotFound(f"{self._label} has no child {describe(child_id)}")
+            raise ChildNotFound(f"{self._supervision_label()} has no child {describe(child_id)}")
         return record
 
     def which_children(self) -> list[ChildInfo]:
@@ -343,6 +389,7 @@ class Supervisor(SupervisedActor):
         try:
             return self._start(record)
         except StartError as error:
+            self._directory.update(record.id, ref=None, pending=False)
             return _failed(error)
 
     def delete_child(self, child_id: str) -> None:

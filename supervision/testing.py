@@ -53,7 +53,9 @@ def manual_clock() -> ManualClock:
 
 def _is_top_level_supervisor(ref: pykka.ActorRef[Any]) -> bool:
     actor = ref._actor_weakref()
-    return bool(getattr(ref.actor_class, "is_supervisor", False)) and getattr(actor, "_child_id", None) is None
+    return bool(getattr(ref.actor_class, "is_supervisor", False)) and (
+        not isinstance(actor, SupervisedActor) or actor._supervision_.child_id is None
+    )
 
 
 @pytest.fixture
@@ -75,7 +77,7 @@ def actor_cleanup() -> Iterator[None]:
             stuck.append(str(ref))
             continue
         actor = ref._actor_weakref()
-        if isinstance(actor, SupervisedActor) and not actor._terminated.wait(STOP_TIMEOUT):
+        if isinstance(actor, SupervisedActor) and not actor._supervision_.terminated.wait(STOP_TIMEOUT):
             stuck.append(str(ref))
     for actor in abandoned_actors():
         if id(actor) not in abandoned_before:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import threading
 from typing import Any
 
@@ -18,13 +19,14 @@ from supervision import (
     DeferredReply,
     Killed,
     StartError,
+    StorageError,
     SupervisedActor,
     Supervisor,
     Undelivered,
-    UnknownMessage,
     kill,
     supervised_class,
 )
+from supervision._actor import NoSuchAttribute
 from supervision.testing import wait_until
 
 
@@ -72,6 +74,27 @@ class Account(SupervisedActor):
 
     def get_hooks(self) -> list[str]:
         return list(self.hooks)
+
+    def deposit_durably(self, amount: int) -> int:
+        self.balance += amount
+        self.balance -= amount  # the change is not applied: the write failed
+        raise StorageError(errno.ENOSPC, "No space left on device", "/state/account")
+
+
+class Journal(SupervisedActor):
+    """An on_receive-based actor whose durable write can fail."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entries: list[str] = []
+
+    def on_receive(self, message: Any) -> Any:
+        if message == "entries":
+            return list(self.entries)
+        if message.startswith("fail:"):
+            raise StorageError(errno.EIO, "Input/output error", "/state/journal")
+        self.entries.append(message)
+        return len(self.entries)
 
 
 def actor_of(ref: pykka.ActorRef) -> Any:
@@ -134,14 +157,18 @@ def test_a_type_error_inside_a_method_is_a_crash():
     wait_until(lambda: not ref.is_alive())
 
 
-def test_unknown_and_private_messages_are_client_errors():
+def test_unknown_messages_get_none_and_private_or_missing_attributes_are_client_errors(log_records):
+    # Contract: an actor keeping pykka's default on_receive answers None with a WARNING
+    # (it used to raise UnknownMessage); a missing attribute is a ClientError that is also
+    # an AttributeError (it used to be a BadCall, a TypeError); a private one stays a BadCall.
     ref = Account.start()
-    with pytest.raises(UnknownMessage):
-        ref.ask({"what": "is this"}, timeout=5)
+    assert ref.ask({"what": "is this"}, timeout=5) is None
+    assert any(r["level"].name == "WARNING" and "what" in r["message"] for r in log_records)
     with pytest.raises(BadCall, match="private"):
         ref.ask(pykka_messages.ProxyCall(attr_path=("_stop",), args=(), kwargs={}), timeout=5)
-    with pytest.raises(BadCall, match="no attribute"):
+    with pytest.raises(NoSuchAttribute, match="no attribute") as missing:
         ref.ask(pykka_messages.ProxyCall(attr_path=("nope",), args=(), kwargs={}), timeout=5)
+    assert isinstance(missing.value, ClientError) and isinstance(missing.value, AttributeError)
     ref.tell("an unknown tell is logged and ignored")
     assert ref.proxy().deposit(1).get(timeout=5) == 1
 
@@ -169,7 +196,7 @@ def test_queued_asks_fail_with_undelivered_and_queued_tells_are_dropped(log_reco
         with pytest.raises(pykka.ActorDeadError) as raised:
             future.get(timeout=5)
         assert isinstance(raised.value, Undelivered)
-    wait_until(lambda: not ref.is_alive())
+    wait_until(lambda: actor._terminated.is_set())  # set once the queued tells are dropped
     assert any(r["level"].name == "WARNING" and "dropped" in r["message"] for r in log_records)
     assert actor.calls == 1
 
@@ -280,10 +307,12 @@ def test_crash_is_logged_at_error_with_traceback_and_actor_id(log_records):
     ref = sup.proxy().whereis("logged").get(timeout=5)
     with pytest.raises(RuntimeError):
         ref.proxy().crash().get(timeout=5)
-    wait_until(lambda: any(r["level"].name == "WARNING" and "logged" in r["message"] for r in log_records))
+    # One record per crash: the report and what the supervisor did about it.
+    wait_until(lambda: any(r["level"].name == "ERROR" and "restarted" in r["message"] for r in log_records))
     errors = [r for r in log_records if r["level"].name == "ERROR"]
     assert errors and errors[0]["exception"] is not None
     assert errors[0]["extra"]["actor"] == "logged" and errors[0]["extra"]["incarnation"] == 0
+    assert errors[0]["message"].startswith("restarted child logged (restart 1): logged (incarnation 0) crashed")
 
 
 def test_supervised_class_rejects_non_actors_and_is_cached():
@@ -291,3 +320,28 @@ def test_supervised_class_rejects_non_actors_and_is_cached():
         supervised_class(object)
     assert supervised_class(Recorder) is supervised_class(Recorder)
     assert supervised_class(Account) is Account
+
+
+def test_a_storage_error_reaches_the_caller_and_the_actor_keeps_its_state(log_records):
+    ref = Account.start()
+    proxy = ref.proxy()
+    proxy.deposit(5).get(timeout=5)
+    with pytest.raises(StorageError) as raised:
+        proxy.deposit_durably(3).get(timeout=5)
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == "/state/account"
+    proxy.deposit_durably.defer(3)  # as a tell: logged, not a crash
+    assert proxy.deposit(1).get(timeout=5) == 6
+    assert ref.is_alive() and actor_of(ref).exit_reason is None
+    assert actor_of(ref).hooks == []  # neither on_failure nor on_stop ran
+
+
+def test_a_storage_error_from_on_receive_is_not_a_crash_for_asks_or_tells(log_records):
+    ref = Journal.start()
+    assert ref.ask("one", timeout=5) == 1
+    with pytest.raises(StorageError) as raised:
+        ref.ask("fail:two", timeout=5)
+    assert raised.value.errno == errno.EIO
+    ref.tell("fail:three")
+    assert ref.ask("four", timeout=5) == 2
+    assert ref.ask("entries", timeout=5) == ["one", "four"]
+    assert any(r["level"].name == "WARNING" and "fail:three" in r["message"] for r in log_records)

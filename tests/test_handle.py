@@ -670,3 +670,59 @@ def test_resolving_sends_no_message_to_the_supervisor(
     assert Handle(root, "w").ask("urn", timeout=2) == urn
     gate.release.set()
     assert adding.get(timeout=5) == Handle(root, "slow").ref()
+
+
+# -- calls parked for the next incarnation --------------------------------------------------
+
+
+def test_a_call_made_while_a_restart_is_pending_is_delivered_once_even_without_get(
+    manual_clock: ManualClock, gates: Callable[[int], Gate]
+) -> None:
+    gate = gates(2)
+    _, handle, _ = restart_pending(manual_clock, gate)
+    handle.proxy().remember("parked")  # never waited on
+    gate.release.set()
+    assert handle.proxy().recall().get(timeout=5) == ["parked"]
+
+
+def test_a_parked_call_whose_caller_gave_up_is_never_delivered(
+    manual_clock: ManualClock, gates: Callable[[int], Gate]
+) -> None:
+    gate = gates(2)
+    _, handle, _ = restart_pending(manual_clock, gate)
+    late = handle.proxy().remember("too late")
+    with pytest.raises(ChildNotFound):
+        late.get(timeout=0.2)
+    gate.release.set()
+    assert handle.proxy().recall().get(timeout=5) == []
+
+
+def test_a_parked_call_gets_child_not_found_when_no_incarnation_will_come(
+    manual_clock: ManualClock, gates: Callable[[int], Gate]
+) -> None:
+    gate = gates(1)
+    root = Supervisor.start(
+        [ChildSpec("w", DyingOnFailure, kwargs={"gate": gate}, restart=Restart.TEMPORARY)], clock=manual_clock
+    )
+    handle = Handle(root, "w")
+    kill(handle.ref())
+    assert gate.entered.wait(5)  # crashing: a call now waits for the supervisor's decision
+    parked = handle.proxy().urn()
+    gate.release.set()  # a temporary child is forgotten: nothing will answer
+    with pytest.raises(ChildNotFound):
+        parked.get(timeout=5)
+
+
+def test_a_parked_call_gets_child_not_found_when_its_supervisor_stops(
+    manual_clock: ManualClock, gates: Callable[[int], Gate]
+) -> None:
+    gate = gates(1)
+    root = Supervisor.start([ChildSpec("w", DyingOnFailure, kwargs={"gate": gate})], clock=manual_clock)
+    handle = Handle(root, "w")
+    kill(handle.ref())
+    assert gate.entered.wait(5)
+    parked = handle.proxy().urn()
+    root.stop(block=False)
+    with pytest.raises(ChildNotFound):
+        parked.get(timeout=5)
+    gate.release.set()

@@ -173,12 +173,23 @@ def test_handler_crash_is_logged_at_error_with_its_traceback(log_records: list[d
     assert wait_until(crash_logged)
 
 
-def test_restart_is_logged_at_warning_naming_the_child_id(
+def test_a_restart_after_a_crash_is_logged_with_the_crash_naming_the_child_id(
     manual_clock: ManualClock, log_records: list[dict[str, Any]]
 ) -> None:
     restart_worker_7(manual_clock)
-    warnings = [r for r in log_records if r["level"].name == "WARNING"]
-    assert any("worker-7" in r["message"] or "worker-7" in r["extra"].values() for r in warnings)
+    errors = [r for r in log_records if r["level"].name == "ERROR" and "restarted" in r["message"]]
+    assert any("worker-7" in r["message"] and r["extra"].get("actor") == "worker-7" for r in errors)
+
+
+def test_a_restart_after_a_normal_exit_is_logged_at_warning_naming_the_child_id(
+    manual_clock: ManualClock, log_records: list[dict[str, Any]]
+) -> None:
+    root = Supervisor.start([ChildSpec("worker-8", Worker)], clock=manual_clock)
+    first = root.proxy().whereis("worker-8").get(timeout=5)
+    first.stop()
+    wait_until(lambda: any(r["level"].name == "WARNING" and "restarted" in r["message"] for r in log_records))
+    warnings = [r for r in log_records if r["level"].name == "WARNING" and "restarted" in r["message"]]
+    assert any("worker-8" in r["message"] and r["extra"].get("actor") == "worker-8" for r in warnings)
 
 
 def test_log_records_stops_capturing_after_the_test(pytester: pytest.Pytester) -> None:
