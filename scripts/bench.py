@@ -111,11 +111,10 @@ def section_supervision(quick: bool) -> SectionResult:
     rows = [
         Row("handle overhead (calls/s)", overhead["handle_calls_per_s"], overhead["bare_calls_per_s"],
             "/s", overhead["ratio"], overhead["target"], ">=", overhead["layout"]),
-        Row("restart latency (kill→answer vs start+proxy call)", restart["restart_s"],
-            restart["bare_start_proxy_call_s"], "s", restart["ratio"], restart["target"], "<=",
-            restart["layout"]),
-        Row("  same, vs start+ref.ask (no proxy build; info)", restart["restart_s"],
-            restart["bare_start_ask_s"], "s", restart["ratio_vs_ask"], None, "<=", restart["layout"]),
+        Row("restart latency (kill→answer vs start+first ask)", restart["restart_s"],
+            restart["bare_start_ask_s"], "s", restart["ratio"], restart["target"], "<=", restart["layout"]),
+        Row("  same, vs start+proxy call (info)", restart["restart_s"], restart["bare_start_proxy_call_s"], "s",
+            restart["ratio_vs_proxy"], None, "<=", restart["layout"]),
     ]
     return SectionResult(rows, details={"handle_overhead": overhead, "restart_latency": restart})
 

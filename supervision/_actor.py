@@ -57,6 +57,7 @@ from supervision._errors import (
     ActorCrashed,
     BadCall,
     ClientError,
+    NoSuchAttribute,
     StorageError,
     StartError,
     UnknownMessage,
@@ -329,10 +330,6 @@ _NOTHING = object()
 
 # Names SupervisedActor offers for the library's own actors; a user's class keeps its own.
 _USER_NAMES = ("_log", "_label", "_thread", "_terminated", "_thread_alive", "exit_reason")
-
-
-class NoSuchAttribute(ClientError, AttributeError):
-    """A proxy call or read of an attribute the actor does not have (or keeps private)."""
 
 
 class _Proxy(pykka.ActorProxy[Any]):

@@ -16,6 +16,7 @@ __all__ = [
     "ChildNotFound",
     "ChildRunning",
     "ClientError",
+    "NoSuchAttribute",
     "StartError",
     "StorageError",
     "UnknownMessage",
@@ -57,6 +58,10 @@ class ClientError(Exception):
 
 class BadCall(ClientError, TypeError):
     """A call whose arguments do not fit the method's signature."""
+
+
+class NoSuchAttribute(ClientError, AttributeError):
+    """A proxy call or read of an attribute the actor does not have (or keeps private)."""
 
 
 class UnknownMessage(ClientError, TypeError):
