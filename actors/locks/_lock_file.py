@@ -487,7 +487,6 @@ class LockFile:
             if verdict.state is LockState.CORRUPT:
                 self._report_once(f"corrupt lock record {self.record_path}: {verdict.reason}")
                 return None
-            self._reported_problem = None
             if verdict.state is not LockState.STALE:
                 return None
             with self._refusals(), self._guarded(create=False) as dir_fd:
@@ -531,6 +530,8 @@ class LockFile:
         verdict = judge(data, mtime=mtime, boot_time=boot_time, this_host=self.hostname)
         if verdict.is_unknown:
             self._report_once(f"{verdict.reason}; counted as held, looked at again next time")
+        elif verdict.state is not LockState.CORRUPT:
+            self._reported_problem = None  # the episode is over
         return verdict
 
     def _report_once(self, problem: str) -> None:
