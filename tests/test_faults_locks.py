@@ -217,7 +217,7 @@ def test_an_unusable_worker_directory_is_invalid_worker_dir_and_status_says_unus
         real_open = os.open
 
         def refuse(path: Any, *args: Any, **kwargs: Any) -> int:  # root reads anything: refuse as EACCES would
-            if os.fspath(path) == str(worker):
+            if os.fspath(path).startswith(str(worker)):
                 raise PermissionError(errno.EACCES, "Permission denied", str(worker))
             return real_open(path, *args, **kwargs)
 
