@@ -78,14 +78,7 @@ _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def _device_of(path: str) -> int | None:
-    try:
-        return os.stat(path).st_dev
-    except OSError:
-        return None
-
-
-_PROC_DEVICE = _device_of("/proc")
+_PROC_DEVICE = os.stat("/proc").st_dev if os.path.isdir("/proc") else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,23 +151,26 @@ class Verdict:
 # -- the record ----------------------------------------------------------------------------
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def _is_int(value: object, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 def _is_pid(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= _MAX_PID
+    return _is_int(value, 1, _MAX_PID)
 
 
-def _field(obj: dict[str, object], key: str, check: Callable[[object], bool], what: str, *, optional: bool = False) -> object:
-    value = obj.get(key)
-    if (value is None and optional) or check(value):
-        return value
-    raise ValueError(f"{key} is {reprlib.repr(value)}, not {what}")
-
-
-def _is_str(value: object) -> bool:
-    return isinstance(value, str)
+# Each field's check and what it must be; None is also allowed where `optional`.
+_CHECKS: dict[str, tuple[Callable[[object], bool], str, bool]] = {
+    "pid": (_is_pid, "a positive int", False),
+    "start_time": (lambda v: _is_int(v, -2**63, 2**63) or (isinstance(v, float) and math.isfinite(v)),
+                   "a number", False),
+    "acquired_at": (lambda v: isinstance(v, str), "a string", False),
+    "session_id": (lambda v: isinstance(v, str), "a string", False),
+    "hostname": (lambda v: isinstance(v, str) and bool(v), "a non-empty string", False),
+    "refreshed_at": (lambda v: isinstance(v, str), "a string", True),
+    "start_ticks": (lambda v: _is_int(v, 0, 2**63), "an int >= 0", True),
+    "boot_id": (lambda v: isinstance(v, str) and bool(v), "a non-empty string", True),
+}
 
 
 def parse_record(data: bytes) -> LockInfo:
@@ -190,22 +186,11 @@ def parse_record(data: bytes) -> LockInfo:
         raise ValueError(f"not JSON ({error})") from None
     if not isinstance(obj, dict):
         raise ValueError(f"not a JSON object but {type(obj).__name__}")
-    hostname = _field(obj, "hostname", _is_str, "a string")
-    if not hostname:
-        raise ValueError("hostname is empty")
-    ticks = _field(obj, "start_ticks", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
-                   "an int >= 0", optional=True)
-    return LockInfo(
-        pid=_field(obj, "pid", _is_pid, "a positive int"),  # type: ignore[arg-type]
-        start_time=float(_field(obj, "start_time", _is_number, "a number")),  # type: ignore[arg-type]
-        acquired_at=_field(obj, "acquired_at", _is_str, "a string"),  # type: ignore[arg-type]
-        session_id=_field(obj, "session_id", _is_str, "a string"),  # type: ignore[arg-type]
-        hostname=hostname,  # type: ignore[arg-type]
-        refreshed_at=_field(obj, "refreshed_at", _is_str, "a string", optional=True),  # type: ignore[arg-type]
-        start_ticks=ticks,  # type: ignore[arg-type]
-        boot_id=_field(obj, "boot_id", lambda v: isinstance(v, str) and bool(v), "a non-empty string",
-                       optional=True),  # type: ignore[arg-type]
-    )
+    for key, (check, what, optional) in _CHECKS.items():
+        value = obj.get(key)
+        if not (check(value) or (optional and value is None)):
+            raise ValueError(f"{key} is {reprlib.repr(value)}, not {what}")
+    return LockInfo(**{key: obj.get(key) for key in _CHECKS} | {"start_time": float(obj["start_time"])})
 
 
 _FIELDS = tuple(field.name for field in dataclasses.fields(LockInfo))
@@ -732,6 +717,8 @@ class LockFile:
                     break
                 chunks.append(chunk)
                 size += len(chunk)
+                if size == record_stat.st_size:
+                    break  # all fstat saw: spare the read that would only say "end of file"
         finally:
             os.close(fd)
         return b"".join(chunks), record_stat.st_mtime
