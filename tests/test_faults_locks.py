@@ -22,9 +22,9 @@ import pytest
 
 from actors import _process
 from actors._errors import InvalidWorkerDir, Locked, TooManyLocks
-from actors.locks._lock_file import GUARD_NAME, RECORD_NAME, LockFile
+from actors.locks._lock_file import GUARD_NAME, RECORD_NAME
 from actors.locks._worker_lock import LockSupervisor, WorkerLock, lock_child_id
-from supervision import ChildSpec, Handle, ManualClock, StartError, StorageError, Supervisor
+from supervision import ChildSpec, ClientError, Handle, ManualClock, StartError, StorageError, Supervisor
 from supervision.testing import wait_until
 
 T = 10.0
@@ -299,6 +299,7 @@ def test_reading_six_thousand_directories_starts_no_lock_actor_and_no_thread(
     assert threading.active_count() <= threads_before + 2
     assert locks.proxy().count_children().get(timeout=T)["specs"] == 1
     assert not (tmp_path / "w0").exists()  # reading creates nothing
+    assert restarts(root) == {"locks": 0}
 
 
 def test_an_idle_lock_actor_retires_after_idle_retire_unless_it_holds_the_lock(
@@ -391,16 +392,16 @@ def test_call_lock_never_waits_for_the_lock_actor(
     assert pending.get(timeout=T) == f"locked by pid {MY_PID} (session %1)"
     child_id = lock_child_id(str(tmp_path.resolve() / "w"))
     assert [info.id for info in locks.proxy().which_children().get(timeout=T)] == [child_id]
+    assert restarts(root) == {"locks": 0}
 
 
 def test_call_lock_refuses_what_it_does_not_serve(
     tmp_path: Path, root_with_locks: Callable[..., tuple[pykka.ActorRef[Any], Any]],
 ) -> None:
     root, locks = root_with_locks()
-    from supervision import ClientError
-
-    for method, args in [("force_release", []), ("lock_for", []), ("_stop", []), ("acquire", [1, 2, 3, 4]),
-                         ("status", ["extra"])]:
+    refused: list[tuple[str, list[Any]]] = [("force_release", []), ("lock_for", []), ("_stop", []),
+                                            ("acquire", [1, 2, 3, 4]), ("status", ["extra"])]
+    for method, args in refused:
         with pytest.raises(ClientError):
             call_lock(locks, tmp_path / "w", method, *args)
     with pytest.raises(ClientError):

@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +23,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from loguru import logger
 
-from actors.locks import _lock_file
 from actors._errors import InvalidLock, InvalidOwner, Locked, NotLocked
+from actors._process import Liveness, ProcessIdentity, identify
+from actors.locks import _lock_file
 from actors.locks._lock_file import (
     GUARD_NAME,
     RECORD_NAME,
@@ -37,8 +37,7 @@ from actors.locks._lock_file import (
     judge,
     parse_record,
 )
-from actors._process import Liveness, ProcessIdentity, identify
-from supervision import ClientError, ManualClock
+from supervision import ClientError
 
 RACER = Path(__file__).resolve().parent / "_lock_racer.py"
 HOST = socket.gethostname()

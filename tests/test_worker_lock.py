@@ -21,10 +21,10 @@ import pykka
 import pytest
 from _racing import race_round, race_threads, start_racers
 
-from actors.locks import _lock_file
 from actors._errors import InvalidLock, InvalidOwner, Locked, NotLocked
-from actors.locks._lock_file import GUARD_NAME, RECORD_NAME, LockFile, LockInfo, encode_record
 from actors._process import ProcessIdentity, identify
+from actors.locks import _lock_file
+from actors.locks._lock_file import GUARD_NAME, RECORD_NAME, LockFile, LockInfo, encode_record
 from actors.locks._worker_lock import InvalidWorkerDir, LockSupervisor, WorkerLock, lock_child_id
 from supervision import (
     BadCall,

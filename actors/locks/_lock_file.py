@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import functools
 import errno
 import fcntl
+import functools
 import json
 import math
 import os
@@ -190,7 +190,7 @@ def parse_record(data: bytes) -> LockInfo:
         value = obj.get(key)
         if not (check(value) or (optional and value is None)):
             raise ValueError(f"{key} is {reprlib.repr(value)}, not {what}")
-    return LockInfo(**{key: obj.get(key) for key in _CHECKS} | {"start_time": float(obj["start_time"])})
+    return LockInfo(**{key: obj.get(key) for key in _CHECKS} | {"start_time": float(obj["start_time"])})  # type: ignore[arg-type]
 
 
 _FIELDS = tuple(field.name for field in dataclasses.fields(LockInfo))
