@@ -210,11 +210,13 @@ def bench_growth(rounds: int = 6, cycles: int = 400, few: int = 10, many: int = 
             with _pinned(caller_cpu, [_actor_thread_id(refs[0])], actor_cpu):
                 _rate(cycle, cycles)
                 for _ in range(rounds):
+                    gc.collect()  # each side starts from a settled heap (the collector stays on)
                     times[few].append(1.0 / _rate(cycle, cycles))
                     extra = [WorkerLock.start(Path(scratch) / f"x{index}", clock=clock) for index in range(many - few)]
                     for ref in extra:
                         ref.proxy().status().get()  # each has run once, as a live lock has
                     try:
+                        gc.collect()
                         times[many].append(1.0 / _rate(cycle, cycles))
                     finally:
                         for ref in extra:

@@ -644,7 +644,7 @@ def test_a_directory_under_the_temporary_name_is_refused(lock: LockFile) -> None
     assert lock.status() == "unlocked" and (runtime / TEMP_NAME).is_dir()
 
 
-def test_readers_take_no_lock(lock: LockFile, worker_dir: Path, captured_logs: list[Any]) -> None:
+def test_readers_take_no_lock(lock: LockFile, worker_dir: Path) -> None:
     held = lock.acquire(MY_PID, "%1")
     impatient = LockFile(worker_dir, guard_timeout=0.01)
     writer = os.open(lock.guard_path, os.O_RDONLY)
@@ -655,7 +655,6 @@ def test_readers_take_no_lock(lock: LockFile, worker_dir: Path, captured_logs: l
         impatient.check(MY_PID)
     finally:
         os.close(writer)
-    assert not [r for r in captured_logs if "without the guard" in r["message"]]
 
 
 def test_release_judges_the_record_on_disk(
