@@ -24,7 +24,7 @@ from actors import _process
 from actors._errors import InvalidWorkerDir, Locked, TooManyLocks
 from actors.locks._lock_file import GUARD_NAME, RECORD_NAME
 from actors.locks._worker_lock import LockSupervisor, WorkerLock, lock_child_id
-from supervision import ChildSpec, ClientError, Handle, ManualClock, StartError, StorageError, Supervisor
+from supervision import ChildSpec, ClientError, Handle, ManualClock, StartError, StorageError, Supervisor, kill
 from supervision.testing import wait_until
 
 T = 10.0
@@ -407,4 +407,30 @@ def test_call_lock_refuses_what_it_does_not_serve(
     with pytest.raises(ClientError):
         locks.proxy().call_lock(str(tmp_path / "w"), "read", "not a list", {}).get(timeout=T)
     assert call_lock(locks, "/elsewhere", "status").startswith("unusable (")  # outside the root
+    assert restarts(root) == {"locks": 0}
+
+
+def test_a_call_its_lock_never_handled_is_sent_again_through_a_handle(
+    tmp_path: Path, root_with_locks: Callable[..., tuple[pykka.ActorRef[Any], Any]], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    root, locks = root_with_locks()
+    call_lock(locks, tmp_path / "w", "acquire", "%1")
+    lock = locks.proxy().lock_for("w").get(timeout=T)
+    entered, gate = threading.Event(), threading.Event()
+    real_read = WorkerLock.read
+
+    def slow_read(self: WorkerLock) -> Any:
+        entered.set()
+        gate.wait(T)
+        return real_read(self)
+
+    monkeypatch.setattr(WorkerLock, "read", slow_read)
+    busy = lock.proxy().read()
+    assert entered.wait(T)  # the lock actor is inside a handler
+    pending = locks.proxy().call_lock(str(tmp_path / "w"), "status", [], {})
+    wait_until(lambda: lock.actor_inbox.qsize() >= 1)  # queued behind it
+    kill(lock, "test")  # the queued call will never be handled by this incarnation
+    gate.set()
+    assert busy.get(timeout=T).pid == MY_PID
+    assert pending.get(timeout=T) == f"locked by pid {MY_PID} (session %1)"  # sent again, answered
     assert restarts(root) == {"locks": 0}

@@ -47,6 +47,7 @@ from supervision import (
     Supervisor,
     SystemClock,
     Timer,
+    Undelivered,
     UnknownMessage,
     send_after,
     send_interval,
@@ -471,10 +472,28 @@ def _answer(result: Any, reply: DeferredReply | None) -> Any:
 
 def _forward(ref: pykka.ActorRef[Any], method: str, args: Any, kwargs: dict[str, Any],
              reply: DeferredReply | None = None) -> DeferredReply:
-    """Ask `ref` to run `method` and answer into `reply`, without waiting for it."""
+    """Ask `ref` to run `method` and answer into `reply`, without waiting for it.
+
+    A call the lock never handled (it retired or crashed first) is answered as not
+    handled, so a `Handle` on this supervisor sends it again (to a fresh lock).
+    """
     reply = DeferredReply() if reply is None else reply
+    asked = DeferredReply()
+
+    def relay(answer: DeferredReply) -> None:
+        try:
+            reply.set(answer.get(timeout=0))
+        except Undelivered as error:
+            if error.reply_to is asked:
+                reply.set_not_handled(f"{method}: {error}")
+            else:
+                reply.set_exception()
+        except Exception:
+            reply.set_exception()
+
+    asked.add_done_callback(relay)
     message = pykka_messages.ProxyCall(attr_path=(method,), args=tuple(args), kwargs=dict(kwargs))
-    ref.actor_inbox.put(Envelope(message, reply_to=reply))
+    ref.actor_inbox.put(Envelope(message, reply_to=asked))
     return reply
 
 
