@@ -194,12 +194,13 @@ def parse_record(data: bytes) -> LockInfo:
 
 
 _FIELDS = tuple(field.name for field in dataclasses.fields(LockInfo))
+_ENCODER = json.JSONEncoder(ensure_ascii=True, allow_nan=False)  # json.dumps would build one per call
 
 
 def encode_record(info: LockInfo) -> bytes:
     """The bytes of `agent.lock` for `info`: one line of ASCII JSON of its fields."""
     fields = {name: getattr(info, name) for name in _FIELDS}
-    return (json.dumps(fields, ensure_ascii=True, allow_nan=False) + "\n").encode("ascii")
+    return (_ENCODER.encode(fields) + "\n").encode("ascii")
 
 
 @functools.lru_cache(maxsize=256)
