@@ -54,7 +54,7 @@ from supervision import (
 )
 from supervision._errors import describe
 
-__all__ = ["InvalidWorkerDir", "LockSupervisor", "WorkerLock", "lock_child_id"]
+__all__ = ["LOCK_OPERATIONS", "InvalidWorkerDir", "LockSupervisor", "WorkerLock", "lock_child_id"]
 
 
 @dataclass(frozen=True, slots=True)
