@@ -181,7 +181,7 @@ def parse_record(data: bytes) -> LockInfo:
     if len(data) > MAX_RECORD_BYTES:
         raise ValueError(f"larger than {MAX_RECORD_BYTES} bytes")
     try:
-        obj = json.loads(data)
+        obj = json.loads(data.decode("utf-8"))  # ours are ASCII: no encoding to detect
     except (ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError
         raise ValueError(f"not JSON ({error})") from None
     if not isinstance(obj, dict):
