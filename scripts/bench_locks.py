@@ -4,7 +4,7 @@
 
 - acquire+release cycles/s through a `WorkerLock` actor as a host calls it (cached
   `ref.proxy()`, both calls awaited: two round trips per cycle) vs `filelock.FileLock`
-  acquire+release on the same filesystem (a temporary directory), interleaved in short
+  acquire+release on the same filesystem (a temporary directory: `TMPDIR`), interleaved in short
   rounds, medians, collector on; the caller is pinned to one CPU and the lock actor's
   thread to the other (target: ratio >= 0.3). `core_acquire_s` / `core_release_s` (the
   `LockFile` core alone) and `two_asks_s` (two asks to an actor doing nothing) show
