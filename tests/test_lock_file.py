@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +23,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from loguru import logger
 
-from actors.locks import _lock_file
 from actors._errors import InvalidLock, InvalidOwner, Locked, NotLocked
+from actors._process import Liveness, ProcessIdentity, identify
+from actors.locks import _lock_file
 from actors.locks._lock_file import (
     GUARD_NAME,
     RECORD_NAME,
@@ -37,13 +37,14 @@ from actors.locks._lock_file import (
     judge,
     parse_record,
 )
-from actors._process import process_start_time
-from supervision import ClientError, ManualClock
+from supervision import ClientError
 
 RACER = Path(__file__).resolve().parent / "_lock_racer.py"
 HOST = socket.gethostname()
 MY_PID = os.getpid()
-MY_START = process_start_time(MY_PID)
+ME = identify(MY_PID)
+assert ME is not None
+MY_START = ME.start_time
 BOOT = 1_000_000.0  # for the pure tests: records "modified" after it unless said otherwise
 
 
@@ -62,12 +63,17 @@ def record_bytes(**overrides: Any) -> bytes:
     return json.dumps(fields).encode()
 
 
-def always_alive(pid: int, start_time: float) -> bool:
-    return True
+def always_alive(info: LockInfo) -> Liveness:
+    return Liveness.ALIVE
 
 
-def never_alive(pid: int, start_time: float) -> bool:
-    return False
+def never_alive(info: LockInfo) -> Liveness:
+    return Liveness.DEAD
+
+
+def pid_reused(identity: ProcessIdentity) -> ProcessIdentity:
+    """Another lifetime of the same pid: it started a second earlier."""
+    return ProcessIdentity(identity.pid, identity.start_ticks - 100, identity.boot_id)
 
 
 def write_record(lock: LockFile, data: bytes) -> Path:
@@ -130,13 +136,13 @@ def spawn_process() -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
         child.wait()
 
 
-def dead_pid_and_start_time(spawn: Callable[[], subprocess.Popen[bytes]]) -> tuple[int, float]:
+def dead_identity(spawn: Callable[[], subprocess.Popen[bytes]]) -> ProcessIdentity:
     child = spawn()
-    start_time = process_start_time(child.pid)
-    assert start_time is not None
+    identity = identify(child.pid)
+    assert identity is not None
     child.kill()
     child.wait()  # reaped: the pid no longer names this process
-    return child.pid, start_time
+    return identity
 
 
 # -- the pure verdict ------------------------------------------------------------------
@@ -147,35 +153,42 @@ def test_no_record_is_unlocked() -> None:
 
 
 def test_a_live_owner_on_this_host_holds_it() -> None:
-    verdict = judge(record_bytes(), mtime=BOOT + 5, boot_time=BOOT, this_host=HOST, is_alive=always_alive)
+    verdict = judge(record_bytes(), mtime=BOOT + 5, boot_time=BOOT, this_host=HOST, liveness_of=always_alive)
     assert verdict.state is LockState.HELD and verdict.is_held
     assert verdict.info is not None and verdict.info.pid == 4242 and verdict.info.session_id == "%4"
 
 
-def test_liveness_is_asked_with_pid_and_start_time() -> None:
-    asked: list[tuple[int, float]] = []
+def test_liveness_is_asked_about_the_record() -> None:
+    asked: list[LockInfo] = []
 
-    def is_alive(pid: int, start_time: float) -> bool:
-        asked.append((pid, start_time))
-        return False
+    def liveness_of(info: LockInfo) -> Liveness:
+        asked.append(info)
+        return Liveness.DEAD
 
-    verdict = judge(record_bytes(), mtime=BOOT + 5, boot_time=BOOT, this_host=HOST, is_alive=is_alive)
-    assert asked == [(4242, 1_700_000_000.5)]
+    verdict = judge(record_bytes(), mtime=BOOT + 5, boot_time=BOOT, this_host=HOST, liveness_of=liveness_of)
+    assert [(info.pid, info.start_time) for info in asked] == [(4242, 1_700_000_000.5)]
     assert verdict.state is LockState.STALE and not verdict.is_held
 
 
+def test_an_owner_whose_liveness_cannot_be_told_holds_the_lock() -> None:
+    verdict = judge(record_bytes(), mtime=BOOT + 5, boot_time=BOOT, this_host=HOST,
+                    liveness_of=lambda info: Liveness.UNKNOWN)
+    assert verdict.state is LockState.HELD and verdict.is_held and verdict.is_unknown
+    assert verdict.describe("/x") == "locked by pid 4242 (session %4)"
+
+
 def test_a_record_from_before_boot_is_stale_even_if_its_pid_lives() -> None:
-    verdict = judge(record_bytes(), mtime=BOOT - 1, boot_time=BOOT, this_host=HOST, is_alive=always_alive)
+    verdict = judge(record_bytes(), mtime=BOOT - 1, boot_time=BOOT, this_host=HOST, liveness_of=always_alive)
     assert verdict.state is LockState.STALE
     assert verdict.info is not None and verdict.info.pid == 4242
 
 
 @pytest.mark.parametrize("mtime", [BOOT - 1e6, BOOT + 5])
-@pytest.mark.parametrize("is_alive", [always_alive, never_alive])
+@pytest.mark.parametrize("liveness_of", [always_alive, never_alive])
 def test_another_hosts_record_is_foreign_whatever_its_age_or_pid(
-    mtime: float, is_alive: Callable[[int, float], bool]
+    mtime: float, liveness_of: Callable[[LockInfo], Liveness]
 ) -> None:
-    verdict = judge(record_bytes(hostname="far"), mtime=mtime, boot_time=BOOT, this_host=HOST, is_alive=is_alive)
+    verdict = judge(record_bytes(hostname="far"), mtime=mtime, boot_time=BOOT, this_host=HOST, liveness_of=liveness_of)
     assert verdict.state is LockState.FOREIGN and verdict.is_held
     assert verdict.describe("/x") == "held on host far"
 
@@ -201,6 +214,10 @@ CORRUPT_RECORDS = {
     "session null": record_bytes(session_id=None),
     "acquired_at number": record_bytes(acquired_at=5),
     "refreshed_at number": record_bytes(refreshed_at=5),
+    "start_ticks string": record_bytes(start_ticks="7", boot_id="b"),
+    "start_ticks negative": record_bytes(start_ticks=-1, boot_id="b"),
+    "boot_id number": record_bytes(start_ticks=7, boot_id=7),
+    "boot_id empty": record_bytes(start_ticks=7, boot_id=""),
     "deeply nested": b"[" * 100_000 + b"]" * 100_000,
     "too large": record_bytes(session_id="x" * 70_000),
 }
@@ -208,10 +225,10 @@ CORRUPT_RECORDS = {
 
 @pytest.mark.parametrize("data", CORRUPT_RECORDS.values(), ids=CORRUPT_RECORDS.keys())
 def test_an_unreadable_record_is_corrupt_unless_from_before_boot(data: bytes) -> None:
-    verdict = judge(data, mtime=BOOT + 5, boot_time=BOOT, this_host=HOST, is_alive=always_alive)
+    verdict = judge(data, mtime=BOOT + 5, boot_time=BOOT, this_host=HOST, liveness_of=always_alive)
     assert verdict.state is LockState.CORRUPT and verdict.info is None and verdict.reason
     assert verdict.describe("/w/.runtime/agent.lock") == "corrupt (/w/.runtime/agent.lock)"
-    before_boot = judge(data, mtime=BOOT - 5, boot_time=BOOT, this_host=HOST, is_alive=always_alive)
+    before_boot = judge(data, mtime=BOOT - 5, boot_time=BOOT, this_host=HOST, liveness_of=always_alive)
     assert before_boot.state is LockState.STALE and before_boot.info is None
     assert before_boot.describe("/x") == "stale (from before boot)"
 
@@ -234,7 +251,7 @@ def test_parse_ignores_unknown_keys_and_accepts_an_int_start_time() -> None:
 @given(st.binary(max_size=300), st.booleans())
 def test_judge_never_raises_and_never_calls_a_pre_boot_record_corrupt(data: bytes, is_before_boot: bool) -> None:
     mtime = BOOT - 1 if is_before_boot else BOOT + 1
-    verdict = judge(data, mtime=mtime, boot_time=BOOT, this_host=HOST, is_alive=always_alive)
+    verdict = judge(data, mtime=mtime, boot_time=BOOT, this_host=HOST, liveness_of=always_alive)
     assert verdict.state is not LockState.UNLOCKED
     if is_before_boot:
         assert verdict.state in (LockState.STALE, LockState.FOREIGN)
@@ -248,6 +265,8 @@ infos = st.builds(
     session_id=st.text(max_size=40),
     hostname=st.text(min_size=1, max_size=40),
     refreshed_at=st.none() | st.text(max_size=40),
+    start_ticks=st.none() | st.integers(0, 2**62),
+    boot_id=st.none() | st.text(min_size=1, max_size=40),
 )
 
 
@@ -262,63 +281,10 @@ def test_a_record_is_one_line_of_ascii_json_of_its_fields(info: LockInfo) -> Non
     assert encode_record(info) == (json.dumps(fields, ensure_ascii=True, allow_nan=False) + "\n").encode()
 
 
-@given(
-    st.integers(1, 2**31 - 1),
-    st.floats(0, 4e9, allow_nan=False),
-    st.floats(0, 4e9, allow_nan=False),
-    st.text(max_size=40),
-    st.text(min_size=1, max_size=40),
-)
-def test_a_new_records_template_gives_the_bytes_of_encode_record(
-    pid: int, start_time: float, seconds: float, session_id: str, hostname: str
-) -> None:
-    acquired_at = _lock_file._rfc3339(seconds)
-    write_id = _lock_file.new_write_id()
-    head, middle, tail = _lock_file._record_template(pid, start_time, session_id, hostname)
-    info = LockInfo(pid, start_time, acquired_at, session_id, hostname)
-    assert head + acquired_at.encode() + middle + write_id.encode() + tail == encode_record(info, write_id)
-
-
-@given(infos, st.text(max_size=20))
-def test_a_write_id_is_one_more_field_that_parsing_ignores(info: LockInfo, write_id: str) -> None:
-    fields: dict[str, Any] = {name: getattr(info, name) for name in LockInfo.__dataclass_fields__}
-    fields["write_id"] = write_id
-    data = encode_record(info, write_id)
-    assert data == (json.dumps(fields, ensure_ascii=True, allow_nan=False) + "\n").encode()
-    assert parse_record(data) == info
-
-
-def test_every_write_of_a_record_has_its_own_write_id(lock: LockFile) -> None:
-    ids = set()
-    for session_id in ("%1", "%1", "%2"):
-        lock.acquire(MY_PID, session_id)
-        ids.add(json.loads(Path(lock.record_path).read_bytes())["write_id"])
-        lock.acquire(MY_PID, session_id)  # a refresh is a write too
-        ids.add(json.loads(Path(lock.record_path).read_bytes())["write_id"])
-        lock.release()
-    assert len(ids) == 6 and all(len(write_id) == 16 for write_id in ids)
-
-
 def test_a_record_with_a_non_finite_start_time_cannot_be_encoded() -> None:
     for start_time in (math.nan, math.inf):
         with pytest.raises(ValueError):
             encode_record(LockInfo(4242, start_time, "2024-01-01T00:00:00.000000Z", "%4", HOST))
-
-
-def reference_rfc3339(epoch_seconds: float) -> str:
-    return datetime.fromtimestamp(epoch_seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-RFC3339_EDGES = [0.0, 0.5, -0.5, -0.0000004, -0.0000005, -0.0000006, 1.9999994, 1.9999995, 1.9999996,
-                 86399.9999999, 1_700_000_000.25, 1_700_000_000.0000005, 1_700_000_000.9999995, 4e9 + 0.123456]
-
-
-@given(st.floats(-1e10, 2.5e11, allow_nan=False) | st.sampled_from(RFC3339_EDGES))
-def test_timestamps_are_formatted_exactly_as_datetime_does(epoch_seconds: float) -> None:
-    # _rfc3339 caches the formatted second: interleave seconds so hits and misses both run.
-    assert _lock_file._rfc3339(epoch_seconds) == reference_rfc3339(epoch_seconds)
-    assert _lock_file._rfc3339(epoch_seconds + 1.0) == reference_rfc3339(epoch_seconds + 1.0)
-    assert _lock_file._rfc3339(epoch_seconds) == reference_rfc3339(epoch_seconds)
 
 
 # -- acquire, refresh, read, check, status ---------------------------------------------
@@ -332,6 +298,8 @@ def test_lock_info_has_the_record_fields() -> None:
         "session_id",
         "hostname",
         "refreshed_at",
+        "start_ticks",
+        "boot_id",
     ]
 
 
@@ -344,6 +312,8 @@ def test_acquire_writes_the_identity_record(lock: LockFile) -> None:
     on_disk = json.loads(Path(lock.record_path).read_bytes())
     assert on_disk["pid"] == MY_PID and on_disk["start_time"] == MY_START
     assert on_disk["hostname"] == HOST and on_disk["session_id"] == "%4"
+    assert (on_disk["start_ticks"], on_disk["boot_id"]) == (ME.start_ticks, ME.boot_id)
+    assert (info.start_ticks, info.boot_id) == (ME.start_ticks, ME.boot_id)
     assert lock.read() == info
     assert lock.inspect() == Verdict(LockState.HELD, info)
     assert lock.status() == f"locked by pid {MY_PID} (session %4)"
@@ -388,59 +358,65 @@ def test_a_different_start_time_for_the_holders_pid_is_another_owner(lock: LockF
     assert MY_START is not None
     lock.acquire(MY_PID, "%1")
     with pytest.raises(Locked):
-        lock.acquire(MY_PID, owner_start_time=MY_START - 100)
+        lock.acquire(pid_reused(ME))
     with pytest.raises(Locked):
-        lock.check(MY_PID, owner_start_time=MY_START - 100)
+        lock.check(pid_reused(ME))
+    with pytest.raises(Locked):
+        lock.release(pid_reused(ME))
+    assert lock.read() is not None
 
 
 def test_a_record_naming_this_process_needs_no_proc_read(lock: LockFile, monkeypatch: pytest.MonkeyPatch) -> None:
     """The process running the code is alive: judging its own record, or taking the lock for
-    itself without a start time, answers from the identity cached once per process."""
-    assert _lock_file.own_identity() == (MY_PID, MY_START)
+    itself by pid, answers from the identity cached once per process."""
+    assert _lock_file.own_identity() == ME
 
     def no_proc_read(*args: object) -> None:
         raise AssertionError(f"read /proc for {args}")
 
-    monkeypatch.setattr(_lock_file, "is_same_process_alive", no_proc_read)
-    monkeypatch.setattr(_lock_file, "process_start_time", no_proc_read)
+    for name in ("identify", "liveness", "liveness_by_start_time"):
+        monkeypatch.setattr(_lock_file, name, no_proc_read)
     info = lock.acquire(MY_PID, "%1")
-    assert (info.pid, info.start_time) == (MY_PID, MY_START)
+    assert (info.pid, info.start_ticks, info.boot_id) == (MY_PID, ME.start_ticks, ME.boot_id)
     assert lock.status() == f"locked by pid {MY_PID} (session %1)"
     lock.check(MY_PID)
     assert lock.release_if_stale() is None
     lock.release()
-    lock.acquire(MY_PID, "%2", owner_start_time=MY_START)
-    lock.release(MY_PID, owner_start_time=MY_START)
+    lock.acquire(ME, "%2")
+    lock.release(ME)
     assert lock.status() == "unlocked"
 
 
 def test_a_record_naming_this_pid_with_another_start_time_is_judged_by_proc(
     lock: LockFile, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert MY_START is not None
-    asked: list[tuple[int, float]] = []
-    real = _lock_file.is_same_process_alive
+    asked: list[tuple[object, ...]] = []
+    real_liveness, real_by_start_time = _lock_file.liveness, _lock_file.liveness_by_start_time
 
-    def recording(pid: int, start_time: float) -> bool:
-        asked.append((pid, start_time))
-        return real(pid, start_time)
+    def recording(*args: Any) -> Liveness:
+        asked.append(args)
+        return real_liveness(*args) if len(args) == 3 else real_by_start_time(*args)
 
-    monkeypatch.setattr(_lock_file, "is_same_process_alive", recording)
-    write_record(lock, record_bytes(pid=MY_PID, start_time=MY_START - 100))
+    monkeypatch.setattr(_lock_file, "liveness", recording)
+    monkeypatch.setattr(_lock_file, "liveness_by_start_time", recording)
+    earlier = pid_reused(ME)
+    lock.acquire(earlier, "%old")  # v3: judged by start ticks and boot id
     assert lock.inspect().state is LockState.STALE  # an earlier process with our pid
-    assert asked == [(MY_PID, MY_START - 100)]
+    assert asked == [(MY_PID, earlier.start_ticks, ME.boot_id)]
+    write_record(lock, record_bytes(pid=MY_PID, start_time=MY_START - 100))  # v2: by start time
+    assert lock.inspect().state is LockState.STALE
+    assert asked[1:] == [(MY_PID, MY_START - 100)]
 
 
 def test_a_forked_child_knows_its_own_identity(lock: LockFile) -> None:
-    assert _lock_file.own_identity() == (MY_PID, MY_START)  # cached in the parent first
+    assert _lock_file.own_identity() == ME  # cached in the parent first
     held = lock.acquire(MY_PID, "%parent")
     reader, writer = os.pipe()
     child = os.fork()
     if child == 0:  # pragma: no cover - the child reports through the pipe
         try:
-            pid, start_time = _lock_file.own_identity()
             facts = {
-                "identity": pid == os.getpid() and start_time == process_start_time(os.getpid()),
+                "identity": _lock_file.own_identity() == identify(os.getpid()) != ME,
                 "parent_holds": lock.inspect() == Verdict(LockState.HELD, held),
                 "refused": False,
             }
@@ -474,7 +450,7 @@ def test_acquire_refuses_owners_that_are_not_pids(worker_dir: Path, owner: Any) 
 def test_acquire_refuses_a_pid_that_does_not_run(
     lock: LockFile, spawn_process: Callable[[], subprocess.Popen[bytes]]
 ) -> None:
-    dead_pid, _ = dead_pid_and_start_time(spawn_process)
+    dead_pid = dead_identity(spawn_process).pid
     with pytest.raises(InvalidOwner, match=str(dead_pid)):
         lock.acquire(dead_pid)
 
@@ -483,12 +459,6 @@ def test_acquire_refuses_a_pid_that_does_not_run(
 def test_acquire_refuses_a_bad_session_id(lock: LockFile, session_id: Any) -> None:
     with pytest.raises(ClientError):
         lock.acquire(MY_PID, session_id)
-
-
-@pytest.mark.parametrize("start_time", ["now", float("inf"), True])
-def test_acquire_refuses_a_bad_start_time(lock: LockFile, start_time: Any) -> None:
-    with pytest.raises(InvalidOwner):
-        lock.acquire(MY_PID, owner_start_time=start_time)
 
 
 # -- stale records ---------------------------------------------------------------------
@@ -518,34 +488,36 @@ def test_the_lock_of_a_dead_process_is_taken_over(
 def test_a_reused_pid_does_not_keep_the_lock(lock: LockFile) -> None:
     # The record names this (live) pid, but a process that started 100 s earlier.
     assert MY_START is not None
-    lock.acquire(MY_PID, "%old", owner_start_time=MY_START - 100)
+    lock.acquire(pid_reused(ME), "%old")
     assert lock.status() == f"stale (dead pid {MY_PID})"
     lock.check(MY_PID)
     info = lock.acquire(MY_PID, "%new")
-    assert info.start_time == MY_START and info.session_id == "%new"
+    assert info.start_ticks == ME.start_ticks and info.session_id == "%new"
 
 
-def test_a_record_from_before_boot_is_stale_even_naming_a_live_owner(lock: LockFile) -> None:
-    lock.acquire(MY_PID, "%1")
-    os.utime(lock.record_path, (0, 0))
+def test_a_v2_record_from_before_boot_is_stale_even_naming_a_live_owner(lock: LockFile) -> None:
+    # Without start ticks and boot id only its age can tell it from a previous boot.
+    os.utime(write_record(lock, record_bytes(pid=MY_PID, start_time=MY_START)), (0, 0))
     assert lock.status() == f"stale (dead pid {MY_PID})"
     with pytest.raises(NotLocked):
         lock.release(MY_PID)
     assert not os.path.lexists(lock.record_path)
 
 
-def test_boot_time_is_injectable(worker_dir: Path) -> None:
+def test_boot_time_is_injectable_and_judges_only_records_without_ticks(worker_dir: Path) -> None:
     LockFile(worker_dir).acquire(MY_PID, "%1")
     rebooted = LockFile(worker_dir, boot_time=time.time() + 3600)
+    assert rebooted.status() == f"locked by pid {MY_PID} (session %1)"  # v3: by boot id
+    write_record(rebooted, record_bytes(pid=MY_PID, start_time=MY_START))
     assert rebooted.status() == f"stale (dead pid {MY_PID})"
 
 
 def test_release_of_a_stale_record_removes_it_and_raises_not_locked(
     lock: LockFile, spawn_process: Callable[[], subprocess.Popen[bytes]]
 ) -> None:
-    dead_pid, start_time = dead_pid_and_start_time(spawn_process)
-    lock.acquire(dead_pid, "%3", owner_start_time=start_time)
-    with pytest.raises(NotLocked, match=f"dead pid {dead_pid}"):
+    dead = dead_identity(spawn_process)
+    lock.acquire(dead, "%3")
+    with pytest.raises(NotLocked, match=f"dead pid {dead.pid}"):
         lock.release()
     assert lock.status() == "unlocked"
     assert sorted(os.listdir(Path(lock.record_path).parent)) == [GUARD_NAME]
@@ -558,21 +530,20 @@ def test_release_if_stale_removes_only_a_dead_owners_record(
     lock.acquire(MY_PID)
     assert lock.release_if_stale() is None
     assert lock.status().startswith("locked by")
-    dead_pid, start_time = dead_pid_and_start_time(spawn_process)
+    dead = dead_identity(spawn_process)
     lock.force_release()
-    lock.acquire(dead_pid, "%3", owner_start_time=start_time)
+    lock.acquire(dead, "%3")
     verdict = lock.release_if_stale()
     assert verdict is not None and verdict.state is LockState.STALE
-    assert verdict.info is not None and verdict.info.pid == dead_pid
+    assert verdict.info is not None and verdict.info.pid == dead.pid
     assert lock.status() == "unlocked"
 
 
 def test_release_if_stale_never_raises_for_a_path_turned_symlink(
     lock: LockFile, worker_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # .runtime becomes a symlink between the look and the removal of the spare file.
-    lock.acquire(MY_PID)
-    lock.release()
+    # .runtime becomes a symlink between the look and the removal of a stale record.
+    lock.acquire(pid_reused(ME))
     runtime = Path(lock.record_path).parent
     real_look = LockFile._look
 
@@ -584,7 +555,7 @@ def test_release_if_stale_never_raises_for_a_path_turned_symlink(
 
     monkeypatch.setattr(LockFile, "_look", look_then_swap)
     assert lock.release_if_stale() is None
-    assert (tmp_path / "elsewhere" / TEMP_NAME).exists()  # nothing done through the link
+    assert (tmp_path / "elsewhere" / RECORD_NAME).exists()  # nothing done through the link
 
 
 def test_release_if_stale_leaves_other_hosts_and_corrupt_records_and_logs_once(
@@ -601,76 +572,21 @@ def test_release_if_stale_leaves_other_hosts_and_corrupt_records_and_logs_once(
     assert lock.status() == "held on host far"
 
 
-def test_a_mismatch_after_renaming_aside_puts_the_record_back(lock: LockFile) -> None:
-    # A stale record is judged; before it is broken, a writer that ignores the guard
-    # replaces it with a live one. Breaking must notice and restore the live record.
-    stale_data = record_bytes(pid=MY_PID, start_time=1.0)
-    write_record(lock, stale_data)
-    dir_fd = os.open(Path(lock.record_path).parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        snapshot = lock._read_snapshot(dir_fd, RECORD_NAME)
-        assert snapshot is not None
-        live_data = record_bytes(pid=MY_PID, start_time=MY_START, session_id="%live")
-        write_record(lock, live_data)
-        verdict = Verdict(LockState.STALE, parse_record(stale_data))
-        assert lock._break_stale(dir_fd, snapshot, verdict) is False
-    finally:
-        os.close(dir_fd)
-    assert Path(lock.record_path).read_bytes() == live_data
-    assert not [n for n in os.listdir(Path(lock.record_path).parent) if n.startswith(_lock_file._ASIDE_PREFIX)]
-    assert lock.status() == f"locked by pid {MY_PID} (session %live)"
-
-
 def test_leftovers_of_killed_writers_are_cleaned(lock: LockFile) -> None:
     runtime = Path(lock.record_path).parent
     runtime.mkdir(mode=0o700, parents=True)
-    (runtime / _lock_file._TEMP_NAME).write_bytes(b"half a rec")
-    (runtime / "agent.lock.stale-1-abcdef").write_bytes(b"{}")
-    write_record(lock, record_bytes(pid=MY_PID, start_time=1.0))  # stale: breaking sweeps
-    lock.acquire(MY_PID)
+    (runtime / _lock_file._TEMP_NAME).write_bytes(b"half a rec")  # a writer killed mid-write
+    write_record(lock, record_bytes(pid=MY_PID, start_time=1.0))  # stale
+    info = lock.acquire(MY_PID)
     assert sorted(os.listdir(runtime)) == [RECORD_NAME, GUARD_NAME]
+    assert parse_record(Path(lock.record_path).read_bytes()) == info
+    lock.release()
+    assert sorted(os.listdir(runtime)) == [GUARD_NAME]  # nothing kept between locks
 
 
-# -- the temporary file: one inode for every record of a worker ------------------------
+# -- the temporary file: the next record while it is written ---------------------------
 
 TEMP_NAME = _lock_file._TEMP_NAME
-
-
-def test_release_keeps_the_records_inode_as_the_next_temporary_file(lock: LockFile) -> None:
-    lock.acquire(MY_PID, "%1")
-    inode = os.stat(lock.record_path).st_ino
-    lock.release(MY_PID)
-    runtime = Path(lock.record_path).parent
-    assert not os.path.lexists(lock.record_path)
-    assert sorted(os.listdir(runtime)) == [GUARD_NAME, TEMP_NAME]
-    assert os.stat(runtime / TEMP_NAME).st_ino == inode
-    for session_id in ("%a-much-longer-session-than-before", "", "%2"):  # grows, shrinks
-        info = lock.acquire(MY_PID, session_id)
-        assert os.stat(lock.record_path).st_ino == inode
-        assert parse_record(Path(lock.record_path).read_bytes()) == info
-        assert not os.path.lexists(runtime / TEMP_NAME)
-        lock.release()
-
-
-def test_the_temporary_file_of_an_idle_worker_goes_at_the_next_owner_check(lock: LockFile) -> None:
-    lock.acquire(MY_PID)
-    lock.release()
-    assert lock.release_if_stale() is None
-    assert sorted(os.listdir(Path(lock.record_path).parent)) == [GUARD_NAME]
-    lock.acquire(MY_PID)  # and a new one is made
-    assert lock.read() is not None
-    lock.discard_spare()  # while held there is none: the record stays
-    assert lock.read() is not None
-    lock.release()
-    busy = os.open(lock.guard_path, os.O_RDONLY)
-    try:
-        fcntl.flock(busy, fcntl.LOCK_EX)
-        lock.discard_spare()  # never waits for a busy guard: leaves the file
-        assert os.path.lexists(Path(lock.record_path).parent / TEMP_NAME)
-    finally:
-        os.close(busy)
-    lock.discard_spare()
-    assert sorted(os.listdir(Path(lock.record_path).parent)) == [GUARD_NAME]
 
 
 @pytest.mark.parametrize("kind", ["hard link", "group-readable", "fifo", "symlink"])
@@ -728,7 +644,7 @@ def test_a_directory_under_the_temporary_name_is_refused(lock: LockFile) -> None
     assert lock.status() == "unlocked" and (runtime / TEMP_NAME).is_dir()
 
 
-def test_readers_take_no_lock(lock: LockFile, worker_dir: Path, captured_logs: list[Any]) -> None:
+def test_readers_take_no_lock(lock: LockFile, worker_dir: Path) -> None:
     held = lock.acquire(MY_PID, "%1")
     impatient = LockFile(worker_dir, guard_timeout=0.01)
     writer = os.open(lock.guard_path, os.O_RDONLY)
@@ -739,175 +655,20 @@ def test_readers_take_no_lock(lock: LockFile, worker_dir: Path, captured_logs: l
         impatient.check(MY_PID)
     finally:
         os.close(writer)
-    assert not [r for r in captured_logs if "without the guard" in r["message"]]
 
 
-def test_a_read_that_caught_a_rewrite_reads_again(lock: LockFile, monkeypatch: pytest.MonkeyPatch) -> None:
-    # A reader that opened the record just before a release may read the recycled inode
-    # while the next acquire rewrites it: a new record's start, the old one's end.
-    held = lock.acquire(MY_PID, "%1")
-    whole = Path(lock.record_path).read_bytes()
-    torn = whole[:30] + b'"%an older, longer session"}\n'
-    real_read = LockFile._read_snapshot
-    reads: list[bytes | None] = []
-
-    def first_read_torn(self: LockFile, dir_fd: int, name: str) -> Any:
-        snapshot = real_read(self, dir_fd, name)
-        if not reads and snapshot is not None:
-            snapshot = _lock_file._Snapshot(torn, snapshot.mtime, snapshot.device, snapshot.inode, 1)
-        reads.append(None if snapshot is None else snapshot.data)
-        return snapshot
-
-    monkeypatch.setattr(LockFile, "_read_snapshot", first_read_torn)
-    assert lock.read() == held
-    assert reads == [torn, whole, whole]  # the torn read did not match the next one
-
-
-LONG_SESSION = "L" * 120
-
-
-class TornReads:
-    """Pauses a reader between its open and its read of the record while a writer cycles
-    the lock (release, shrinking acquire, release, growing acquire), and makes the read
-    happen in the shrinking acquire's window between write and ftruncate: the reader
-    reads a short record followed by the end of a long one. Twice, so a reader that
-    compares two reads sees two torn reads of one inode."""
-
-    def __init__(self, writer: LockFile, record_inode: int) -> None:
-        self.writer = writer
-        self.record_inode = record_inode
-        self.real_read = os.read
-        self.real_ftruncate = os.ftruncate
-        self.armed = False
-        self.thread = threading.get_ident()
-        self.reader_fd: int | None = None
-        self.torn: bytes | None = None
-        self.torn_reads: list[bytes] = []
-        self.pauses_left = 2  # the reader's first pair of reads; later reads are left alone
-
-    def read(self, fd: int, n: int) -> bytes:
-        if (
-            not self.armed
-            or self.pauses_left <= 0
-            or self.reader_fd is not None
-            or threading.get_ident() != self.thread
-            or os.fstat(fd).st_ino != self.record_inode
-        ):
-            return self.real_read(fd, n)
-        self.pauses_left -= 1
-        self.reader_fd, self.torn = fd, None
-        try:
-            self.writer.release(MY_PID)
-            self.writer.acquire(MY_PID, "s", owner_start_time=MY_START)  # shrinks: ftruncate hook reads
-            if self.torn is None:  # (a fix that never shrinks in place: read what is there)
-                self.torn = self.real_read(fd, 1 << 17)
-            self.writer.release(MY_PID)
-            self.writer.acquire(MY_PID, LONG_SESSION, owner_start_time=MY_START)  # grows back
-        finally:
-            self.reader_fd = None
-        self.torn_reads.append(self.torn)
-        return self.torn
-
-    def ftruncate(self, fd: int, length: int) -> None:
-        if self.reader_fd is not None and self.torn is None:
-            # The reader's read, in the window: the new record's bytes, then the old one's end.
-            self.torn = self.real_read(self.reader_fd, 1 << 17)
-        self.real_ftruncate(fd, length)
-
-
-@pytest.fixture
-def torn_reads(worker_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[LockFile, LockFile, TornReads]]:
-    clock = ManualClock()  # what a WorkerLock started with a ManualClock passes as wall_time
-    writer = LockFile(worker_dir, wall_time=clock.time)
-    reader = LockFile(worker_dir)
-    writer.acquire(MY_PID, LONG_SESSION, owner_start_time=MY_START)
-    writer.release(MY_PID)
-    writer.acquire(MY_PID, LONG_SESSION, owner_start_time=MY_START)  # the record is now the recycled inode
-    inode = os.stat(writer.record_path).st_ino
-    hooks = TornReads(writer, inode)
-    monkeypatch.setattr(os, "read", hooks.read)
-    monkeypatch.setattr(os, "ftruncate", hooks.ftruncate)
-    yield writer, reader, hooks
-    hooks.armed = False
-
-
-def test_two_torn_reads_of_one_recycled_inode_never_pass_for_a_record(
-    torn_reads: tuple[LockFile, LockFile, TornReads],
+def test_release_judges_the_record_on_disk(
+    lock: LockFile, spawn_process: Callable[[], subprocess.Popen[bytes]]
 ) -> None:
-    # With a clock that stands still (a ManualClock's wall time), both torn reads would
-    # be byte for byte the same but for the write ids.
-    writer, reader, hooks = torn_reads
-    hooks.armed, hooks.pauses_left = True, 2
-    try:
-        verdict = reader.inspect()
-        status = reader.status()
-    finally:
-        hooks.armed = False
-    assert len(hooks.torn_reads) == 2 and hooks.torn_reads[0].count(b"}") == 2  # really torn
-    assert writer.inspect().state is LockState.HELD
-    assert verdict.state is LockState.HELD, verdict
-    assert status == f"locked by pid {MY_PID} (session {LONG_SESSION})"
-
-
-def test_a_record_that_keeps_changing_is_read_under_the_guard_at_last(
-    lock: LockFile, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    held = lock.acquire(MY_PID, "%1")
-    real_read = LockFile._read_snapshot
-    count = 0
-    guard_taken: list[int] = []
-    real_lock_guard = LockFile._lock_guard
-
-    def always_new(self: LockFile, dir_fd: int, name: str) -> Any:
-        nonlocal count
-        count += 1
-        snapshot = real_read(self, dir_fd, name)
-        if guard_taken:
-            return snapshot
-        return _lock_file._Snapshot(snapshot.data, snapshot.mtime, snapshot.device, count, 1)
-
-    def spy_lock_guard(self: LockFile, guard_fd: int, mode: int) -> None:
-        guard_taken.append(mode)
-        real_lock_guard(self, guard_fd, mode)
-
-    monkeypatch.setattr(LockFile, "_read_snapshot", always_new)
-    monkeypatch.setattr(LockFile, "_lock_guard", spy_lock_guard)
-    assert lock.read() == held
-    assert guard_taken == [fcntl.LOCK_SH]
-    assert count == 1 + _lock_file._SETTLING_READS + 1
-
-
-def test_release_judges_any_record_but_the_one_it_wrote_for_this_process(
-    lock: LockFile,
-    spawn_process: Callable[[], subprocess.Popen[bytes]],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    judged: list[bytes | None] = []
-    real_judge = _lock_file.judge
-
-    def spy(record: bytes | None, **kwargs: Any) -> Verdict:
-        judged.append(record)
-        return real_judge(record, **kwargs)
-
-    monkeypatch.setattr(_lock_file, "judge", spy)
+    # Replaced behind our back by a record naming another live process: never removed.
+    holder = identify(spawn_process().pid)
+    assert holder is not None
     lock.acquire(MY_PID, "%1")
-    lock.release(MY_PID)
-    assert judged == []  # our own record, unchanged: nothing to judge
-    # Replaced behind our back by a record of the same size naming another live process.
-    holder = spawn_process()
-    lock.acquire(MY_PID, "%1")
-    mine = Path(lock.record_path).read_bytes()
-    theirs = record_bytes(pid=holder.pid, start_time=process_start_time(holder.pid), session_id="%1")
-    write_record(lock, theirs)
+    write_record(lock, encode_record(LockInfo(holder.pid, holder.start_time, "x", "%1", HOST,
+                                              start_ticks=holder.start_ticks, boot_id=holder.boot_id)))
     with pytest.raises(Locked, match=f"locked by pid {holder.pid}"):
         lock.release(MY_PID)
-    assert judged == [theirs]
-    # Our bytes again, but seen from a forked child (another pid): judged too.
-    write_record(lock, mine)
-    lock._written = (MY_PID, mine)
-    monkeypatch.setattr(_lock_file, "own_identity", lambda: (MY_PID + 1, MY_START))
-    lock.release()
-    assert judged == [theirs, mine]
+    assert lock.read() is not None and lock.read().pid == holder.pid
 
 
 # -- other hosts -----------------------------------------------------------------------
@@ -1163,8 +924,7 @@ def test_the_guard_file_is_never_replaced_or_deleted(
     lock.release(MY_PID)
     lock.acquire(MY_PID)
     lock.force_release()
-    dead_pid, start_time = dead_pid_and_start_time(spawn_process)
-    lock.acquire(dead_pid, owner_start_time=start_time)
+    lock.acquire(dead_identity(spawn_process))
     lock.acquire(MY_PID)  # breaks the stale record
     lock.release()
     assert os.stat(lock.guard_path).st_ino == inode
@@ -1255,7 +1015,7 @@ def test_readers_never_see_a_torn_or_mixed_record_while_the_inode_is_recycled(
     worker_dir: Path, spawn_process: Callable[[], subprocess.Popen[bytes]]
 ) -> None:
     # One writer cycles acquire/release for two owners with sessions of different
-    # lengths (the recycled file grows and shrinks); readers in other threads, each with
+    # lengths (records grow and shrink); readers in other threads, each with
     # its own LockFile, must only ever see no record or a whole one of those owners.
     other = spawn_process().pid
     owners = {MY_PID: "%a", other: "%a-much-longer-session-id-than-the-other-one"}
@@ -1359,7 +1119,7 @@ def test_a_reader_sees_whole_records_only_and_promptly_while_processes_cycle_the
 def test_readers_in_many_processes_never_starve_a_writer(worker_dir: Path, tmp_path: Path) -> None:
     # Linux flock favours no one: eight processes reading in a loop would keep the guard
     # shared all the time, and an acquire of a free lock would time out as Locked,
-    # if readers took the guard at all (they read twice instead, see _read_settled).
+    # if readers took the guard at all (a rename replaces the record whole: they need none).
     writer = LockFile(worker_dir, guard_timeout=0.5)
     writer.acquire(MY_PID, "%w")
     writer.release(MY_PID)
@@ -1377,12 +1137,12 @@ def test_of_eight_racing_processes_exactly_one_wins_every_round(
     # after round. Every third round starts from a stale record of a dead process, so
     # breaking it races too. The winner releases before the next round.
     referee = LockFile(worker_dir)
-    dead_pid, dead_start = dead_pid_and_start_time(spawn_process)
+    dead = dead_identity(spawn_process)
     with start_racers(RACER, worker_dir, tmp_path, 8) as racers:
         for round_index in range(240):
             if round_index % 3 == 2:
-                referee.acquire(dead_pid, "%dead", owner_start_time=dead_start)
-                assert referee.status() == f"stale (dead pid {dead_pid})"
+                referee.acquire(dead, "%dead")
+                assert referee.status() == f"stale (dead pid {dead.pid})"
             holder = race_round(racers, referee, round_index)
             assert holder.session_id == f"racer-{holder.pid}"
-    assert sorted(os.listdir(Path(referee.record_path).parent)) == [GUARD_NAME, TEMP_NAME]
+    assert sorted(os.listdir(Path(referee.record_path).parent)) == [GUARD_NAME]

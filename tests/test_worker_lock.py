@@ -21,10 +21,10 @@ import pykka
 import pytest
 from _racing import race_round, race_threads, start_racers
 
-from actors.locks import _lock_file
 from actors._errors import InvalidLock, InvalidOwner, Locked, NotLocked
+from actors._process import ProcessIdentity, identify
+from actors.locks import _lock_file
 from actors.locks._lock_file import GUARD_NAME, RECORD_NAME, LockFile, LockInfo, encode_record
-from actors._process import process_start_time
 from actors.locks._worker_lock import InvalidWorkerDir, LockSupervisor, WorkerLock, lock_child_id
 from supervision import (
     BadCall,
@@ -39,7 +39,10 @@ from supervision.testing import wait_until
 
 RACER = Path(__file__).resolve().parent / "_worker_lock_racer.py"
 MY_PID = os.getpid()
-MY_START = process_start_time(MY_PID)
+ME = identify(MY_PID)
+assert ME is not None
+MY_START = ME.start_time
+EARLIER_LIFE = ProcessIdentity(MY_PID, ME.start_ticks - 100, ME.boot_id)  # this pid, a second earlier
 HOST = socket.gethostname()
 T = 10.0  # real seconds an ask may take before the test fails
 CHECK = 5.0
@@ -155,15 +158,15 @@ def test_the_calling_process_locks_and_unlocks_without_reading_proc(
 ) -> None:
     """The default owner is this process: its identity is cached, and its own record is
     alive without asking /proc (the lock cycle's hot path)."""
-    assert _lock_file.own_identity() == (MY_PID, MY_START)
+    assert _lock_file.own_identity() == ME
 
     def no_proc_read(*args: object) -> None:
         raise AssertionError(f"read /proc for {args}")
 
-    monkeypatch.setattr(_lock_file, "is_same_process_alive", no_proc_read)
-    monkeypatch.setattr(_lock_file, "process_start_time", no_proc_read)
+    for name in ("identify", "liveness", "liveness_by_start_time"):
+        monkeypatch.setattr(_lock_file, name, no_proc_read)
     info = lock.acquire("%1").get(timeout=T)
-    assert (info.pid, info.start_time) == (MY_PID, MY_START)
+    assert (info.pid, info.start_ticks, info.boot_id) == (MY_PID, ME.start_ticks, ME.boot_id)
     lock.check().get(timeout=T)
     assert lock.status().get(timeout=T) == f"locked by pid {MY_PID} (session %1)"
     lock.release().get(timeout=T)
@@ -359,35 +362,23 @@ def test_the_owners_death_releases_the_lock_within_check_interval(
 
 def test_a_reused_pid_does_not_keep_the_lock(lock: Any, worker_dir: Path) -> None:
     # A record naming our live pid but another start time: the pid was recycled.
-    assert MY_START is not None
-    LockFile(worker_dir).acquire(MY_PID, "old life", owner_start_time=MY_START - 3600)
+    LockFile(worker_dir).acquire(EARLIER_LIFE, "old life")
     assert lock.status().get(timeout=T) == f"stale (dead pid {MY_PID})"
     info = lock.acquire("new life").get(timeout=T)
-    assert math.isclose(info.start_time, MY_START, abs_tol=1.0) and info.session_id == "new life"
+    assert info.start_ticks == ME.start_ticks and info.session_id == "new life"
 
 
 def test_the_tick_releases_a_recycled_pids_record(lock: Any, worker_dir: Path, manual_clock: ManualClock) -> None:
-    assert MY_START is not None
-    LockFile(worker_dir).acquire(MY_PID, "old life", owner_start_time=MY_START - 3600)
+    LockFile(worker_dir).acquire(EARLIER_LIFE, "old life")
     manual_clock.advance(CHECK)
     assert lock.status().get(timeout=T) == "unlocked"
 
 
-def test_an_idle_workers_spare_record_file_goes_at_the_owner_check_and_at_stop(
-    lock_ref: pykka.ActorRef[WorkerLock], worker_dir: Path, manual_clock: ManualClock
-) -> None:
-    # A release keeps the record's inode as agent.lock.next for the next acquire.
-    lock = lock_ref.proxy()
+def test_a_released_worker_keeps_only_its_guard_file(lock: Any, worker_dir: Path) -> None:
     runtime = worker_dir / ".runtime"
     lock.acquire().get(timeout=T)
+    assert sorted(os.listdir(runtime)) == [RECORD_NAME, GUARD_NAME]
     lock.release().get(timeout=T)
-    assert sorted(os.listdir(runtime)) == [GUARD_NAME, "agent.lock.next"]
-    manual_clock.advance(CHECK)
-    assert lock.status().get(timeout=T) == "unlocked"  # the tick was handled before
-    assert sorted(os.listdir(runtime)) == [GUARD_NAME]
-    lock.acquire().get(timeout=T)
-    lock.release().get(timeout=T)
-    lock_ref.stop()
     assert sorted(os.listdir(runtime)) == [GUARD_NAME]
 
 
@@ -611,6 +602,12 @@ def test_lock_supervisor_is_a_supervisor_and_validates_its_settings(tmp_path: Pa
         WorkerLock.start(42)
     with pytest.raises(ValueError):
         LockSupervisor.start(root=tmp_path, max_restarts=-1)
+    for idle_retire in (0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError):
+            LockSupervisor.start(root=tmp_path, idle_retire=idle_retire)
+    for max_locks, error in ((0, ValueError), (-5, ValueError), (True, TypeError), (2.0, TypeError)):
+        with pytest.raises(error):
+            LockSupervisor.start(root=tmp_path, max_locks=max_locks)
 
 
 @pytest.mark.parametrize("name", [RECORD_NAME, GUARD_NAME])
@@ -644,10 +641,12 @@ def test_an_unusable_worker_directory_is_a_client_error(tmp_path: Path, manual_c
         too_long.proxy().acquire().get(timeout=T)
     (tmp_path / "file").write_text("not a directory")
     under_a_file = WorkerLock.start(tmp_path / "file" / "w", clock=manual_clock)
-    with pytest.raises(InvalidLock, match="not a directory"):
-        under_a_file.proxy().acquire().get(timeout=T)
+    for call in (lambda: under_a_file.proxy().acquire(), lambda: under_a_file.proxy().read(),
+                 lambda: under_a_file.proxy().check(), lambda: under_a_file.proxy().release()):
+        with pytest.raises(InvalidWorkerDir, match="Not a directory"):
+            call().get(timeout=T)
     for ref in (too_long, under_a_file):
-        assert ref.proxy().status().get(timeout=T).startswith("corrupt (")
+        assert ref.proxy().status().get(timeout=T).startswith("unusable (")
         assert ref.is_alive()
 
 

@@ -2,33 +2,38 @@
 
 Both are thin shells around the plain core `LockFile` (`actors.locks._lock_file`), which keeps
 the record, the guard `flock` and the staleness verdict; the actors add the calling
-process as the default owner, the periodic owner check on the injected clock, and
-supervision::
+process as the default owner, the periodic owner check on the injected clock, retirement
+of idle locks, and supervision::
 
     locks = LockSupervisor.start(root="/srv/workers")
     lock = locks.proxy().lock_for("rust-1").get()        # one WorkerLock per directory
     lock.proxy().acquire("%4").get()                      # Locked if another live owner holds it
     lock.proxy().status().get()                           # "locked by pid 4242 (session %4)"
     lock.proxy().release().get()
+    locks.proxy().call_lock("/srv/workers/rust-2", "status", [], {}).get()   # no actor started
     locks.stop()
 
 A `WorkerLock` keeps nothing in memory that matters: the record on disk decides, so a
-restarted lock carries on where the old one stopped, and a lock that holds nothing keeps
-no file descriptor open.
+restarted lock carries on where the old one stopped, a retired one is simply started
+again, and a lock that holds nothing keeps no file descriptor open.
 """
 
 from __future__ import annotations
 
-import errno
+import inspect
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 
 import pykka
+from pykka import messages as pykka_messages
+from pykka._envelope import Envelope
 
-from actors._errors import InvalidOwner, InvalidWorkerDir
-from actors.locks._lock_file import LockFile, LockInfo, own_identity
+from actors._errors import InvalidOwner, InvalidWorkerDir, TooManyLocks
+from actors._process import ProcessIdentity
+from actors.locks._lock_file import LockFile, LockInfo, LockState, own_identity
 from supervision import (
     BadCall,
     ChildSpec,
@@ -36,31 +41,20 @@ from supervision import (
     Clock,
     DeferredReply,
     Restart,
+    StartError,
     Strategy,
     SupervisedActor,
     Supervisor,
     SystemClock,
     Timer,
+    Undelivered,
     UnknownMessage,
+    send_after,
     send_interval,
 )
 from supervision._errors import describe
 
-__all__ = ["InvalidWorkerDir", "LockSupervisor", "WorkerLock", "lock_child_id"]
-
-
-# Errors of the path the caller named, not of this process: answered, never a crash (a
-# caller naming an unwritable directory must not crash-loop the lock subtree).
-_PATH_ERRNOS = frozenset(
-    {errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP, errno.EROFS}
-)
-
-
-def _raise_for_path(error: OSError, worker_dir: str) -> NoReturn:
-    """Re-raise `error`, as `InvalidWorkerDir` when it is the named path's fault."""
-    if error.errno in _PATH_ERRNOS:
-        raise InvalidWorkerDir(f"cannot use worker directory {worker_dir}: {error}") from error
-    raise error  # ENOSPC, EIO, ...: the machine's trouble, a crash
+__all__ = ["LOCK_OPERATIONS", "InvalidWorkerDir", "LockSupervisor", "WorkerLock", "lock_child_id"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,29 +62,29 @@ class _Check:
     """The periodic owner check a `WorkerLock` sends itself."""
 
 
-_CHECK = _Check()  # one shared instance: a thousand locks need no thousand ticks
+@dataclass(frozen=True, slots=True)
+class _Retire:
+    """A `WorkerLock`'s look at whether it has been idle for `idle_retire` seconds."""
 
-def _owner_and_start_time(owner: object) -> tuple[Any, float | None]:
-    """The owner pid to act for (default: this process) and its start time if known cheaply.
 
-    This process's start time is cached (`own_identity`), so in-process callers (the
-    default owner) cost no /proc read per call.
-    """
-    pid, start_time = own_identity()
-    if owner is None:
-        return pid, start_time
-    if type(owner) is int and owner == pid:
-        return pid, start_time
+_CHECK = _Check()  # shared instances: a thousand locks need no thousand messages
+_RETIRE = _Retire()
+
+
+def _owner(owner: object) -> int | ProcessIdentity:
+    """The owner to act for: this process (its cached identity) when None; else the pid."""
+    if owner is None or (type(owner) is int and owner == os.getpid()):
+        return own_identity() or os.getpid()
     if not isinstance(owner, int) or isinstance(owner, bool):
         raise InvalidOwner(f"owner must be an int pid or None, not {type(owner).__name__}")
-    return owner, None  # the core looks its start time up (acquire) or needs none
+    return owner  # the core validates the range
 
 
-def _check_interval(value: object) -> float:
+def _seconds(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"check_interval must be a number of seconds, not {type(value).__name__}")
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
     if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"check_interval must be a finite number of seconds > 0, got {value!r}")
+        raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
     return float(value)
 
 
@@ -115,14 +109,37 @@ def lock_child_id(worker_dir: str) -> str:
     return worker_dir.replace("%", "%25").replace("/", "%2F")
 
 
+# The read-only operations, shared by `WorkerLock` and `LockSupervisor.call_lock` (which
+# answers them from the files when no lock actor is live).
+
+
+def _read(lock_file: LockFile) -> LockInfo | None:
+    return lock_file.read()
+
+
+def _check(lock_file: LockFile, owner: int | None = None) -> None:
+    lock_file.check(_owner(owner))
+
+
+def _status(lock_file: LockFile) -> str:
+    return lock_file.status()
+
+
+_READ_ONLY: dict[str, Callable[..., Any]] = {"read": _read, "check": _check, "status": _status}
+#: What `call_lock` serves: every WorkerLock method but force_release (an operator's act).
+LOCK_OPERATIONS = frozenset({"acquire", "release", *_READ_ONLY})
+
+
 class WorkerLock(SupervisedActor):
     """The identity lock of one worker directory (`<worker_dir>/.runtime/agent.lock`).
 
-    `WorkerLock.start(worker_dir, *, clock=None, check_interval=5.0)`. Owners are pids;
-    an omitted owner is the calling process. Every `check_interval` seconds on `clock` it
-    removes the record of an owner that died. Errors are `ClientError`s (`Locked`,
-    `NotLocked`, `InvalidLock`, `InvalidOwner`, `InvalidWorkerDir`): the caller gets them
-    and the lock keeps running. `LockSupervisor.lock_for` hands out one per directory.
+    `WorkerLock.start(worker_dir, *, clock=None, check_interval=5.0, idle_retire=None)`.
+    Owners are pids; an omitted owner is the calling process. Every `check_interval`
+    seconds on `clock` it removes the record of an owner that died. With `idle_retire`
+    (as `LockSupervisor` starts it), it stops after that many seconds without a call
+    while no live owner here holds the lock. Errors are `ClientError`s (`Locked`,
+    `NotLocked`, `InvalidLock`, `InvalidOwner`, `InvalidWorkerDir`) or `StorageError`:
+    the caller gets them and the lock keeps running.
     """
 
     def __init__(
@@ -131,32 +148,43 @@ class WorkerLock(SupervisedActor):
         *,
         clock: Clock | None = None,
         check_interval: float = 5.0,
+        idle_retire: float | None = None,
     ) -> None:
         path = _worker_dir_text(worker_dir)
-        self._check_interval = _check_interval(check_interval)
+        self._check_interval = _seconds("check_interval", check_interval)
+        self._idle_retire = None if idle_retire is None else _seconds("idle_retire", idle_retire)
         self._clock: Clock = clock if clock is not None else SystemClock()
         super().__init__()
         self._lock_file = LockFile(path, wall_time=self._clock.time)
-        self._timer: Timer | None = None
+        self._timers: list[Timer] = []
+        self._last_call = 0.0
         self._tick_problem: str | None = None
 
     def on_start(self) -> None:
-        self._timer = send_interval(self.actor_ref, _CHECK, self._check_interval, self._clock)
+        self._last_call = self._clock.monotonic()
+        self._timers.append(send_interval(self.actor_ref, _CHECK, self._check_interval, self._clock))
+        if self._idle_retire is not None:
+            self._look_at_retiring_in(self._idle_retire)
 
     def on_stop(self) -> None:
-        self._cancel_timer()
-        try:
-            self._lock_file.discard_spare()
-        except (OSError, ClientError) as error:  # a lock left as it is; nothing to undo
-            self._log.debug("kept the spare lock file of {}: {}", self._lock_file.worker_dir, error)
+        self._cancel_timers()
 
     def on_failure(self, *exc_info: Any) -> None:
-        self._cancel_timer()
+        self._cancel_timers()
 
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    def _cancel_timers(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+
+    def _start_actor_loop(self) -> None:
+        # The seam where the thread is made: out of threads is a failed start (the caller
+        # gets StartError), never an exception escaping into the supervisor.
+        try:
+            super()._start_actor_loop()
+        except RuntimeError as error:
+            pykka.ActorRegistry.unregister(self.actor_ref)
+            raise StartError(f"no thread for the lock of {self._lock_file.worker_dir}: {error}") from error
 
     # -- the proxy methods --------------------------------------------------------------
 
@@ -166,11 +194,8 @@ class WorkerLock(SupervisedActor):
         The same owner again refreshes it; a stale record is taken over. Raises `Locked`
         (naming the holder's pid and session) while another live owner holds it.
         """
-        owner_pid, start_time = _owner_and_start_time(owner)
-        try:
-            return self._lock_file.acquire(owner_pid, session_id, owner_start_time=start_time)
-        except OSError as error:
-            _raise_for_path(error, self._lock_file.worker_dir)
+        self._last_call = self._clock.monotonic()
+        return self._lock_file.acquire(_owner(owner), session_id)
 
     def release(self, owner: int | None = None) -> None:
         """Remove the record: without `owner`, any live owner's on this host; with it, only its own.
@@ -178,41 +203,29 @@ class WorkerLock(SupervisedActor):
         Raises `NotLocked` when nobody alive holds it (a stale record is removed), `Locked`
         for another owner's or another host's record, `InvalidLock` for a corrupt one.
         """
-        try:
-            if owner is None:
-                self._lock_file.release()
-            else:
-                owner_pid, start_time = _owner_and_start_time(owner)
-                self._lock_file.release(owner_pid, owner_start_time=start_time)
-        except OSError as error:
-            _raise_for_path(error, self._lock_file.worker_dir)
+        self._last_call = self._clock.monotonic()
+        self._lock_file.release(None if owner is None else _owner(owner))
 
     def read(self) -> LockInfo | None:
         """The record on disk (held, stale or another host's), or None. `InvalidLock` if corrupt."""
-        try:
-            return self._lock_file.read()
-        except OSError as error:
-            _raise_for_path(error, self._lock_file.worker_dir)
+        self._last_call = self._clock.monotonic()
+        return _read(self._lock_file)
 
     def check(self, owner: int | None = None) -> None:
         """Raise `Locked` if a live owner other than `owner` (default: the caller) holds the lock."""
-        owner_pid, start_time = _owner_and_start_time(owner)
-        try:
-            self._lock_file.check(owner_pid, owner_start_time=start_time)
-        except OSError as error:
-            _raise_for_path(error, self._lock_file.worker_dir)
+        self._last_call = self._clock.monotonic()
+        _check(self._lock_file, owner)
 
     def status(self) -> str:
         """One line, never raising: `unlocked`, `locked by pid P (session S)`, `stale (...)`,
-        `held on host H` or `corrupt (PATH)`."""
-        return self._lock_file.status()
+        `held on host H`, `corrupt (PATH)` or `unusable (REASON)`."""
+        self._last_call = self._clock.monotonic()
+        return _status(self._lock_file)
 
     def force_release(self) -> None:
         """Remove any record, another host's or a corrupt one included (an operator's act)."""
-        try:
-            self._lock_file.force_release()
-        except OSError as error:
-            _raise_for_path(error, self._lock_file.worker_dir)
+        self._last_call = self._clock.monotonic()
+        self._lock_file.force_release()
 
     # -- internals -----------------------------------------------------------------------
 
@@ -220,45 +233,59 @@ class WorkerLock(SupervisedActor):
         if isinstance(message, _Check):
             self._release_if_owner_died()
             return None
+        if isinstance(message, _Retire):
+            self._retire_if_idle()
+            return None
         raise UnknownMessage(f"WorkerLock does not handle {message!r}")
 
     def _release_if_owner_died(self) -> None:
         # Decided here, in the tick's handler, so the next ask already sees the release.
         try:
             verdict = self._lock_file.release_if_stale()
-        except OSError as error:
-            # Crashing would not mend a filesystem fault; the core reports lock problems
-            # once, and so do we, and the next tick tries again.
-            self._report_tick_problem(str(error))
+        except (OSError, ClientError) as error:
+            # Crashing would not mend a filesystem fault; reported once, tried next tick.
+            if str(error) != self._tick_problem:
+                self._tick_problem = str(error)
+                self._log.warning("owner check of {} failed, will retry: {}", self._lock_file.worker_dir, error)
             return
         self._tick_problem = None
-        if verdict is None:
-            return
-        if verdict.info is None:
-            self._log.info("released the lock of {}: {}", self._lock_file.worker_dir, verdict.reason)
-        else:
-            self._log.info(
-                "released the lock of {}: owner pid {} (session {}) is dead ({})",
-                self._lock_file.worker_dir,
-                verdict.info.pid,
-                verdict.info.session_id,
-                verdict.reason,
-            )
+        if verdict is not None:
+            owner = "" if verdict.info is None else f"owner pid {verdict.info.pid} (session {verdict.info.session_id}): "
+            self._log.info("released the lock of {}: {}{}", self._lock_file.worker_dir, owner, verdict.reason)
 
-    def _report_tick_problem(self, problem: str) -> None:
-        if problem != self._tick_problem:
-            self._tick_problem = problem
-            self._log.warning("owner check of {} failed, will retry: {}", self._lock_file.worker_dir, problem)
+    def _look_at_retiring_in(self, delay: float) -> None:
+        self._timers = [timer for timer in self._timers if timer.active]
+        self._timers.append(send_after(self.actor_ref, _RETIRE, delay, self._clock))
+
+    def _retire_if_idle(self) -> None:
+        assert self._idle_retire is not None
+        idle = self._clock.monotonic() - self._last_call
+        if idle < self._idle_retire or not self.actor_inbox.empty():  # a caller is waiting
+            remaining = self._idle_retire - idle
+            self._look_at_retiring_in(remaining if remaining > 0 else self._idle_retire)
+            return
+        try:
+            is_held = self._lock_file.inspect().state is LockState.HELD
+        except (OSError, ClientError):
+            is_held = False  # nothing to watch: a lock nobody can take needs no owner check
+        if is_held:  # its owner's death must still be noticed within check_interval
+            self._look_at_retiring_in(self._idle_retire)
+            return
+        self._log.debug("{} idle for {}s: retiring", self._lock_file.worker_dir, idle)
+        # Stopped here, in the handler: a call that arrives now stays undelivered (safe to
+        # resend), never handled by a lock about to go.
+        self._stop()
 
 
 class LockSupervisor(Supervisor):
     """A one_for_one supervisor of one `WorkerLock` per worker directory, started on demand.
 
     `LockSupervisor.start(*, root=None, clock=None, check_interval=5.0, max_restarts=3,
-    max_seconds=5.0)`. Each lock's child id is `lock_child_id(resolved directory)`, so
-    `Handle(locks_ref, lock_child_id(path))` reaches it across restarts. When this
-    supervisor restarts, its locks are not recreated: `lock_for` starts them again on
-    demand, and they re-read their records.
+    max_seconds=5.0, idle_retire=60.0, max_locks=10_000)`. Each lock's child id is
+    `lock_child_id(resolved directory)`, so `Handle(locks_ref, lock_child_id(path))`
+    reaches it across restarts. Locks are transient: a crash restarts one, an idle one
+    retires and is forgotten, and `lock_for` starts it again on demand (it re-reads its
+    record). More than `max_locks` live locks raise `TooManyLocks`.
     """
 
     def __init__(
@@ -269,8 +296,16 @@ class LockSupervisor(Supervisor):
         check_interval: float = 5.0,
         max_restarts: int = 3,
         max_seconds: float = 5.0,
+        idle_retire: float = 60.0,
+        max_locks: int = 10_000,
     ) -> None:
-        self._check_interval = _check_interval(check_interval)
+        self._check_interval = _seconds("check_interval", check_interval)
+        self._idle_retire = _seconds("idle_retire", idle_retire)
+        if isinstance(max_locks, bool) or not isinstance(max_locks, int):
+            raise TypeError(f"max_locks must be an int, not {type(max_locks).__name__}")
+        if max_locks < 1:
+            raise ValueError(f"max_locks must be >= 1, got {max_locks}")
+        self._max_locks = max_locks
         if root is None:
             self._root: str | None = None
         else:
@@ -295,13 +330,57 @@ class LockSupervisor(Supervisor):
         """
         return self._lock_for_path(self._resolve(worker_dir), None)
 
+    def call_lock(self, worker_dir: str, method: str, args: list[Any] | None = None,
+                  kwargs: dict[str, Any] | None = None) -> Any:
+        """`method(*args, **kwargs)` of `worker_dir`'s lock (the gateway's `locks.*` ops).
+
+        Only `acquire` and `release` start a lock actor; `read`, `status` and `check` of a
+        directory with no live one are answered from its files. Answers the lock's future
+        (this supervisor never waits for its child). `status` of an unusable directory
+        reads `unusable (REASON)`.
+        """
+        if method not in LOCK_OPERATIONS:
+            raise BadCall(f"call_lock: {describe(method)} is not one of {sorted(LOCK_OPERATIONS)}")
+        args = [] if args is None else args
+        kwargs = {} if kwargs is None else kwargs
+        if not isinstance(args, list | tuple) or not isinstance(kwargs, dict) or not all(
+            isinstance(key, str) for key in kwargs
+        ):
+            raise BadCall("call_lock takes a list of arguments and a dict of keyword arguments")
+        try:
+            path = self._resolve(worker_dir)
+        except InvalidWorkerDir as unusable:
+            if method == "status":
+                return f"unusable ({unusable})"
+            raise
+        record = self._records.get(lock_child_id(path))
+        if record is not None and record.ref is not None and record.ref.is_alive():
+            return _forward(record.ref, method, args, kwargs)
+        if method in _READ_ONLY:
+            return _answer_from_files(LockFile(path, wall_time=self._clock.time), method, args, kwargs)
+        found = self._lock_for_path(path, None)
+        if isinstance(found, pykka.ActorRef):
+            return _forward(found, method, args, kwargs)
+        reply = DeferredReply()  # the lock's start failed or its restart is pending
+
+        def then(started: DeferredReply) -> None:
+            try:
+                ref = started.get(timeout=0)
+            except Exception:
+                reply.set_exception()
+                return
+            _forward(ref, method, args, kwargs, reply)
+
+        found.add_done_callback(then)
+        return reply
+
     def _resolve(self, worker_dir: object) -> str:
         path = _worker_dir_text(worker_dir)
         base = self._root if self._root is not None else os.getcwd()
         try:
             resolved = os.path.realpath(os.path.join(base, path))
         except OSError as error:
-            _raise_for_path(error, path)
+            raise InvalidWorkerDir(f"cannot use worker directory {path}: {error}") from error
         if self._root is not None and os.path.commonpath([self._root, resolved]) != self._root:
             raise InvalidWorkerDir(f"worker directory {path!r} ({resolved}) is outside {self._root}")
         return resolved
@@ -310,12 +389,18 @@ class LockSupervisor(Supervisor):
         child_id = lock_child_id(worker_dir)
         record = self._records.get(child_id)
         if record is None:
+            if len(self._records) >= self._max_locks:
+                error = TooManyLocks(f"{self._max_locks} lock actors are live; retry once idle ones retire")
+                if reply is None:
+                    raise error
+                reply.set_exception((TooManyLocks, error, None))
+                return reply
             spec = ChildSpec(
                 child_id,
                 WorkerLock,
                 args=(worker_dir,),
-                kwargs={"clock": self._clock, "check_interval": self._check_interval},
-                restart=Restart.PERMANENT,
+                kwargs={"clock": self._clock, "check_interval": self._check_interval, "idle_retire": self._idle_retire},
+                restart=Restart.TRANSIENT,
             )
             # A ref, or a failed future carrying StartError (which must not crash us).
             return _answer(self.start_child(spec), reply)
@@ -332,6 +417,12 @@ class LockSupervisor(Supervisor):
             reply = DeferredReply()
         self._awaiting_exit.setdefault(child_id, []).append((worker_dir, reply))
         return reply
+
+    def _on_child_exit(self, exited: Any) -> None:
+        super()._on_child_exit(exited)
+        record = self._records.get(exited.child_id)
+        if record is not None and record.ref is None and not exited.reason.is_crash:
+            self._forget(exited.child_id)  # retired (or stopped by another): started afresh on demand
 
     def on_receive(self, message: Any) -> Any:
         result = super().on_receive(message)
@@ -360,14 +451,56 @@ class LockSupervisor(Supervisor):
 
 
 def _answer(result: Any, reply: DeferredReply | None) -> Any:
-    """`result` as the handler's return value, or settled into `reply` for a deferred call."""
+    """`result` as the handler's return value, or settled into `reply`.
+
+    A future (a failed start) becomes a settled `DeferredReply`: the actor loop forwards
+    any other future on a thread of its own, and there may be no thread to spare.
+    """
+    if not isinstance(result, pykka.Future):
+        if reply is None:
+            return result
+        reply.set(result)
+        return reply
     if reply is None:
-        return result
-    if isinstance(result, pykka.Future):
+        reply = DeferredReply()
+    try:
+        reply.set(result.get(timeout=0))
+    except Exception:
+        reply.set_exception()
+    return reply
+
+
+def _forward(ref: pykka.ActorRef[Any], method: str, args: Any, kwargs: dict[str, Any],
+             reply: DeferredReply | None = None) -> DeferredReply:
+    """Ask `ref` to run `method` and answer into `reply`, without waiting for it.
+
+    A call the lock never handled (it retired or crashed first) is answered as not
+    handled, so a `Handle` on this supervisor sends it again (to a fresh lock).
+    """
+    reply = DeferredReply() if reply is None else reply
+    asked = DeferredReply()
+
+    def relay(answer: DeferredReply) -> None:
         try:
-            reply.set(result.get(timeout=0))
+            reply.set(answer.get(timeout=0))
+        except Undelivered as error:
+            if error.reply_to is asked:
+                reply.set_not_handled(f"{method}: {error}")
+            else:
+                reply.set_exception()
         except Exception:
             reply.set_exception()
-    else:
-        reply.set(result)
+
+    asked.add_done_callback(relay)
+    message = pykka_messages.ProxyCall(attr_path=(method,), args=tuple(args), kwargs=dict(kwargs))
+    ref.actor_inbox.put(Envelope(message, reply_to=asked))
     return reply
+
+
+def _answer_from_files(lock_file: LockFile, method: str, args: Any, kwargs: dict[str, Any]) -> Any:
+    operation = _READ_ONLY[method]
+    try:
+        inspect.signature(operation).bind(lock_file, *args, **kwargs)
+    except TypeError as error:
+        raise BadCall(f"{method}(): {error}") from None
+    return operation(lock_file, *args, **kwargs)
