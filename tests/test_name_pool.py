@@ -6,6 +6,7 @@ Time comes from `manual_clock`; waits are bounded waits on conditions, never sle
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import random
 import signal
@@ -23,8 +24,10 @@ from pykka import messages as pykka_messages
 
 import actors.names._pool as name_pool_module
 from actors._errors import InvalidName, InvalidOwner, NameSourceError
-from actors.names._pool import HOLDERS_REQUEST, NamePool, _StateFiles
-from actors.names._state import NameState
+from actors.names._journal import Journal
+from actors.names._pool import HOLDERS_REQUEST, NamePool
+from actors.names._state import NameState, ProcessStart
+import actors.names._journal as journal_module
 from actors.names._source import THEMES
 from supervision import (
     ActorCrashed,
@@ -34,6 +37,7 @@ from supervision import (
     Handle,
     ManualClock,
     SnapshotStore,
+    StorageError,
     SupervisedActor,
     Supervisor,
     kill,
@@ -126,9 +130,11 @@ def messages(log_records: list[dict[str, Any]], level: str) -> list[str]:
 
 def durable_state(path: Path) -> NameState:
     """What a new pool on `path` would load (snapshot plus journal), read without an actor."""
-    found = _StateFiles(path).load(logger)
-    assert found, f"no state at {path}"
-    return NameState.from_snapshot(found[0][1])
+    journal = Journal(path, on_failure=lambda error, epoch: None)
+    try:
+        return journal.load(12, "Nameless Agent")
+    finally:
+        journal.abandon()
 
 
 def snapshot_state(path: Path) -> NameState:
@@ -149,7 +155,7 @@ def end(process: subprocess.Popen[Any]) -> None:
 
 
 class OwnerGate:
-    """Holds the pool's thread inside `process_start_time(pid)` until opened.
+    """Holds the pool's thread inside `_process_start(pid)` until opened.
 
     Everything sent to the pool meanwhile queues up, so the test knows exactly which
     requests the pool will then handle in one pass.
@@ -159,15 +165,15 @@ class OwnerGate:
         self.pid = pid
         self.entered = threading.Event()
         self.opened = threading.Event()
-        real = name_pool_module.process_start_time
+        real = name_pool_module._process_start
 
-        def gated(candidate: int) -> float | None:
+        def gated(candidate: int) -> Any:
             if candidate == self.pid and not self.opened.is_set():
                 self.entered.set()
                 assert self.opened.wait(TIMEOUT)
             return real(candidate)
 
-        monkeypatch.setattr(name_pool_module, "process_start_time", gated)
+        monkeypatch.setattr(name_pool_module, "_process_start", gated)
 
     def open(self) -> None:
         self.opened.set()
@@ -764,10 +770,11 @@ def test_a_reused_pid_is_not_the_old_owner(
     start_pool: Callable[..., Any], manual_clock: ManualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pool = start_pool(reap_interval=1.0)
-    real_start_time = name_pool_module.process_start_time(os.getpid())
-    assert real_start_time is not None
-    # Record this pid as an earlier process: the same pid with another creation time.
-    monkeypatch.setattr(name_pool_module, "process_start_time", lambda pid: real_start_time - 100.0)
+    real_start = name_pool_module._process_start(os.getpid())
+    assert real_start is not None
+    earlier = ProcessStart(real_start.start_ticks - 100, real_start.boot_id, None)
+    # Record this pid as an earlier process: the same pid with other start ticks.
+    monkeypatch.setattr(name_pool_module, "_process_start", lambda pid: earlier)
     old = pool.checkout_name(os.getpid()).get(timeout=TIMEOUT)
     other = pool.checkout_name(str(os.getpid())).get(timeout=TIMEOUT)  # a str owner, never reaped
     monkeypatch.undo()
@@ -784,9 +791,10 @@ def test_a_reused_pid_checking_out_gets_a_new_name(
     start_pool: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pool = start_pool()
-    real_start_time = name_pool_module.process_start_time(os.getpid())
-    assert real_start_time is not None
-    monkeypatch.setattr(name_pool_module, "process_start_time", lambda pid: real_start_time - 100.0)
+    real_start = name_pool_module._process_start(os.getpid())
+    assert real_start is not None
+    earlier = ProcessStart(real_start.start_ticks - 100, real_start.boot_id, None)
+    monkeypatch.setattr(name_pool_module, "_process_start", lambda pid: earlier)
     old = pool.checkout_name(os.getpid()).get(timeout=TIMEOUT)
     monkeypatch.undo()
     pool.associate_name(old, "urn:heir").get(timeout=TIMEOUT)  # so `old` stays held
@@ -873,20 +881,20 @@ def test_replies_wait_for_one_grouped_write(
     pool = start_pool(state_path=path, chunk_size=30)
     pool.checkout_name().get(timeout=TIMEOUT)  # the first chunk is in
     writes: list[int] = []
-    real_append = _StateFiles.append
+    real_append = Journal._append
 
-    def counting_append(self: _StateFiles, data: Any) -> None:
-        writes.append(len(data["holders"]))
+    def counting_append(self: Journal, data: bytes) -> None:
+        writes.append(data.count(journal_module.JOURNAL_MAGIC))
         real_append(self, data)
 
-    monkeypatch.setattr(_StateFiles, "append", counting_append)
+    monkeypatch.setattr(Journal, "_append", counting_append)
     owner_gate, blocked = hold_own_checkout(pool, monkeypatch)  # holds the pool's thread
     futures = [pool.checkout_name() for _ in range(20)] + [pool.pool_stats()]
     owner_gate.open()
     names = [future.get(timeout=TIMEOUT) for future in [blocked, *futures[:-1]]]
     assert futures[-1].get(timeout=TIMEOUT)["checked_out_count"] == 22
     assert len(set(names)) == 21
-    assert writes == [22]  # one write for everything handled together
+    assert writes == [1]  # one frame, one write for everything handled together
 
 
 def test_an_idempotent_checkout_waits_for_the_first_ones_write(
@@ -918,38 +926,46 @@ def test_a_graceful_stop_answers_the_replies_waiting_for_a_write(
     assert set(snapshot_state(path).holders()) == names | {"n-0"}
 
 
-def test_a_failing_write_crashes_the_pool_and_the_caller_gets_actor_crashed(
-    start_pool: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_failing_write_is_a_storage_error_and_writes_resume_by_themselves(
+    start_pool: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, log_records: list[dict[str, Any]]
 ) -> None:
     path = tmp_path / "names.state"
     pool = start_pool(state_path=path)
     first = pool.checkout_name().get(timeout=TIMEOUT)
 
-    def disk_full(self: _StateFiles, data: Any) -> None:
-        raise OSError(28, "No space left on device")
+    def disk_full(self: Journal, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(_StateFiles, "append", disk_full)
-    with pytest.raises(ActorCrashed) as raised:
-        pool.checkout_name().get(timeout=TIMEOUT)
-    assert isinstance(raised.value.__cause__, OSError)
-    wait_until(lambda: not pool.actor_ref.is_alive())
+    monkeypatch.setattr(Journal, "_append", disk_full)
+    monkeypatch.setattr(SnapshotStore, "save", lambda self, data: disk_full(None, b""))  # type: ignore[arg-type]
+    for _ in range(3):
+        with pytest.raises(StorageError) as raised:
+            pool.checkout_name("urn:refused").get(timeout=TIMEOUT)
+        assert raised.value.errno == errno.ENOSPC and "names.state" in str(raised.value)
+    assert pool.actor_ref.is_alive()
+    # Reads still answer, and the refused changes never happened.
+    assert pool.get_name_by_pid("urn:refused").get(timeout=TIMEOUT) is None
+    assert stats(pool)["checked_out_count"] == 1
+    assert len(messages(log_records, "ERROR")) == 1  # one line per episode, not per call
     monkeypatch.undo()
-    # The checkout that was never written never happened.
-    assert set(durable_state(path).holders()) == {first}
+    again = pool.checkout_name("urn:after").get(timeout=TIMEOUT)
+    assert again != first
+    assert set(durable_state(path).holders()) == {first, again}
+    assert any("again" in message for message in messages(log_records, "INFO"))
 
 
-def test_a_state_path_that_became_unusable_crashes_the_next_write(
-    start_pool: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_state_path_that_became_unusable_keeps_the_journal(
+    start_pool: Callable[..., Any], tmp_path: Path, log_records: list[dict[str, Any]]
 ) -> None:
-    monkeypatch.setattr(name_pool_module, "_PATH_CHECK_SECONDS", 0.0)  # check at every write
     path = tmp_path / "names.state"
     pool = start_pool(state_path=path)
     pool.checkout_name().get(timeout=TIMEOUT)
     path.unlink()
     path.mkdir()
-    with pytest.raises(ActorCrashed):
-        pool.checkout_name().get(timeout=TIMEOUT)
-    wait_until(lambda: not pool.actor_ref.is_alive())
+    assert pool.checkout_name().get(timeout=TIMEOUT)  # the journal takes it
+    pool.actor_ref.stop()
+    assert path.with_name("names.state.journal").exists()  # the final snapshot could not replace it
+    assert any("final snapshot" in message for message in messages(log_records, "ERROR"))
 
 
 def test_a_corrupt_state_file_is_quarantined_and_the_pool_starts_empty(
@@ -986,7 +1002,7 @@ def test_a_damaged_journal_frame_falls_back_to_the_frame_before(
     wait_until(lambda: not pool.actor_ref.is_alive())
     journal = path.with_name("names.state.journal")
     content = bytearray(journal.read_bytes())
-    frames = [index for index in range(len(content)) if content.startswith(b"NPJ2", index)]
+    frames = [index for index in range(len(content)) if content.startswith(b"NPJ3", index)]
     assert len(frames) == 2
     content[frames[1] + 30] ^= 0xFF  # a write cut short: the second frame is damaged
     journal.write_bytes(bytes(content))
@@ -996,16 +1012,17 @@ def test_a_damaged_journal_frame_falls_back_to_the_frame_before(
     assert any("damaged" in message for message in messages(log_records, "WARNING"))
 
 
-def test_a_full_journal_is_folded_into_the_snapshot(
+def test_a_long_journal_is_folded_into_the_snapshot_in_the_background(
     start_pool: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(name_pool_module, "_JOURNAL_BYTES", 2048)  # a few frames only
+    monkeypatch.setattr(journal_module, "SNAPSHOT_AFTER_BYTES", 512)  # a few frames only
+    monkeypatch.setattr(journal_module, "_JOURNAL_CHUNK", 256)  # and the journal grows too
     path = tmp_path / "names.state"
     pool = start_pool(state_path=path, chunk_size=40)
     held = [pool.checkout_name(f"urn:{index}").get(timeout=TIMEOUT) for index in range(40)]
+    wait_until(lambda: snapshot_state(path).stats()["checked_out_count"] > 0)  # folded in at least once
     kill(pool.actor_ref)
     wait_until(lambda: not pool.actor_ref.is_alive())
-    assert snapshot_state(path).stats()["checked_out_count"] > 0  # folded in at least once
     again = start_pool(state_path=path, chunk_size=40)
     assert [again.get_name_by_pid(f"urn:{index}").get(timeout=TIMEOUT) for index in range(40)] == held
 
