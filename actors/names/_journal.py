@@ -55,7 +55,7 @@ _WHOLE_STATE_MAGIC = b"NPJ2"  # a frame holding a whole state (the previous vers
 _ZERO_MAGIC = b"\0\0\0\0"
 # magic, sequence number, payload length, crc32 of the payload
 _FRAME_HEADER = struct.Struct("<4sQII")
-_JOURNAL_CHUNK = 1 << 20  # the journal grows (preallocated with zeros) by this much
+_JOURNAL_CHUNK = 1 << 16  # the journal grows (preallocated with zeros) by this much
 #: The journal bytes written since the last snapshot that start a background snapshot (at
 #: least; twice the last snapshot's size when that is more, so the rewrite stays a small
 #: fraction of the writes whatever the size of the state).

@@ -441,13 +441,14 @@ class NamePool(SupervisedActor):
         if method not in _PEER_METHODS:
             raise UnknownMessage(f"names.{describe(method)} is not served on the socket")
         bound = getattr(self, method)
+        signature = inspect.signature(bound)
         try:
-            arguments = inspect.signature(bound).bind(*call.args, **call.kwargs)
+            arguments = signature.bind_partial(*call.args, **call.kwargs)
         except TypeError as error:
             raise BadCall(f"names.{method}: {error}") from None
         position = _PEER_METHODS[method]
         if position is not None:
-            owner_name = list(inspect.signature(bound).parameters)[position]
+            owner_name = list(signature.parameters)[position]
             owner = arguments.arguments.get(owner_name)
             if owner is None:
                 arguments.arguments[owner_name] = owner = call.pid
@@ -455,6 +456,10 @@ class NamePool(SupervisedActor):
                 raise NotPermitted(
                     f"names.{method}: a worker acts only for itself (pid {call.pid}), not for {describe(owner)}"
                 )
+        try:
+            arguments = signature.bind(*arguments.args, **arguments.kwargs)
+        except TypeError as error:
+            raise BadCall(f"names.{method}: {error}") from None
         if method == "checkin_name":
             self._check_peer_checkin(call.pid, arguments.arguments.get("name"))
         elif method == "associate_name":
