@@ -355,21 +355,24 @@ class Journal:
             with self._lock:
                 if self._is_abandoned:
                     return  # durable, but the crash already answered: a leak, never a duplicate
-                assert self._mirror is not None
-                for batch in live:
-                    if batch.changes:
-                        self._mirror.apply(batch.changes)
                 self._sequence = sequence
                 self._recent.extend(frames)
                 self.frames_written += len(frames)
                 for _, frame in frames:
                     self.frame_bytes_written += len(frame)
                     self._bytes_since_snapshot += len(frame)
-        for batch in live:
-            if self._publish is not None and batch.stats is not None:
-                self._publish(batch.stats)
-            for reply, value in batch.replies:
-                reply.set(value)
+            # Answer first (the callers wait), then bring the writer's copy of the durable
+            # state up to date: only this thread reads it before the next write.
+            for batch in live:
+                if self._publish is not None and batch.stats is not None:
+                    self._publish(batch.stats)
+                for reply, value in batch.replies:
+                    reply.set(value)
+            with self._lock:
+                assert self._mirror is not None
+                for batch in live:
+                    if batch.changes:
+                        self._mirror.apply(batch.changes)
         self._maybe_snapshot()
 
     def _append(self, data: bytes) -> None:

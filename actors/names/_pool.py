@@ -452,7 +452,7 @@ class NamePool(SupervisedActor):
             owner = arguments.arguments.get(owner_name)
             if owner is None:
                 arguments.arguments[owner_name] = owner = call.pid
-            elif method != "get_name_by_pid" and not (type(owner) is int and owner == call.pid):
+            elif method != "get_name_by_pid" and validate_owner(owner) != call.pid:  # InvalidOwner first
                 raise NotPermitted(
                     f"names.{method}: a worker acts only for itself (pid {call.pid}), not for {describe(owner)}"
                 )
