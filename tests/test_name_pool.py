@@ -19,7 +19,6 @@ from typing import Any
 
 import pykka
 import pytest
-from loguru import logger
 from pykka import messages as pykka_messages
 
 import actors.names._pool as name_pool_module

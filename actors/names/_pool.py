@@ -247,8 +247,8 @@ class NamePool(SupervisedActor):
         self._storage_error: StorageError | None = None  # set while writes fail
         self._is_load_pending = False  # the state could not even be read
         self._is_liveness_unknown = False  # an episode of unreadable owner liveness
-        self._published_stats: Mapping[str, Any] | None = None
-        self._published_key: tuple[int, int, bool] | None = None
+        self._durable_stats: Mapping[str, Any] | None = None
+        self._published_key: tuple[int, int, bool, bool] | None = None
         self._waiters: list[_Waiter] = []
         self._chunk: _ChunkRequest | None = None
         # Bumped by every chunk request and by reset: a result of another generation is late.
@@ -334,9 +334,10 @@ class NamePool(SupervisedActor):
 
     def checkin_name(self, name: str) -> DeferredReply | None:
         """Return `name` to the pool (LIFO); a name not checked out only logs a warning."""
-        name = validate_name(name)
-        if self._state.is_checked_out(name):
-            self._ensure_writable()
+        if self._storage_error is not None:
+            name = validate_name(name)
+            if self._state.is_checked_out(name):
+                self._ensure_writable()
         outcome = self._state.checkin(name)
         if outcome is CheckinOutcome.NOT_CHECKED_OUT:
             self._log.warning("checkin of {!r}, which is not checked out: ignored", name)
@@ -384,26 +385,35 @@ class NamePool(SupervisedActor):
         return stats
 
     # `_published_stats`: the stats as of the last durable state, readable from any thread
-    # without a message. Published before any reply that depends on that state, so a
-    # caller who got an answer reads stats that include it. The gateway serves
-    # `names.pool_stats` from it, as a Handle resolves from a supervisor's directory.
+    # without a message. The gateway serves `names.pool_stats` from it, as a Handle
+    # resolves from a supervisor's directory. In memory every change counts at once, so it
+    # is read live (a few len() calls, safe from any thread). With a journal it is
+    # published by the writer before the replies of each durable pass, and by the pool
+    # after a message that left nothing in flight; so a caller who got an answer reads
+    # stats that include it.
+
+    @property
+    def _published_stats(self) -> Mapping[str, Any] | None:
+        if self._journal is None:
+            return MappingProxyType(self._stats())
+        return self._durable_stats
 
     def _handle_receive(self, message: Any) -> Any:
         result = super()._handle_receive(message)
-        if self._is_durable_now():
+        if self._journal is not None and not self._state.has_changes() and self._journal.is_idle():
             self._publish_stats()
         return result
 
     def _publish_stats(self, stats: Mapping[str, Any] | None = None) -> None:
         if stats is not None:
-            self._published_stats = stats
+            self._durable_stats = stats
             return
         # The stats derive from the state's revision, the waiters and the chunk in flight:
         # rebuilt only when one of those moved, not after every message.
         key = (self._state.revision, len(self._waiters), self._chunk is None, self._storage_error is None)
         if key != self._published_key:
             self._published_key = key
-            self._published_stats = MappingProxyType(self._stats())
+            self._durable_stats = MappingProxyType(self._stats())
 
     def reset(self) -> DeferredReply | None:
         """Forget every name and owner; a chunk in flight is discarded and asked for again."""
