@@ -131,6 +131,7 @@ class Journal:
         self._is_snapshotting = False
         self._mirror: NameState | None = None  # the durable state (the writer's copy)
         self._broken: StorageError | None = None
+        self._broken_epoch = -1  # the epoch whose batches the failure refuses
         self._epoch = 0
         self._is_abandoned = False
         self._submitted = 0
@@ -305,7 +306,7 @@ class Journal:
                 self._log.opt(exception=error).error("name pool journal writer failed")
                 failure = StorageError(errno.EIO, f"name pool journal writer failed: {error!r}", str(self.journal_path))
                 with self._lock:
-                    self._broken = failure
+                    self._broken, self._broken_epoch = failure, self._epoch
                 _fail(batches, failure)
                 self._on_failure(failure, self._epoch)
             finally:
@@ -321,13 +322,19 @@ class Journal:
             if self._is_abandoned:
                 return  # the crash answers these callers: nothing of theirs is written
             broken, epoch = self._broken, self._epoch
-        live = [batch for batch in batches if batch.epoch == epoch and broken is None]
-        stale = [batch for batch in batches if batch not in live]
-        if stale:
-            refusal = broken or StorageError(
-                errno.EIO, "name pool state was rolled back after a failed write", str(self.journal_path)
-            )
+        refusal = broken or StorageError(
+            errno.EIO, "name pool state was rolled back after a failed write", str(self.journal_path)
+        )
+        # Built on a state that was rolled back: refused. Reads taken from the rolled-back
+        # (durable) state while writes fail have nothing to wait for: answered.
+        stale = [batch for batch in batches if batch.epoch != epoch]
+        if broken is not None:
+            stale += [batch for batch in batches if batch.epoch == epoch and (batch.changes or epoch <= self._broken_epoch)]
+            _answer([batch for batch in batches if batch not in stale])
             _fail(stale, refusal)
+            return
+        _fail(stale, refusal)
+        live = [batch for batch in batches if batch.epoch == epoch]
         frames: list[tuple[int, bytes]] = []
         with self._io_lock:
             if self._fd is None:
@@ -347,7 +354,7 @@ class Journal:
                 except OSError as error:
                     failure = _storage_error(error, self.journal_path)
                     with self._lock:
-                        self._broken = failure
+                        self._broken, self._broken_epoch = failure, epoch
                         self._sequence = sequence  # never reuse a number that may be on disk
                     _fail(live, failure)
                     self._on_failure(failure, epoch)
@@ -563,6 +570,12 @@ def _later_good_frame(content: bytes, start: int) -> int | None:
             return sequence
         position = content.find(JOURNAL_MAGIC, position + 1)
     return None
+
+
+def _answer(batches: list[_Batch]) -> None:
+    for batch in batches:
+        for reply, value in batch.replies:
+            reply.set(value)
 
 
 def _fail(batches: list[_Batch], error: StorageError) -> None:
