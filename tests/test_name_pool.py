@@ -1011,6 +1011,52 @@ def test_a_damaged_journal_frame_falls_back_to_the_frame_before(
     assert any("damaged" in message for message in messages(log_records, "WARNING"))
 
 
+def test_a_damaged_frame_in_the_middle_of_the_journal_is_quarantined(
+    start_pool: Callable[..., Any], tmp_path: Path, log_records: list[dict[str, Any]]
+) -> None:
+    """Not a torn tail: intact frames follow the damaged one, so the journal is corrupt."""
+    path = tmp_path / "names.state"
+    pool = start_pool(state_path=path)
+    first = pool.checkout_name("urn:a").get(timeout=TIMEOUT)
+    pool.checkout_name("urn:b").get(timeout=TIMEOUT)
+    pool.checkout_name("urn:c").get(timeout=TIMEOUT)
+    kill(pool.actor_ref)
+    wait_until(lambda: not pool.actor_ref.is_alive())
+    journal = path.with_name("names.state.journal")
+    content = bytearray(journal.read_bytes())
+    frames = [index for index in range(len(content)) if content.startswith(b"NPJ3", index)]
+    assert len(frames) == 3
+    content[frames[1] + 30] ^= 0xFF
+    journal.write_bytes(bytes(content))
+    again = start_pool(state_path=path)
+    assert again.get_name_by_pid("urn:a").get(timeout=TIMEOUT) == first
+    assert again.get_name_by_pid("urn:b").get(timeout=TIMEOUT) is None
+    assert again.get_name_by_pid("urn:c").get(timeout=TIMEOUT) is None  # its frame needs the one before
+    assert len(list(tmp_path.glob("names.state.journal.corrupt-*"))) == 1
+    assert any("corrupt name pool journal" in message for message in messages(log_records, "ERROR"))
+
+
+def test_a_journal_of_the_previous_version_still_loads(start_pool: Callable[..., Any], tmp_path: Path) -> None:
+    """v2 wrote whole states as "NPJ2" frames; a crash left them for the next start."""
+    import struct
+    import zlib
+
+    import msgpack
+
+    path = tmp_path / "names.state"
+    older, newer = NameState(), NameState()
+    older.associate("old", "urn:w")
+    newer.associate("new", "urn:w")
+    SnapshotStore(path, version=1).save({**older.to_snapshot(), "version": 1, "journal_sequence": 3})
+    frames = b""
+    for sequence, state in ((4, older), (5, newer)):
+        payload = msgpack.packb({**state.to_snapshot(), "version": 1})
+        frames += struct.pack("<4sQII", b"NPJ2", sequence, len(payload), zlib.crc32(payload)) + payload
+    path.with_name("names.state.journal").write_bytes(frames + bytes(4096))
+    pool = start_pool(state_path=path)
+    assert pool.get_name_by_pid("urn:w").get(timeout=TIMEOUT) == "new"
+
+
 def test_a_long_journal_is_folded_into_the_snapshot_in_the_background(
     start_pool: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
