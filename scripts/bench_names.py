@@ -13,9 +13,10 @@ short rounds (rotating which side goes first) and reported as medians:
   (target >= 0.8; 1,000 held is reported too): a change costs the same whatever the size
   of the state. The held names are written as the pool's snapshot before it starts.
 
-The garbage collector stays on, as in a host app. Calling threads run on one CPU and actor threads (and the threads they start: the name
-source, the snapshot writes) on the other, because a thread handoff on a 2-CPU machine
-otherwise flips between ~25 µs and ~150 µs with where the scheduler puts the threads.
+The garbage collector stays on, as in a host app. Calling threads run on one CPU and
+actor threads (and the threads they start: the name source, the journal's writer and
+snapshot threads) on the other, because a thread handoff on a 2-CPU machine otherwise
+flips between ~25 µs and ~150 µs with where the scheduler puts the threads.
 
 Run standalone: ``python scripts/bench_names.py [--quick]``; `scripts/bench.py` imports
 `bench_names`.
