@@ -1036,6 +1036,29 @@ def test_a_damaged_frame_in_the_middle_of_the_journal_is_quarantined(
     assert any("corrupt name pool journal" in message for message in messages(log_records, "ERROR"))
 
 
+def test_a_missing_frame_is_corruption_not_a_gap_to_skip(
+    start_pool: Callable[..., Any], tmp_path: Path, log_records: list[dict[str, Any]]
+) -> None:
+    """Frames are changes: one lost means the later ones cannot be applied."""
+    path = tmp_path / "names.state"
+    pool = start_pool(state_path=path)
+    first = pool.checkout_name("urn:a").get(timeout=TIMEOUT)
+    pool.checkout_name("urn:b").get(timeout=TIMEOUT)
+    pool.checkout_name("urn:c").get(timeout=TIMEOUT)
+    kill(pool.actor_ref)
+    wait_until(lambda: not pool.actor_ref.is_alive())
+    journal = path.with_name("names.state.journal")
+    content = journal.read_bytes()
+    frames = [index for index in range(len(content)) if content.startswith(b"NPJ3", index)]
+    assert len(frames) == 3
+    journal.write_bytes(content[: frames[1]] + content[frames[2] :])  # frame 2 is gone
+    again = start_pool(state_path=path)
+    assert again.get_name_by_pid("urn:a").get(timeout=TIMEOUT) == first
+    assert again.get_name_by_pid("urn:c").get(timeout=TIMEOUT) is None
+    assert len(list(tmp_path.glob("names.state.journal.corrupt-*"))) == 1
+    assert any("missing" in message for message in messages(log_records, "ERROR"))
+
+
 def test_a_journal_of_the_previous_version_still_loads(start_pool: Callable[..., Any], tmp_path: Path) -> None:
     """v2 wrote whole states as "NPJ2" frames; a crash left them for the next start."""
     import struct
