@@ -104,6 +104,8 @@ _PEER_METHODS: dict[str, int | None] = {
     "pool_stats": None,
     "default_name": None,
 }
+# Signatures of the bound methods by (class, method), filled on first use.
+_PEER_SIGNATURES: dict[tuple[type, str], inspect.Signature] = {}
 
 
 # -- messages the pool sends itself ---------------------------------------------------------
@@ -451,7 +453,10 @@ class NamePool(SupervisedActor):
         if method not in _PEER_METHODS:
             raise UnknownMessage(f"names.{describe(method)} is not served on the socket")
         bound = getattr(self, method)
-        signature = inspect.signature(bound)
+        key = (type(self), method)
+        signature = _PEER_SIGNATURES.get(key)
+        if signature is None:
+            signature = _PEER_SIGNATURES[key] = inspect.signature(bound)
         try:
             arguments = signature.bind_partial(*call.args, **call.kwargs)
         except TypeError as error:
