@@ -8,9 +8,9 @@
 Every request is checked before it reaches an actor; every failure is answered with an
 error reply and stays inside its connection. A malformed frame (or one whose id cannot
 be read) is answered with ``"id": nil`` and closes that connection only. The peer's
-pid and uid come from the kernel (`SO_PEERCRED`): a peer of another uid is refused, and
-`names.*` and `locks.*` calls act for the peer only (`NotPermitted` otherwise; the name
-pool checks and acts in one handler, see `actors.names._pool.PeerCall`).
+pid and uid come from the kernel (`SO_PEERCRED`): a peer of another uid is refused,
+`names.*` calls default their owner to the peer's pid, and `locks.*` calls always act
+for the peer.
 """
 
 from __future__ import annotations
@@ -447,7 +447,7 @@ def _ancestors(pid: int) -> tuple[int, ...]:
     """The pids of `pid`'s ancestor processes (nearest first); empty if they cannot be read."""
     try:
         return tuple(parent.pid for parent in psutil.Process(pid).parents())
-    except psutil.Error:
+    except (psutil.Error, OSError):
         return ()
 
 
