@@ -2,8 +2,9 @@
 
 Usage: python tests/_chaos_power_client.py STATE_DIR LEDGER PAUSE_FILE OWNER_PIDS SEED
 
-OWNER_PIDS is a comma-separated list of live pids (the test's sleepers); this process's
-own pid is added to them. Each owner in turn is synced (`get_name_by_pid`), checked out
+OWNER_PIDS is a comma-separated list of other live pids, usually empty: over the socket
+a worker acts only for itself (CONTRACT §5), so others are refused; this process's own
+pid is added to them. Each owner in turn is synced (`get_name_by_pid`), checked out
 or checked in. Every step is one JSON line in LEDGER, appended with one write (so a
 line is never lost or torn, whoever is killed):
 
@@ -34,6 +35,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 LIFETIME = 120.0
+#: Up to this many seconds between calls: a client owns one name (its own pid), so a kill
+#: that lands mid-call leaves its state unknown; most kills must find it between calls.
+IDLE = 0.05
 
 
 def main() -> int:
@@ -110,6 +114,8 @@ def main() -> int:
             log(op="lost", o=owner)
             client.close()
             client = None
+            continue
+        stop.wait(rng.uniform(0.0, IDLE))
     if client is not None:
         client.close()
     return 0

@@ -6,6 +6,7 @@ Time comes from `manual_clock`; waits are bounded waits on conditions, never sle
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import random
 import signal
@@ -18,13 +19,14 @@ from typing import Any
 
 import pykka
 import pytest
-from loguru import logger
 from pykka import messages as pykka_messages
 
 import actors.names._pool as name_pool_module
 from actors._errors import InvalidName, InvalidOwner, NameSourceError
-from actors.names._pool import HOLDERS_REQUEST, NamePool, _StateFiles
-from actors.names._state import NameState
+from actors.names._journal import Journal
+from actors.names._pool import HOLDERS_REQUEST, NamePool
+from actors.names._state import NameState, ProcessStart
+import actors.names._journal as journal_module
 from actors.names._source import THEMES
 from supervision import (
     ActorCrashed,
@@ -34,6 +36,7 @@ from supervision import (
     Handle,
     ManualClock,
     SnapshotStore,
+    StorageError,
     SupervisedActor,
     Supervisor,
     kill,
@@ -126,9 +129,11 @@ def messages(log_records: list[dict[str, Any]], level: str) -> list[str]:
 
 def durable_state(path: Path) -> NameState:
     """What a new pool on `path` would load (snapshot plus journal), read without an actor."""
-    found = _StateFiles(path).load(logger)
-    assert found, f"no state at {path}"
-    return NameState.from_snapshot(found[0][1])
+    journal = Journal(path, on_failure=lambda error, epoch: None)
+    try:
+        return journal.load(12, "Nameless Agent")
+    finally:
+        journal.abandon()
 
 
 def snapshot_state(path: Path) -> NameState:
@@ -149,7 +154,7 @@ def end(process: subprocess.Popen[Any]) -> None:
 
 
 class OwnerGate:
-    """Holds the pool's thread inside `process_start_time(pid)` until opened.
+    """Holds the pool's thread inside `_process_start(pid)` until opened.
 
     Everything sent to the pool meanwhile queues up, so the test knows exactly which
     requests the pool will then handle in one pass.
@@ -159,15 +164,15 @@ class OwnerGate:
         self.pid = pid
         self.entered = threading.Event()
         self.opened = threading.Event()
-        real = name_pool_module.process_start_time
+        real = name_pool_module._process_start
 
-        def gated(candidate: int) -> float | None:
+        def gated(candidate: int) -> Any:
             if candidate == self.pid and not self.opened.is_set():
                 self.entered.set()
                 assert self.opened.wait(TIMEOUT)
             return real(candidate)
 
-        monkeypatch.setattr(name_pool_module, "process_start_time", gated)
+        monkeypatch.setattr(name_pool_module, "_process_start", gated)
 
     def open(self) -> None:
         self.opened.set()
@@ -764,10 +769,11 @@ def test_a_reused_pid_is_not_the_old_owner(
     start_pool: Callable[..., Any], manual_clock: ManualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pool = start_pool(reap_interval=1.0)
-    real_start_time = name_pool_module.process_start_time(os.getpid())
-    assert real_start_time is not None
-    # Record this pid as an earlier process: the same pid with another creation time.
-    monkeypatch.setattr(name_pool_module, "process_start_time", lambda pid: real_start_time - 100.0)
+    real_start = name_pool_module._process_start(os.getpid())
+    assert real_start is not None
+    earlier = ProcessStart(real_start.start_ticks - 100, real_start.boot_id, None)
+    # Record this pid as an earlier process: the same pid with other start ticks.
+    monkeypatch.setattr(name_pool_module, "_process_start", lambda pid: earlier)
     old = pool.checkout_name(os.getpid()).get(timeout=TIMEOUT)
     other = pool.checkout_name(str(os.getpid())).get(timeout=TIMEOUT)  # a str owner, never reaped
     monkeypatch.undo()
@@ -784,9 +790,10 @@ def test_a_reused_pid_checking_out_gets_a_new_name(
     start_pool: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pool = start_pool()
-    real_start_time = name_pool_module.process_start_time(os.getpid())
-    assert real_start_time is not None
-    monkeypatch.setattr(name_pool_module, "process_start_time", lambda pid: real_start_time - 100.0)
+    real_start = name_pool_module._process_start(os.getpid())
+    assert real_start is not None
+    earlier = ProcessStart(real_start.start_ticks - 100, real_start.boot_id, None)
+    monkeypatch.setattr(name_pool_module, "_process_start", lambda pid: earlier)
     old = pool.checkout_name(os.getpid()).get(timeout=TIMEOUT)
     monkeypatch.undo()
     pool.associate_name(old, "urn:heir").get(timeout=TIMEOUT)  # so `old` stays held
@@ -873,20 +880,20 @@ def test_replies_wait_for_one_grouped_write(
     pool = start_pool(state_path=path, chunk_size=30)
     pool.checkout_name().get(timeout=TIMEOUT)  # the first chunk is in
     writes: list[int] = []
-    real_append = _StateFiles.append
+    real_append = Journal._append
 
-    def counting_append(self: _StateFiles, data: Any) -> None:
-        writes.append(len(data["holders"]))
+    def counting_append(self: Journal, data: bytes) -> None:
+        writes.append(data.count(journal_module.JOURNAL_MAGIC))
         real_append(self, data)
 
-    monkeypatch.setattr(_StateFiles, "append", counting_append)
+    monkeypatch.setattr(Journal, "_append", counting_append)
     owner_gate, blocked = hold_own_checkout(pool, monkeypatch)  # holds the pool's thread
     futures = [pool.checkout_name() for _ in range(20)] + [pool.pool_stats()]
     owner_gate.open()
     names = [future.get(timeout=TIMEOUT) for future in [blocked, *futures[:-1]]]
     assert futures[-1].get(timeout=TIMEOUT)["checked_out_count"] == 22
     assert len(set(names)) == 21
-    assert writes == [22]  # one write for everything handled together
+    assert writes == [1]  # one frame, one write for everything handled together
 
 
 def test_an_idempotent_checkout_waits_for_the_first_ones_write(
@@ -918,38 +925,46 @@ def test_a_graceful_stop_answers_the_replies_waiting_for_a_write(
     assert set(snapshot_state(path).holders()) == names | {"n-0"}
 
 
-def test_a_failing_write_crashes_the_pool_and_the_caller_gets_actor_crashed(
-    start_pool: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_failing_write_is_a_storage_error_and_writes_resume_by_themselves(
+    start_pool: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, log_records: list[dict[str, Any]]
 ) -> None:
     path = tmp_path / "names.state"
     pool = start_pool(state_path=path)
     first = pool.checkout_name().get(timeout=TIMEOUT)
 
-    def disk_full(self: _StateFiles, data: Any) -> None:
-        raise OSError(28, "No space left on device")
+    def disk_full(self: Journal, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(_StateFiles, "append", disk_full)
-    with pytest.raises(ActorCrashed) as raised:
-        pool.checkout_name().get(timeout=TIMEOUT)
-    assert isinstance(raised.value.__cause__, OSError)
-    wait_until(lambda: not pool.actor_ref.is_alive())
+    monkeypatch.setattr(Journal, "_append", disk_full)
+    monkeypatch.setattr(SnapshotStore, "save", lambda self, data: disk_full(None, b""))  # type: ignore[arg-type]
+    for _ in range(3):
+        with pytest.raises(StorageError) as raised:
+            pool.checkout_name("urn:refused").get(timeout=TIMEOUT)
+        assert raised.value.errno == errno.ENOSPC and "names.state" in str(raised.value)
+    assert pool.actor_ref.is_alive()
+    # Reads still answer, and the refused changes never happened.
+    assert pool.get_name_by_pid("urn:refused").get(timeout=TIMEOUT) is None
+    assert stats(pool)["checked_out_count"] == 1
+    assert len(messages(log_records, "ERROR")) == 1  # one line per episode, not per call
     monkeypatch.undo()
-    # The checkout that was never written never happened.
-    assert set(durable_state(path).holders()) == {first}
+    again = pool.checkout_name("urn:after").get(timeout=TIMEOUT)
+    assert again != first
+    assert set(durable_state(path).holders()) == {first, again}
+    assert any("again" in message for message in messages(log_records, "INFO"))
 
 
-def test_a_state_path_that_became_unusable_crashes_the_next_write(
-    start_pool: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_state_path_that_became_unusable_keeps_the_journal(
+    start_pool: Callable[..., Any], tmp_path: Path, log_records: list[dict[str, Any]]
 ) -> None:
-    monkeypatch.setattr(name_pool_module, "_PATH_CHECK_SECONDS", 0.0)  # check at every write
     path = tmp_path / "names.state"
     pool = start_pool(state_path=path)
     pool.checkout_name().get(timeout=TIMEOUT)
     path.unlink()
     path.mkdir()
-    with pytest.raises(ActorCrashed):
-        pool.checkout_name().get(timeout=TIMEOUT)
-    wait_until(lambda: not pool.actor_ref.is_alive())
+    assert pool.checkout_name().get(timeout=TIMEOUT)  # the journal takes it
+    pool.actor_ref.stop()
+    assert path.with_name("names.state.journal").exists()  # the final snapshot could not replace it
+    assert any("final snapshot" in message for message in messages(log_records, "ERROR"))
 
 
 def test_a_corrupt_state_file_is_quarantined_and_the_pool_starts_empty(
@@ -986,7 +1001,7 @@ def test_a_damaged_journal_frame_falls_back_to_the_frame_before(
     wait_until(lambda: not pool.actor_ref.is_alive())
     journal = path.with_name("names.state.journal")
     content = bytearray(journal.read_bytes())
-    frames = [index for index in range(len(content)) if content.startswith(b"NPJ2", index)]
+    frames = [index for index in range(len(content)) if content.startswith(b"NPJ3", index)]
     assert len(frames) == 2
     content[frames[1] + 30] ^= 0xFF  # a write cut short: the second frame is damaged
     journal.write_bytes(bytes(content))
@@ -996,16 +1011,86 @@ def test_a_damaged_journal_frame_falls_back_to_the_frame_before(
     assert any("damaged" in message for message in messages(log_records, "WARNING"))
 
 
-def test_a_full_journal_is_folded_into_the_snapshot(
+def test_a_damaged_frame_in_the_middle_of_the_journal_is_quarantined(
+    start_pool: Callable[..., Any], tmp_path: Path, log_records: list[dict[str, Any]]
+) -> None:
+    """Not a torn tail: intact frames follow the damaged one, so the journal is corrupt."""
+    path = tmp_path / "names.state"
+    pool = start_pool(state_path=path)
+    first = pool.checkout_name("urn:a").get(timeout=TIMEOUT)
+    pool.checkout_name("urn:b").get(timeout=TIMEOUT)
+    pool.checkout_name("urn:c").get(timeout=TIMEOUT)
+    kill(pool.actor_ref)
+    wait_until(lambda: not pool.actor_ref.is_alive())
+    journal = path.with_name("names.state.journal")
+    content = bytearray(journal.read_bytes())
+    frames = [index for index in range(len(content)) if content.startswith(b"NPJ3", index)]
+    assert len(frames) == 3
+    content[frames[1] + 30] ^= 0xFF
+    journal.write_bytes(bytes(content))
+    again = start_pool(state_path=path)
+    assert again.get_name_by_pid("urn:a").get(timeout=TIMEOUT) == first
+    assert again.get_name_by_pid("urn:b").get(timeout=TIMEOUT) is None
+    assert again.get_name_by_pid("urn:c").get(timeout=TIMEOUT) is None  # its frame needs the one before
+    assert len(list(tmp_path.glob("names.state.journal.corrupt-*"))) == 1
+    assert any("corrupt name pool journal" in message for message in messages(log_records, "ERROR"))
+
+
+def test_a_missing_frame_is_corruption_not_a_gap_to_skip(
+    start_pool: Callable[..., Any], tmp_path: Path, log_records: list[dict[str, Any]]
+) -> None:
+    """Frames are changes: one lost means the later ones cannot be applied."""
+    path = tmp_path / "names.state"
+    pool = start_pool(state_path=path)
+    first = pool.checkout_name("urn:a").get(timeout=TIMEOUT)
+    pool.checkout_name("urn:b").get(timeout=TIMEOUT)
+    pool.checkout_name("urn:c").get(timeout=TIMEOUT)
+    kill(pool.actor_ref)
+    wait_until(lambda: not pool.actor_ref.is_alive())
+    journal = path.with_name("names.state.journal")
+    content = journal.read_bytes()
+    frames = [index for index in range(len(content)) if content.startswith(b"NPJ3", index)]
+    assert len(frames) == 3
+    journal.write_bytes(content[: frames[1]] + content[frames[2] :])  # frame 2 is gone
+    again = start_pool(state_path=path)
+    assert again.get_name_by_pid("urn:a").get(timeout=TIMEOUT) == first
+    assert again.get_name_by_pid("urn:c").get(timeout=TIMEOUT) is None
+    assert len(list(tmp_path.glob("names.state.journal.corrupt-*"))) == 1
+    assert any("missing" in message for message in messages(log_records, "ERROR"))
+
+
+def test_a_journal_of_the_previous_version_still_loads(start_pool: Callable[..., Any], tmp_path: Path) -> None:
+    """v2 wrote whole states as "NPJ2" frames; a crash left them for the next start."""
+    import struct
+    import zlib
+
+    import msgpack
+
+    path = tmp_path / "names.state"
+    older, newer = NameState(), NameState()
+    older.associate("old", "urn:w")
+    newer.associate("new", "urn:w")
+    SnapshotStore(path, version=1).save({**older.to_snapshot(), "version": 1, "journal_sequence": 3})
+    frames = b""
+    for sequence, state in ((4, older), (5, newer)):
+        payload = msgpack.packb({**state.to_snapshot(), "version": 1})
+        frames += struct.pack("<4sQII", b"NPJ2", sequence, len(payload), zlib.crc32(payload)) + payload
+    path.with_name("names.state.journal").write_bytes(frames + bytes(4096))
+    pool = start_pool(state_path=path)
+    assert pool.get_name_by_pid("urn:w").get(timeout=TIMEOUT) == "new"
+
+
+def test_a_long_journal_is_folded_into_the_snapshot_in_the_background(
     start_pool: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(name_pool_module, "_JOURNAL_BYTES", 2048)  # a few frames only
+    monkeypatch.setattr(journal_module, "SNAPSHOT_AFTER_BYTES", 512)  # a few frames only
+    monkeypatch.setattr(journal_module, "_JOURNAL_CHUNK", 256)  # and the journal grows too
     path = tmp_path / "names.state"
     pool = start_pool(state_path=path, chunk_size=40)
     held = [pool.checkout_name(f"urn:{index}").get(timeout=TIMEOUT) for index in range(40)]
+    wait_until(lambda: snapshot_state(path).stats()["checked_out_count"] > 0)  # folded in at least once
     kill(pool.actor_ref)
     wait_until(lambda: not pool.actor_ref.is_alive())
-    assert snapshot_state(path).stats()["checked_out_count"] > 0  # folded in at least once
     again = start_pool(state_path=path, chunk_size=40)
     assert [again.get_name_by_pid(f"urn:{index}").get(timeout=TIMEOUT) for index in range(40)] == held
 
@@ -1169,3 +1254,90 @@ def test_names_answered_before_sigkill_are_never_handed_out_again(tmp_path: Path
         assert not set(fresh) & (set(printed) | owner_names)
     finally:
         end(owner)
+
+
+@pytest.mark.parametrize("moment", ["snapshot", "rotation"])
+def test_a_sigkill_in_the_middle_of_a_snapshot_rewrite_loses_and_duplicates_nothing(
+    tmp_path: Path, moment: str
+) -> None:
+    """Killed while the background snapshot is being written (its temporary file fsynced,
+    not yet renamed), or after it while the journal starts over: the names answered are
+    all still held, and none is handed out again."""
+    path = tmp_path / "names.state"
+    owner = sleeper()
+    printed: list[str] = []
+    owner_names: set[str] = set()
+
+    def record(line: str) -> None:
+        kind, name = line.split()
+        (owner_names.add if kind == "owner" else printed.append)(name)
+
+    try:
+        child = subprocess.Popen(
+            [sys.executable, str(CHILD_SCRIPT), str(path), str(owner.pid), moment], stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert child.stdout is not None
+            after = 0
+            is_blocked = False
+            while after < 20:
+                line = child.stdout.readline()
+                assert line, "the child ended early"
+                if line.strip() == "blocked":
+                    is_blocked = True
+                    if moment == "rotation":
+                        break  # the writer hangs: no more answers
+                    continue
+                record(line)
+                after += is_blocked
+                assert len(printed) < 5000, "the snapshot rewrite never started"
+            child.send_signal(signal.SIGKILL)
+            child.wait(timeout=TIMEOUT)
+            for line in child.stdout:  # printed before the kill: answered too
+                if line.strip() != "blocked":
+                    record(line)
+        finally:
+            end(child)
+        assert len(printed) > 20 and len(owner_names) == 1
+        assert not list(tmp_path.glob("names.state.corrupt-*"))
+        ref = NamePool.start(state_path=path, source=CountingSource("fresh"))
+        pool = ref.proxy()
+        assert pool.get_name_by_pid(owner.pid).get(timeout=TIMEOUT) in owner_names
+        holders = set(ref.ask(HOLDERS_REQUEST))
+        assert set(printed) <= holders  # every answered checkout is still held
+        fresh = [pool.checkout_name().get(timeout=TIMEOUT) for _ in range(stats(pool)["available_count"] + 5)]
+        assert not set(fresh) & (set(printed) | owner_names)
+        assert not list(tmp_path.glob("names.state.journal.new"))  # a rotation cut short is cleaned up
+    finally:
+        end(owner)
+
+
+def test_a_change_writes_the_same_bytes_whatever_the_names_held(tmp_path: Path) -> None:
+    """The journal cost is flat: a frame carries what changed, never the whole state.
+
+    Old code: every frame held the whole state, ~25 bytes per name held, so a change with
+    10,000 names held wrote ~250 KB instead of ~100 bytes.
+    """
+
+    def bytes_per_change(held: int) -> float:
+        ref = NamePool.start(
+            state_path=tmp_path / f"held-{held}" / "names.state", source=CountingSource(), chunk_size=held + 50
+        )
+        try:
+            pool = ref.proxy()
+            for index in range(held):
+                pool.checkout_name(f"urn:held-{index:05}").get(timeout=TIMEOUT)
+            journal = ref._actor_weakref()._journal  # type: ignore[attr-defined]
+            before = (journal.frame_bytes_written, journal.frames_written)
+            for index in range(50):
+                name = pool.checkout_name(f"urn:probe-{index:02}").get(timeout=TIMEOUT)
+                pool.checkin_name(name).get(timeout=TIMEOUT)
+            written = journal.frame_bytes_written - before[0]
+            assert journal.frames_written - before[1] == 100  # one frame per change, sequentially
+            return written / 100
+        finally:
+            ref.stop()
+
+    small, large = bytes_per_change(10), bytes_per_change(10_000)
+    assert small < 200
+    assert large <= small + 8  # the names differ by a few digits, nothing else

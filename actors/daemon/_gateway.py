@@ -42,6 +42,7 @@ from actors.daemon._protocol import (
     set_kernel_timeouts,
 )
 from actors.daemon._status import collect_status
+from actors.names._pool import PeerCall
 from actors._tree import Tree
 from supervision import BadCall, ChildNotFound, ClientError, Handle, UnknownMessage
 from supervision._errors import describe
@@ -64,6 +65,7 @@ NAME_METHODS = {
     "reconcile": None,
     "default_name": None,
 }
+UNSERVED_NAME_METHODS = {"reset", "reconcile"}  # operator acts, like locks.force_release
 # Position of `owner` after the worker directory has been taken off the arguments.
 LOCK_METHODS = {"acquire": 1, "release": 0, "read": None, "check": 0, "status": None}
 AGENT_METHODS = {"health", "sweep", "close_chat"}
@@ -303,8 +305,7 @@ class Gateway:
             if published is not None:
                 return dict(published)
         if service == "names" and method in NAME_METHODS:
-            args, kwargs = _default_owner(args, kwargs, NAME_METHODS[method], peer.pid)
-            return self._call(self.tree.names, method, args, kwargs)
+            return self._call_names(method, args, kwargs, peer)
         if service == "locks" and method in LOCK_METHODS:
             return self._call_lock(method, args, kwargs, peer)
         if service == "agents" and method in AGENT_METHODS:
@@ -323,6 +324,14 @@ class Gateway:
         ref = self.tree.names.current()
         actor = ref._actor_weakref() if ref is not None else None
         return getattr(actor, "_published_stats", None)
+
+    def _call_names(self, method: str, args: list[Any], kwargs: dict[str, Any], peer: Peer) -> Any:
+        """`names.*` for the peer only: the pool checks the owner and acts in one handler."""
+        if method in UNSERVED_NAME_METHODS:
+            raise UnknownMessage(f"names.{method} is an operator's act and is not served on the socket")
+        ancestors = _ancestors(peer.pid) if method == "associate_name" else ()
+        call = PeerCall(peer.pid, method, tuple(args), dict(kwargs), ancestors)
+        return self.tree.names.ask(call, timeout=self._call_timeout)
 
     def _call(self, target: Handle | pykka.ActorRef[Any], method: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
         return ask_method(target, method, args, kwargs, timeout=self._call_timeout)
@@ -432,6 +441,14 @@ def _runs_under(pid: int, ancestor: int) -> bool:
         return any(parent.pid == ancestor for parent in psutil.Process(pid).parents())
     except psutil.Error:
         return False
+
+
+def _ancestors(pid: int) -> tuple[int, ...]:
+    """The pids of `pid`'s ancestor processes (nearest first); empty if they cannot be read."""
+    try:
+        return tuple(parent.pid for parent in psutil.Process(pid).parents())
+    except (psutil.Error, OSError):
+        return ()
 
 
 def _default_owner(

@@ -6,7 +6,8 @@
     name = pool.checkout_name(os.getpid()).get(timeout=5)   # "furiosa"
 
 Modules: `_source` (themes, the default source, name rules), `_state` (the pure core),
-`_pool` (the actor).
+`_journal` (snapshot + journal of changes, written on a thread of its own), `_pool` (the
+actor).
 """
 
 from actors.names._source import RESERVED_NAMES, THEMES, ThemedSource, validate_name

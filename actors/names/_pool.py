@@ -20,60 +20,56 @@ How it works:
   whose generation is stale (timed out, or `reset` meanwhile) is discarded.
 - **Group commit.** With `state_path`, a call whose answer depends on a change not yet
   on disk gets a `DeferredReply`, and the pool tells itself `_Flush` once; the flush runs
-  behind the requests already queued, writes the state once (a frame in the journal
-  `<state_path>.journal`, one fdatasync; see `_StateFiles`) and answers them all.
-  Without `state_path` answers are immediate.
+  behind the requests already queued and hands what changed to the journal's writer
+  thread (`actors.names._journal`), which appends one frame, syncs once for everything
+  queued, and answers. The pool meanwhile handles the next requests.
+- **Storage faults.** A write that fails answers its callers with `StorageError`, and
+  the pool goes back to the durable state; changes are refused with `StorageError`
+  (reads still answer) until a snapshot can be written again, tried at the next change
+  and at every reap tick. A pool that starts while its storage fails starts anyway.
 - **Crash.** A crash (or `kill`) answers the calls still waiting (for a write or for
   the source) with `ActorCrashed`: nothing they did was written, so nothing happened.
   The next incarnation loads the newest durable state in `on_start`, like a cold start,
   so a name whose checkout was answered is never handed to a second holder.
-- **Owners watched.** Every `reap_interval` on the clock, int owners whose process is
-  gone (pid plus creation time; zombies count as dead) lose their names.
+- **Owners watched.** Every `reap_interval` on the clock, int owners proven dead (pid
+  plus start ticks and boot id; zombies count as dead) lose their names. An owner whose
+  liveness cannot be read (out of descriptors, ...) keeps its name until the next tick.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
+import inspect
 import math
 import os
-import stat
-import struct
 import threading
-import time
-import zlib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from types import MappingProxyType, TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-import msgpack
 import pykka
 
-from actors._errors import NameSourceError
-from actors.names._state import CheckinOutcome, NameState, Owner, validate_owner
+from actors._errors import NameSourceError, NotPermitted
+from actors._process import Liveness, identify, liveness, liveness_by_start_time
+from actors.names._journal import Journal
 from actors.names._source import ThemedSource, validate_name
-from actors._process import is_same_process_alive, process_start_time
+from actors.names._state import CheckinOutcome, NameState, Owner, ProcessStart, Start, validate_owner
 from supervision import (
-    ActorCrashed,
+    BadCall,
     Clock,
     DeferredReply,
     SnapshotError,
-    SnapshotStore,
+    StorageError,
     SupervisedActor,
     SystemClock,
     Timer,
     UnknownMessage,
-    quarantine_file,
     send_interval,
 )
 from supervision._errors import describe
 
-if TYPE_CHECKING:
-    from loguru import Logger
-
-__all__ = ["HOLDERS_REQUEST", "NamePool", "NameSource"]
+__all__ = ["HOLDERS_REQUEST", "NamePool", "NameSource", "PeerCall"]
 
 #: `source(count, used) -> list[str]`: the "nomenclater" a pool asks for new names.
 NameSource = Callable[[int, frozenset[str]], Iterable[str]]
@@ -82,8 +78,34 @@ NameSource = Callable[[int, frozenset[str]], Iterable[str]]
 #: name (None stands for an anonymous holder); `actors.daemon._status` uses it.
 HOLDERS_REQUEST = "holders"
 
-#: Version of the snapshot envelope (`SnapshotStore`); the data carries its own version.
-_STORE_VERSION = 1
+
+@dataclass(frozen=True, slots=True)
+class PeerCall:
+    """`names.<method>` from a socket peer: acts only for process `pid` (the gateway's ask).
+
+    `ancestors` are the peer's ancestor pids (for `associate_name`). The ownership check
+    and the change happen in one handler of the pool, so nothing slips between them.
+    """
+
+    pid: int
+    method: str
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    ancestors: tuple[int, ...] = ()
+
+
+# Methods a peer may call, and the position of their `owner` argument (None: no owner).
+_PEER_METHODS: dict[str, int | None] = {
+    "checkout_name": 0,
+    "checkin_name": None,
+    "associate_name": 1,
+    "dissociate": 0,
+    "get_name_by_pid": 0,
+    "pool_stats": None,
+    "default_name": None,
+}
+# Signatures of the bound methods by (class, method), filled on first use.
+_PEER_SIGNATURES: dict[tuple[type, str], inspect.Signature] = {}
 
 
 # -- messages the pool sends itself ---------------------------------------------------------
@@ -91,12 +113,12 @@ _STORE_VERSION = 1
 
 @dataclass(frozen=True, slots=True)
 class _Flush:
-    """Make the state durable and answer the replies waiting for it."""
+    """Hand what changed to the journal, with the replies waiting for it."""
 
 
 @dataclass(frozen=True, slots=True)
 class _Reap:
-    """Timer tick: drop int owners whose process is gone."""
+    """Timer tick: drop int owners proven dead."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +137,14 @@ class _ChunkTimeout:
     generation: int
 
 
+@dataclass(frozen=True, slots=True)
+class _StorageFailed:
+    """The journal's writer could not write (told from its thread)."""
+
+    error: StorageError
+    epoch: int
+
+
 _FLUSH = _Flush()
 _REAP = _Reap()
 
@@ -124,7 +154,7 @@ class _Waiter:
     """A checkout waiting for a chunk."""
 
     owner: Owner
-    start_time: float | None
+    start_time: Start
     reply: DeferredReply
 
 
@@ -136,212 +166,26 @@ class _ChunkRequest:
     watchdog: threading.Timer
 
 
-# -- durable state --------------------------------------------------------------------------
-
-_JOURNAL_MAGIC = b"NPJ2"
-# magic, sequence number, payload length, crc32 of the payload
-_FRAME_HEADER = struct.Struct("<4sQII")
-_JOURNAL_BYTES = 1 << 20  # the journal's preallocated size; when full it is folded into the snapshot
-_PATH_CHECK_SECONDS = 0.1  # real seconds between checks that the state path is still a file
-_OPEN_FLAGS = os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK  # NONBLOCK: a FIFO must not hang us
-#: Key added to `NameState.to_snapshot()` in the snapshot: the journal frame it includes.
-_SEQUENCE_KEY = "journal_sequence"
-
-
-class _StateFiles:
-    """The pool's durable state: a `SnapshotStore` snapshot at `state_path`, a journal beside it.
-
-    Why a journal: a flush writes the whole state as one numbered, checksummed frame into
-    `<state_path>.journal` with `pwrite` + `fdatasync`, about 0.1 ms on these disks,
-    against about 0.5 ms for a snapshot (temporary file, fsync, rename, directory fsync);
-    that one sync per group of requests is what bounds a durable pool's throughput. The
-    journal is preallocated with zeros, so a frame overwrites blocks that already exist
-    and the sync carries no file-size or extent change.
-
-    When the journal is full, at start and at a graceful stop, the state is saved as a
-    snapshot (with the number of the newest frame it includes) and the journal zeroed
-    again; a stopped pool leaves only the snapshot. Loading takes the newest frame that
-    follows an unbroken run of frames from the journal's start, if it is newer than the
-    snapshot; frames at or below the snapshot's number (a zeroing cut short) are ignored.
-    """
-
-    def __init__(self, state_path: str | os.PathLike[str]) -> None:
-        self.store = SnapshotStore(state_path, version=_STORE_VERSION)
-        self.path: Path = self.store.path
-        self.journal_path: Path = self.path.with_name(self.path.name + ".journal")
-        self._fd: int | None = None
-        self._sequence = 0  # number of the newest state written
-        self._offset = 0  # where the next frame goes
-        self._capacity = 0
-        self._path_checked_at = -math.inf
-
-    def load(self, log: Logger) -> list[tuple[str, Any]]:
-        """Stored states, newest first, as `(where, data)` with where "journal" or "snapshot"."""
-        snapshot = self.store.load()  # the store quarantines and logs a corrupt snapshot
-        snapshot_sequence = 0
-        if isinstance(snapshot, dict) and type(snapshot.get(_SEQUENCE_KEY)) is int:
-            snapshot_sequence = snapshot[_SEQUENCE_KEY]
-        found: list[tuple[str, Any]] = []
-        newest = self._read_journal(log)
-        if newest is not None and newest[0] > snapshot_sequence:
-            found.append(("journal", newest[1]))
-        self._sequence = max(snapshot_sequence, 0 if newest is None else newest[0])
-        if snapshot is not None:
-            found.append(("snapshot", snapshot))
-        return found
-
-    def quarantine(self, where: str, reason: str) -> None:
-        """Move the journal or the snapshot aside, as the store does with a corrupt file."""
-        quarantine_file(self.journal_path if where == "journal" else self.path, f"corrupt name pool state ({reason})")
-
-    def open(self, data: dict[str, Any]) -> None:
-        """Save `data` as the snapshot and start an empty journal."""
-        self._save_snapshot(data)  # also creates the directory (0700)
-        fd = _open_regular(self.journal_path, os.O_RDWR | os.O_CREAT)
-        try:
-            os.fchmod(fd, 0o600)
-            self._fd = fd
-            self._zero_journal(_JOURNAL_BYTES)
-            _fsync_directory(self.path.parent)  # the journal's own name must survive a power cut
-        except BaseException:
-            self.abandon()
-            raise
-
-    def append(self, data: dict[str, Any]) -> None:
-        """Make `data` the durable state: one frame, one fdatasync (or a snapshot if full)."""
-        assert self._fd is not None
-        now = time.monotonic()
-        if now - self._path_checked_at >= _PATH_CHECK_SECONDS:
-            self._check_path()
-            self._path_checked_at = now
-        self._sequence += 1
-        payload = msgpack.packb(data, use_bin_type=True)
-        frame = _FRAME_HEADER.pack(_JOURNAL_MAGIC, self._sequence, len(payload), zlib.crc32(payload)) + payload
-        if self._offset + len(frame) > self._capacity:
-            # Full: the snapshot takes this state, and the journal starts over (bigger if
-            # the state has grown, so that this stays rare).
-            self._save_snapshot(data)
-            self._zero_journal(max(self._capacity, 8 * len(frame)))
-            return
-        written = os.pwrite(self._fd, frame, self._offset)
-        while written < len(frame):
-            written += os.pwrite(self._fd, memoryview(frame)[written:], self._offset + written)
-        os.fdatasync(self._fd)
-        self._offset += len(frame)
-
-    def _check_path(self) -> None:
-        """Fail when the state path became unusable (a directory or a symlink now).
-
-        The journal's descriptor would write on regardless, and the trouble would show
-        only at the next fold or stop; this makes it a crash within a fraction of a
-        second instead, as a snapshot per write would. Not on every write: each system
-        call lets the callers take the GIL, which costs the flush more than the call.
-        """
-        try:
-            mode = os.lstat(self.path).st_mode
-        except FileNotFoundError:
-            return  # removed: the journal holds the state and the next fold writes it anew
-        if not stat.S_ISREG(mode):
-            raise SnapshotError(errno.EINVAL, "name pool state path is no longer a regular file", str(self.path))
-
-    def close(self, data: dict[str, Any]) -> None:
-        """Save `data` as the snapshot and remove the journal (a graceful stop)."""
-        if self._fd is None:
-            return
-        self._sequence += 1
-        self._save_snapshot(data)
-        self.abandon()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.journal_path)
-
-    def abandon(self) -> None:
-        """Close the journal as it is (a crash): the next incarnation reads it."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def _save_snapshot(self, data: dict[str, Any]) -> None:
-        self.store.save({**data, _SEQUENCE_KEY: self._sequence})
-
-    def _zero_journal(self, capacity: int) -> None:
-        """Fill the journal with `capacity` zero bytes, durably; the next frame goes first."""
-        assert self._fd is not None
-        zeros = bytes(min(capacity, _JOURNAL_BYTES))
-        offset = 0
-        while offset < capacity:
-            offset += os.pwrite(self._fd, zeros[: capacity - offset], offset)
-        os.ftruncate(self._fd, capacity)
-        os.fsync(self._fd)
-        self._offset, self._capacity = 0, capacity
-
-    def _read_journal(self, log: Logger) -> tuple[int, Any] | None:
-        """`(sequence, data)` of the journal's newest frame, or None."""
-        try:
-            fd = _open_regular(self.journal_path, os.O_RDONLY)
-        except FileNotFoundError:
-            return None
-        try:
-            with open(fd, "rb", closefd=False) as file:
-                content = file.read()
-        finally:
-            os.close(fd)
-        newest, problem = _newest_frame(content)
-        if problem is not None:
-            # A frame cut short by a power loss (never answered) or damage: what came
-            # before it is still the newest state that was answered.
-            log.warning("name pool journal {}: {}; using the frames before it", self.journal_path, problem)
-        if newest is None:
-            return None
-        sequence, payload = newest
-        try:
-            return sequence, msgpack.unpackb(payload, raw=False, strict_map_key=False)
-        except Exception as error:  # msgpack raises several types; the checksum passed, though
-            self.quarantine("journal", f"undecodable frame {sequence}: {error!r}")
-            return None
-
-
-def _newest_frame(content: bytes) -> tuple[tuple[int, bytes] | None, str | None]:
-    """The last frame of the unbroken run from the start, and why the run ended (None: zeros)."""
-    newest: tuple[int, bytes] | None = None
-    offset = 0
-    size = _FRAME_HEADER.size
-    while offset + size <= len(content):
-        magic, sequence, length, checksum = _FRAME_HEADER.unpack_from(content, offset)
-        if magic == b"\0\0\0\0":
-            return newest, None  # the zeroed rest of the journal
-        if magic != _JOURNAL_MAGIC:
-            return newest, f"no frame at byte {offset}"
-        end = offset + size + length
-        payload = content[offset + size : end]
-        if end > len(content) or zlib.crc32(payload) != checksum:
-            return newest, f"frame at byte {offset} is incomplete or damaged"
-        if newest is not None and sequence != newest[0] + 1:
-            return newest, None  # an older frame that a zeroing cut short did not reach
-        newest, offset = (sequence, payload), end
-    return newest, None
-
-
-def _open_regular(path: Path, flags: int) -> int:
-    """Open `path` without following a symlink; refuse anything but a regular file."""
+def _process_start(pid: int) -> ProcessStart | None:
+    """When live process `pid` started (ticks + boot id), or None if it is gone or cannot be read."""
     try:
-        fd = os.open(path, flags | _OPEN_FLAGS, 0o600)
-    except OSError as error:
-        if error.errno == errno.ELOOP:
-            refusal = "name pool journal is a symlink; refusing to follow it"
-            raise SnapshotError(errno.ELOOP, refusal, str(path)) from error
-        raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise SnapshotError(errno.EINVAL, "name pool journal is not a regular file", str(path))
-    return fd
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        identity = identify(pid)
+    except OSError:
+        return None  # could not look: the record stays unpinned, nothing is decided on it
+    if identity is None:
+        return None
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        start_time: float | None = identity.start_time  # for v2 readers only
+    except Exception:  # psutil's boot time unreadable: the ticks are what count
+        start_time = None
+    return ProcessStart(identity.start_ticks, identity.boot_id, start_time)
+
+
+def _liveness(pid: int, start: Start) -> Liveness:
+    """Alive, dead or unknown: by start ticks + boot id, or by the v2 start time for old records."""
+    if type(start) is ProcessStart:
+        return liveness(pid, start.start_ticks, start.boot_id)
+    return liveness_by_start_time(pid, start)  # type: ignore[arg-type]
 
 
 # -- the actor ------------------------------------------------------------------------------
@@ -397,51 +241,47 @@ class NamePool(SupervisedActor):
         self._source: NameSource = ThemedSource() if source is None else source
         self._chunk_size = chunk_size
         self._clock: Clock = clock if clock is not None else SystemClock()
-        self._files = None if state_path is None else _StateFiles(state_path)
+        self._state_path = state_path
+        self._journal: Journal | None = None
         self._state = NameState(chunk_size, self._default_name)
-        # The revision on disk; a reply that depends on a newer one waits for a flush.
-        self._saved_revision = self._state.revision
-        self._unsaved_replies: _Batch = []
+        self._group: _Batch = []  # replies waiting for the next flush
         self._is_flush_queued = False
-        self._published_stats: Mapping[str, Any] | None = None
-        self._published_key: tuple[int, int, bool] | None = None
+        self._storage_error: StorageError | None = None  # set while writes fail
+        self._is_load_pending = False  # the state could not even be read
+        self._is_liveness_unknown = False  # an episode of unreadable owner liveness
+        self._durable_stats: Mapping[str, Any] | None = None
+        self._published_key: tuple[int, int, bool, bool] | None = None
         self._waiters: list[_Waiter] = []
         self._chunk: _ChunkRequest | None = None
         # Bumped by every chunk request and by reset: a result of another generation is late.
         self._generation = 0
         self._reap_timer: Timer | None = None
-        self._handlers: dict[type, Callable[[Any], None]] = {
+        self._handlers: dict[type, Callable[[Any], Any]] = {
             _Flush: self._on_flush,
             _Reap: self._on_reap,
             _ChunkResult: self._on_chunk_result,
             _ChunkTimeout: self._on_chunk_timeout,
+            _StorageFailed: self._on_storage_failed,
+            PeerCall: self._on_peer_call,
         }
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def on_start(self) -> None:
         # A restart and a cold start are the same code path: load what is durable.
-        if self._files is not None:
-            self._load()
+        if self._state_path is not None:
+            self._open_journal(self._state_path)
         self._reap_timer = send_interval(self.actor_ref, _REAP, self._reap_interval, self._clock)
 
     def on_stop(self) -> None:
         self._stop_timers()
         self._drop_waiters()
-        if self._files is None:
+        if self._journal is None:
             return
-        try:
-            # A graceful stop keeps its promises: the state becomes the snapshot, then
-            # the replies still waiting are answered.
-            self._files.close(self._state.to_snapshot())
-        except BaseException as error:
-            self._cut_off_unsaved(error)
-            self._files.abandon()
-            raise
-        self._saved_revision = self._state.revision
-        replies, self._unsaved_replies = self._unsaved_replies, []
-        for reply, value in replies:
-            reply.set(value)
+        # A graceful stop keeps its promises: what changed is written, the replies waiting
+        # are answered, and the durable state becomes the snapshot.
+        self._on_flush(_FLUSH)
+        self._journal.close()
 
     def on_failure(
         self,
@@ -453,8 +293,8 @@ class NamePool(SupervisedActor):
         # Every reply still waiting (for a write or for the source) is left to the base
         # class, which answers it with ActorCrashed: nothing it did was written.
         self._waiters.clear()
-        if self._files is not None:
-            self._files.abandon()
+        if self._journal is not None:
+            self._journal.abandon()
 
     def on_receive(self, message: Any) -> Any:
         handler = self._handlers.get(message.__class__)
@@ -472,10 +312,16 @@ class NamePool(SupervisedActor):
         """A name no other holder has; an owner that holds or shares one gets that one again.
 
         `owner=None` always gets a new name. Waits (off the pool's thread) for the source
-        when no name is available; `NameSourceError` if it fails.
+        when no name is available; `NameSourceError` if it fails; `StorageError` if the
+        change cannot be written.
         """
         owner = validate_owner(owner)
-        start_time = process_start_time(owner) if type(owner) is int else None
+        start_time = _process_start(owner) if type(owner) is int else None
+        if self._storage_error is not None:
+            held = self._state.name_of(owner, start_time) if owner is not None else None
+            if held is not None:
+                return held  # nothing to write: a read
+            self._ensure_writable()
         name = self._state.checkout(owner, start_time)
         if name is not None:
             self._note_change()
@@ -490,6 +336,10 @@ class NamePool(SupervisedActor):
 
     def checkin_name(self, name: str) -> DeferredReply | None:
         """Return `name` to the pool (LIFO); a name not checked out only logs a warning."""
+        if self._storage_error is not None:
+            name = validate_name(name)
+            if self._state.is_checked_out(name):
+                self._ensure_writable()
         outcome = self._state.checkin(name)
         if outcome is CheckinOutcome.NOT_CHECKED_OUT:
             self._log.warning("checkin of {!r}, which is not checked out: ignored", name)
@@ -501,7 +351,11 @@ class NamePool(SupervisedActor):
     def associate_name(self, name: str | None, owner: Owner) -> DeferredReply | None:
         """Make `owner` resolve to `name`: shared if checked out, else checked out for it."""
         owner = validate_owner(owner)
-        start_time = process_start_time(owner) if type(owner) is int else None
+        if name is not None:
+            validate_name(name)
+        start_time = _process_start(owner) if type(owner) is int else None
+        if name is not None:
+            self._ensure_writable()
         self._state.associate(name, owner, start_time)
         self._serve_waiters()  # the owner's previous name may have come free
         self._note_change()
@@ -509,6 +363,9 @@ class NamePool(SupervisedActor):
 
     def dissociate(self, owner: Owner) -> DeferredReply | None:
         """End `owner`'s hold; the name returns to the pool once no owner is left."""
+        owner = validate_owner(owner)
+        if owner is not None and self._state.name_of(owner) is not None:
+            self._ensure_writable()
         if self._state.dissociate(owner) is not None:
             self._serve_waiters()
         self._note_change()
@@ -516,7 +373,7 @@ class NamePool(SupervisedActor):
 
     def get_name_by_pid(self, owner: Owner) -> str | DeferredReply | None:
         """The name `owner` holds or is associated with, or None."""
-        start_time = process_start_time(owner) if type(owner) is int and owner > 0 else None
+        start_time = _process_start(owner) if type(owner) is int and owner > 0 else None
         return self._answer(self._state.name_of(owner, start_time))
 
     def pool_stats(self) -> dict[str, Any] | DeferredReply:
@@ -530,26 +387,39 @@ class NamePool(SupervisedActor):
         return stats
 
     # `_published_stats`: the stats as of the last durable state, readable from any thread
-    # without a message. Published before any reply that depends on that state, so a
-    # caller who got an answer reads stats that include it. The gateway serves
-    # `names.pool_stats` from it, as a Handle resolves from a supervisor's directory.
+    # without a message. The gateway serves `names.pool_stats` from it, as a Handle
+    # resolves from a supervisor's directory. In memory every change counts at once, so it
+    # is read live (a few len() calls, safe from any thread). With a journal it is
+    # published by the writer before the replies of each durable pass, and by the pool
+    # after a message that left nothing in flight; so a caller who got an answer reads
+    # stats that include it.
+
+    @property
+    def _published_stats(self) -> Mapping[str, Any] | None:
+        if self._journal is None:
+            return MappingProxyType(self._stats())
+        return self._durable_stats
 
     def _handle_receive(self, message: Any) -> Any:
         result = super()._handle_receive(message)
-        if self._files is None or self._state.revision == self._saved_revision:
+        if self._journal is not None and not self._state.has_changes() and self._journal.is_idle():
             self._publish_stats()
         return result
 
-    def _publish_stats(self) -> None:
+    def _publish_stats(self, stats: Mapping[str, Any] | None = None) -> None:
+        if stats is not None:
+            self._durable_stats = stats
+            return
         # The stats derive from the state's revision, the waiters and the chunk in flight:
         # rebuilt only when one of those moved, not after every message.
-        key = (self._state.revision, len(self._waiters), self._chunk is None)
+        key = (self._state.revision, len(self._waiters), self._chunk is None, self._storage_error is None)
         if key != self._published_key:
             self._published_key = key
-            self._published_stats = MappingProxyType(self._stats())
+            self._durable_stats = MappingProxyType(self._stats())
 
     def reset(self) -> DeferredReply | None:
         """Forget every name and owner; a chunk in flight is discarded and asked for again."""
+        self._ensure_writable()
         self._state.reset()
         self._generation += 1  # whatever the source returns now belongs to the old pool
         if self._chunk is not None:
@@ -563,7 +433,8 @@ class NamePool(SupervisedActor):
 
     def reconcile(self, names_in_use: list[str]) -> DeferredReply | None:
         """Make exactly `names_in_use` checked out (names held by live pids stay held)."""
-        kept = self._state.reconcile(names_in_use, is_same_process_alive)
+        self._ensure_writable()
+        kept = self._state.reconcile(names_in_use, _liveness)
         for name in kept:
             self._log.warning("reconcile: {!r} is not listed but stays held by a live process", name)
         self._serve_waiters()
@@ -574,34 +445,143 @@ class NamePool(SupervisedActor):
         """The name of an agent without a pool name (never handed out)."""
         return self._default_name
 
+    # -- calls from socket peers ------------------------------------------------------------
+
+    def _on_peer_call(self, call: PeerCall) -> Any:
+        """A `names.*` call over the socket: the peer acts only for itself (CONTRACT §5 "Owners")."""
+        method = call.method
+        if method not in _PEER_METHODS:
+            raise UnknownMessage(f"names.{describe(method)} is not served on the socket")
+        bound = getattr(self, method)
+        key = (type(self), method)
+        signature = _PEER_SIGNATURES.get(key)
+        if signature is None:
+            signature = _PEER_SIGNATURES[key] = inspect.signature(bound)
+        try:
+            arguments = signature.bind_partial(*call.args, **call.kwargs)
+        except TypeError as error:
+            raise BadCall(f"names.{method}: {error}") from None
+        position = _PEER_METHODS[method]
+        if position is not None:
+            owner_name = list(signature.parameters)[position]
+            owner = arguments.arguments.get(owner_name)
+            if owner is None:
+                arguments.arguments[owner_name] = owner = call.pid
+            elif method != "get_name_by_pid" and validate_owner(owner) != call.pid:  # InvalidOwner first
+                raise NotPermitted(
+                    f"names.{method}: a worker acts only for itself (pid {call.pid}), not for {describe(owner)}"
+                )
+        try:
+            arguments = signature.bind(*arguments.args, **arguments.kwargs)
+        except TypeError as error:
+            raise BadCall(f"names.{method}: {error}") from None
+        if method == "checkin_name":
+            self._check_peer_checkin(call.pid, arguments.arguments.get("name"))
+        elif method == "associate_name":
+            self._check_peer_associate(call, arguments.arguments.get("name"))
+        return bound(*arguments.args, **arguments.kwargs)
+
+    def _holds_now(self, pid: int, name: str) -> bool:
+        """True when live process `pid` (this very process, not an earlier one) owns `name`."""
+        return self._state.holds(pid, name) and self._state.name_of(pid, _process_start(pid)) == name
+
+    def _check_peer_checkin(self, pid: int, name: Any) -> None:
+        name = validate_name(name)
+        if self._state.is_checked_out(name) and not self._holds_now(pid, name):
+            raise NotPermitted(f"names.checkin_name: {name!r} is not held by the caller (pid {pid})")
+
+    def _check_peer_associate(self, call: PeerCall, name: Any) -> None:
+        if name is None:
+            return
+        name = validate_name(name)
+        if not self._state.is_checked_out(name):
+            return  # restoring an identity
+        if any(self._holds_now(pid, name) for pid in (call.pid, *call.ancestors)):
+            return  # its own, or inherited from an ancestor process
+        raise NotPermitted(
+            f"names.associate_name: {name!r} is held by another process, not by the caller (pid {call.pid}) "
+            "or one of its ancestors"
+        )
+
     # -- durability -----------------------------------------------------------------------
 
-    def _load(self) -> None:
-        assert self._files is not None
-        for what, data in self._files.load(self._log):
-            try:
-                self._state = NameState.from_snapshot(data, self._chunk_size, self._default_name)
-            except ValueError as error:
-                # The file was intact but the names inside are not: keep the evidence.
-                self._files.quarantine(what, f"unusable name pool state: {error}")
-                continue
-            stats = self._state.stats()
-            self._log.info(
-                "name pool loaded {} names ({} checked out) from its {}",
-                stats["all_used_count"],
-                stats["checked_out_count"],
-                what,
-            )
-            break
-        else:
-            self._log.info("name pool starts empty: no usable state at {}", self._files.path)
-        # The loaded state becomes the snapshot and the journal starts empty.
-        self._files.open(self._state.to_snapshot())
-        self._saved_revision = self._state.revision
+    def _open_journal(self, state_path: str | os.PathLike[str]) -> None:
+        journal = Journal(state_path, on_failure=self._tell_storage_failed, publish=self._publish_stats)
+        self._journal = journal
+        try:
+            self._state = journal.load(self._chunk_size, self._default_name)
+        except SnapshotError:
+            journal.abandon()
+            raise  # a symlink or a non-regular file where the state goes: refuse to start
+        except OSError as error:
+            # Unreadable (EIO...): start, but refuse every change until it can be read.
+            self._is_load_pending = True
+            self._storage_down(_as_storage_error(error, journal.path))
+            return
+        stats = self._state.stats()
+        self._log.info(
+            "name pool loaded {} names ({} checked out) from {}",
+            stats["all_used_count"],
+            stats["checked_out_count"],
+            journal.path,
+        )
+        self._state.is_recording = True
+        try:
+            journal.checkpoint(self._state)
+        except SnapshotError:
+            journal.abandon()
+            raise
+        except StorageError as error:
+            # A full disk must not cost the supervisor's restart budget: start, answer
+            # reads, refuse changes until the storage works again.
+            self._storage_down(error)
+
+    def _tell_storage_failed(self, error: StorageError, epoch: int) -> None:
+        """From the writer thread: a frame could not be written."""
+        _tell_quietly(self.actor_ref, _StorageFailed(error, epoch))
+
+    def _on_storage_failed(self, message: _StorageFailed) -> None:
+        assert self._journal is not None
+        if message.epoch != self._journal.epoch:
+            return  # already rolled back for this failure
+        # Back to what is durable: the changes since were never answered, so never happened.
+        self._state = self._journal.rollback()
+        self._state.is_recording = True
+        replies, self._group = self._group, []
+        for reply, _ in replies:
+            reply.set_exception((StorageError, message.error, None))
+        self._storage_down(message.error)
+
+    def _storage_down(self, error: StorageError) -> None:
+        if self._storage_error is None:
+            self._log.error("name pool cannot write its state ({}): changes are refused until it can", error)
+        self._storage_error = error
+
+    def _ensure_writable(self) -> None:
+        """Raise `StorageError` while the state cannot be written (trying once more first)."""
+        if self._storage_error is None:
+            return
+        assert self._journal is not None
+        try:
+            if self._is_load_pending:
+                state = self._journal.load(self._chunk_size, self._default_name)
+                state.is_recording = True
+                self._journal.checkpoint(state)
+                self._state, self._is_load_pending = state, False
+            else:
+                self._journal.checkpoint(self._state)
+        except OSError as error:  # StorageError, SnapshotError: still no way to write
+            self._storage_error = _as_storage_error(error, self._journal.path)
+            raise self._storage_error from None
+        self._storage_error = None
+        self._log.info("name pool writes its state again")
+
+    def _is_durable_now(self) -> bool:
+        return self._journal is None or (not self._state.has_changes() and self._journal.is_idle())
 
     def _note_change(self) -> None:
         """Queue one flush behind the requests already queued, if the state moved."""
-        if self._files is not None and self._state.revision != self._saved_revision:
+        if self._journal is not None and self._state.has_changes():
             self._queue_flush()
 
     def _queue_flush(self) -> None:
@@ -611,41 +591,28 @@ class NamePool(SupervisedActor):
 
     def _answer(self, value: _T) -> _T | DeferredReply:
         """`value` now, or a reply answered once the state it was read from is on disk."""
-        if self._files is None or self._state.revision == self._saved_revision:
+        if self._is_durable_now():
             return value
         reply = DeferredReply()
-        self._unsaved_replies.append((reply, value))
+        self._group.append((reply, value))
         self._queue_flush()
         return reply
 
     def _resolve(self, reply: DeferredReply, value: Any) -> None:
         """Answer a reply the pool handed out earlier, after the flush if one is due."""
-        if self._files is None or self._state.revision == self._saved_revision:
+        if self._is_durable_now():
             reply.set(value)
         else:
-            self._unsaved_replies.append((reply, value))
+            self._group.append((reply, value))
             self._queue_flush()
 
     def _on_flush(self, message: _Flush) -> None:
         self._is_flush_queued = False
-        assert self._files is not None
-        revision = self._state.revision
-        if revision != self._saved_revision:
-            # A write that raises (disk full) is a crash: the replies waiting get
-            # ActorCrashed, and the next incarnation starts from what is on disk.
-            self._files.append(self._state.to_snapshot())
-            self._saved_revision = revision
-        self._publish_stats()  # before the replies go out
-        replies, self._unsaved_replies = self._unsaved_replies, []
-        for reply, value in replies:
-            reply.set(value)
-
-    def _cut_off_unsaved(self, error: BaseException) -> None:
-        replies, self._unsaved_replies = self._unsaved_replies, []
-        for reply, _ in replies:
-            cut_off = ActorCrashed(f"the name pool could not save its state: {error!r}")
-            cut_off.__cause__ = error
-            reply.set_exception((ActorCrashed, cut_off, None))
+        assert self._journal is not None
+        changes = self._state.take_changes()
+        replies, self._group = self._group, []
+        if changes or replies:
+            self._journal.submit(changes, replies, MappingProxyType(self._stats()))
 
     # -- the source -----------------------------------------------------------------------
 
@@ -685,6 +652,11 @@ class NamePool(SupervisedActor):
         if message.error is not None:
             self._fail_waiters(f"the name source raised {message.error!r}")
             return
+        try:
+            self._ensure_writable()
+        except StorageError as error:
+            self._fail_waiters(f"the name pool cannot write its state: {error}", error)
+            return
         accepted = self._state.accept_chunk(message.names)
         if not accepted:
             self._fail_waiters(f"the name source yielded no usable name (it returned {_describe(message.names)})")
@@ -713,12 +685,12 @@ class NamePool(SupervisedActor):
         if self._waiters and self._chunk is None:
             self._request_chunk()
 
-    def _fail_waiters(self, why: str) -> None:
+    def _fail_waiters(self, why: str, error: Exception | None = None) -> None:
         waiters, self._waiters = self._waiters, []
         self._log.warning("{}: {} waiting checkouts fail", why, len(waiters))
         for waiter in waiters:
-            error = NameSourceError(why)
-            waiter.reply.set_exception((NameSourceError, error, None))
+            failure = error if error is not None else NameSourceError(why)
+            waiter.reply.set_exception((type(failure), failure, None))
 
     def _drop_waiters(self) -> None:
         """A graceful stop: the checkouts waiting for the source got nothing (safe to retry)."""
@@ -730,7 +702,37 @@ class NamePool(SupervisedActor):
     # -- owners ---------------------------------------------------------------------------
 
     def _on_reap(self, message: _Reap) -> None:
-        returned = self._state.reap(is_same_process_alive)
+        if self._storage_error is not None:
+            try:
+                self._ensure_writable()
+            except StorageError:
+                return  # freeing a name is a change: not before it can be written
+        unknown: list[int] = []
+        upgrades: dict[int, ProcessStart] = {}
+
+        def judge(pid: int, start: Start) -> Liveness:
+            verdict = _liveness(pid, start)
+            if verdict is Liveness.UNKNOWN:
+                unknown.append(pid)
+            elif verdict is Liveness.ALIVE and type(start) is float:
+                current = _process_start(pid)  # a v2 record: pin it to ticks + boot id now
+                if current is not None:
+                    upgrades[pid] = current
+            return verdict
+
+        returned = self._state.reap(judge)
+        for pid, start in upgrades.items():
+            self._state.pin_start(pid, start)
+        if unknown and not self._is_liveness_unknown:
+            self._log.warning(
+                "cannot tell whether {} owner processes are alive (e.g. pid {}): their names stay held; "
+                "checked again at every tick",
+                len(unknown),
+                unknown[0],
+            )
+        elif not unknown and self._is_liveness_unknown:
+            self._log.info("owner processes can be checked again")
+        self._is_liveness_unknown = bool(unknown)
         if returned:
             self._log.info("owners gone: {} back in the pool", ", ".join(repr(name) for name in returned))
             self._serve_waiters()
@@ -742,6 +744,13 @@ class NamePool(SupervisedActor):
         if self._chunk is not None:
             self._chunk.watchdog.cancel()
             self._chunk = None
+
+
+def _as_storage_error(error: OSError, path: Any) -> StorageError:
+    if isinstance(error, StorageError):
+        return error
+    code = error.errno if error.errno is not None else 5
+    return StorageError(code, f"name pool state cannot be used: {os.strerror(code)}", str(path))
 
 
 def _describe(names: Any) -> str:

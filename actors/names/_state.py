@@ -22,14 +22,24 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from actors._errors import InvalidName, InvalidOwner
 from actors.names._source import is_valid_name, validate_name
-from actors._process import CREATE_TIME_TOLERANCE
+from actors._process import CREATE_TIME_TOLERANCE, Liveness
 from supervision._errors import describe
 
-__all__ = ["CheckinOutcome", "NameState", "Owner", "SNAPSHOT_VERSION", "validate_owner"]
+__all__ = [
+    "Change",
+    "CheckinOutcome",
+    "NameState",
+    "Owner",
+    "ProcessStart",
+    "SNAPSHOT_VERSION",
+    "Start",
+    "validate_owner",
+]
 
 #: An owner: None (anonymous), an int process id > 0, or a str such as an actor URN.
 Owner = int | str | None
@@ -37,8 +47,29 @@ Owner = int | str | None
 #: The largest process id any kernel hands out (Linux caps pid_max at 2**22).
 MAX_PID = 2**31 - 1
 
-#: Format version written by `NameState.to_snapshot`.
-SNAPSHOT_VERSION = 1
+#: Format version written by `NameState.to_snapshot` (1: owners carry only `start_time`).
+SNAPSHOT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessStart:
+    """When an int owner's process started: kernel ticks since boot and the boot id.
+
+    `start_time` (epoch seconds, moves with the wall clock) is kept beside them only for
+    readers of the v2 format; it never decides anything while the ticks are known.
+    """
+
+    start_ticks: int
+    boot_id: str | None
+    start_time: float | None = None
+
+
+#: A recorded start: a `ProcessStart`, a bare v2 epoch `start_time`, or None (unknown).
+Start = ProcessStart | float | None
+
+#: One primitive change of the state, as journal frames carry it (see `NameState.apply`).
+Change = tuple[Any, ...]
 
 
 def validate_owner(owner: object) -> Owner:
@@ -59,17 +90,40 @@ def validate_owner(owner: object) -> Owner:
     raise InvalidOwner(f"invalid owner {describe(owner)}: an owner is None, an int process id (1..2**31-1) or a str")
 
 
-def _normalise_start_time(start_time: float | None) -> float | None:
-    if start_time is None:
-        return None
+def _normalise_start_time(start_time: object) -> Start:
+    if start_time is None or type(start_time) is ProcessStart:
+        return start_time  # type: ignore[return-value]
     if isinstance(start_time, bool) or not isinstance(start_time, (int, float)):
-        raise TypeError(f"start_time must be a number or None, not {type(start_time).__name__}")
+        raise TypeError(f"start_time must be a ProcessStart, a number or None, not {type(start_time).__name__}")
     return float(start_time)
 
 
-def _is_same_process(recorded: float | None, given: float | None) -> bool:
-    """False only when both creation times are known and differ: the pid was reused."""
-    return recorded is None or given is None or abs(recorded - given) <= CREATE_TIME_TOLERANCE
+def _is_same_process(recorded: Start, given: Start) -> bool:
+    """False only when both starts are known and differ: the pid was reused.
+
+    Start ticks decide when both sides have them (never the wall clock); a v2 record
+    (a bare epoch start time) is compared by start time within the v2 tolerance.
+    """
+    if recorded is None or given is None:
+        return True
+    if type(recorded) is ProcessStart and type(given) is ProcessStart:
+        if recorded.boot_id is not None and given.boot_id is not None and recorded.boot_id != given.boot_id:
+            return False
+        return recorded.start_ticks == given.start_ticks
+    recorded_time = recorded.start_time if type(recorded) is ProcessStart else recorded
+    given_time = given.start_time if type(given) is ProcessStart else given
+    if recorded_time is None or given_time is None:
+        return True
+    return abs(recorded_time - given_time) <= CREATE_TIME_TOLERANCE  # type: ignore[operator]
+
+
+def _is_dead(verdict: object) -> bool:
+    """A liveness verdict (bool or `Liveness`): only proof of death counts."""
+    return verdict is False or verdict is Liveness.DEAD
+
+
+def _is_unknown(verdict: object) -> bool:
+    return verdict is Liveness.UNKNOWN
 
 
 class CheckinOutcome(str, enum.Enum):
@@ -92,6 +146,11 @@ class NameState:
 
     Every structure is an insertion-ordered dict, so behaviour and snapshots are
     deterministic, and check-out and check-in are O(1).
+
+    Every change goes through a handful of primitive steps (`push`, `take`, `under`,
+    `hold`, `drop`, `release`, `start`, `reset`). With `is_recording` set, each step is
+    also appended to a list that `take_changes()` hands out: the journal writes those
+    (what changed, never the whole state) and `apply()` replays them.
     """
 
     def __init__(self, chunk_size: int = 12, default_name: str = "Nameless Agent") -> None:
@@ -106,9 +165,12 @@ class NameState:
         self._holders: dict[str, dict[Owner, None]] = {}
         # Non-anonymous owner -> the one name it holds.
         self._owner_names: dict[int | str, str] = {}
-        # int owner -> its process creation time (None: unknown), to tell a reused pid.
-        self._start_times: dict[int, float | None] = {}
+        # int owner -> when its process started (None: unknown), to tell a reused pid.
+        self._start_times: dict[int, Start] = {}
         self._revision = 0
+        #: Whether primitive changes are kept for `take_changes()` (a durable pool's journal).
+        self.is_recording = False
+        self._changes: list[Change] = []
 
     # -- reading ---------------------------------------------------------------------
 
@@ -124,14 +186,14 @@ class NameState:
 
     @property
     def revision(self) -> int:
-        """Grows by one on every change: the shell persists when it differs from the saved one."""
+        """Grows with every primitive change; unchanged by a call that changed nothing."""
         return self._revision
 
-    def name_of(self, owner: object, start_time: float | None = None) -> str | None:
+    def name_of(self, owner: object, start_time: Start = None) -> str | None:
         """The name `owner` holds or is associated with, or None (`get_name_by_pid`).
 
-        With `start_time`, an int owner recorded with a different creation time is a
-        reused pid and gets None. Raises `InvalidOwner`.
+        With `start_time`, an int owner recorded with a different start is a reused pid
+        and gets None. Raises `InvalidOwner`.
         """
         owner = validate_owner(owner)
         if owner is None:
@@ -141,6 +203,14 @@ class NameState:
             if not _is_same_process(self._start_times[owner], _normalise_start_time(start_time)):
                 return None
         return name
+
+    def holds(self, owner: object, name: str) -> bool:
+        """True when `owner` (not anonymous) is one of `name`'s owners."""
+        return owner is not None and self._owner_names.get(owner) == name  # type: ignore[arg-type]
+
+    def owners_of(self, name: str) -> list[Owner]:
+        """The owners of `name` (empty when it is not checked out)."""
+        return list(self._holders.get(name, ()))
 
     def is_checked_out(self, name: str) -> bool:
         """True when `name` has at least one owner."""
@@ -154,8 +224,8 @@ class NameState:
         """Checked-out name -> its owners (None for an anonymous holder), in check-out order."""
         return {name: list(owners) for name, owners in self._holders.items()}
 
-    def int_owners(self) -> dict[int, float | None]:
-        """Every int owner and its recorded process creation time, for the reaper."""
+    def int_owners(self) -> dict[int, Start]:
+        """Every int owner and its recorded start, for the reaper."""
         return dict(self._start_times)
 
     def used_names(self) -> frozenset[str]:
@@ -183,6 +253,25 @@ class NameState:
         """The `count` to pass to the source."""
         return self._chunk_size
 
+    def has_changes(self) -> bool:
+        """True when recorded changes wait for `take_changes()`."""
+        return bool(self._changes)
+
+    def take_changes(self) -> list[Change]:
+        """The primitive changes recorded since the last call, oldest first."""
+        changes, self._changes = self._changes, []
+        return changes
+
+    def copy(self) -> NameState:
+        """An independent copy (not recording). O(n): for a rollback or a snapshot only."""
+        twin = NameState(self._chunk_size, self._default_name)
+        twin._available = dict(self._available)
+        twin._holders = {name: dict(owners) for name, owners in self._holders.items()}
+        twin._owner_names = dict(self._owner_names)
+        twin._start_times = dict(self._start_times)
+        twin._revision = self._revision
+        return twin
+
     def __repr__(self) -> str:
         stats = self.stats()
         return (
@@ -192,7 +281,7 @@ class NameState:
 
     # -- changing --------------------------------------------------------------------
 
-    def checkout(self, owner: object = None, start_time: float | None = None) -> str | None:
+    def checkout(self, owner: object = None, start_time: Start = None) -> str | None:
         """Check out a name for `owner`, or return None when a chunk is needed first.
 
         An owner that already holds or is associated with a name gets that name again
@@ -201,20 +290,17 @@ class NameState:
         checked-in names are reused last in, first out. Raises `InvalidOwner`.
         """
         owner = validate_owner(owner)
-        if start_time is not None:
-            start_time = _normalise_start_time(start_time)  # may raise: before any change
+        start = _normalise_start_time(start_time)  # may raise: before any change
         if owner is not None:
             name = self._owner_names.get(owner)
             if name is not None:
-                if type(owner) is not int or self._refresh_process(owner, start_time):
+                if type(owner) is not int or self._refresh_process(owner, start):
                     return name
         if not self._available:
             return None
-        name, _ = self._available.popitem()
-        self._holders[name] = {owner: None}
-        if owner is not None:
-            self._add_owner(owner, name, start_time)
-        self._revision += 1
+        name = next(reversed(self._available))
+        self._take(name)
+        self._hold(name, owner, start)
         return name
 
     def accept_chunk(self, names: object) -> list[str]:
@@ -244,11 +330,7 @@ class NameState:
                 accepted.setdefault(str(name), None)
         if not accepted:
             return []
-        new_on_top = {name: None for name in reversed(accepted)}
-        if self._available:
-            new_on_top.update(self._available)  # keep earlier names above the new ones
-        self._available = new_on_top
-        self._revision += 1
+        self._under(list(accepted))
         return list(accepted)
 
     def checkin(self, name: object) -> CheckinOutcome:
@@ -263,10 +345,9 @@ class NameState:
         if name not in self._holders:
             return CheckinOutcome.NOT_CHECKED_OUT
         self._release(name)
-        self._revision += 1
         return CheckinOutcome.RETURNED
 
-    def associate(self, name: object, owner: object, start_time: float | None = None) -> None:
+    def associate(self, name: object, owner: object, start_time: Start = None) -> None:
         """Make `owner` resolve to `name` (a worker inheriting its parent's identity).
 
         A checked-out name is shared: `owner` joins its owners. A name that is not checked
@@ -280,27 +361,22 @@ class NameState:
         name = validate_name(name)
         if name == self._default_name:
             return
-        start_time = _normalise_start_time(start_time)
+        start = _normalise_start_time(start_time)
         if owner is not None:
             previous = self._owner_names.get(owner)
             if previous == name:
-                if type(owner) is int and self._start_times[owner] != start_time and start_time is not None:
-                    self._start_times[owner] = start_time  # same name, now pinned to this process
-                    self._revision += 1
+                if type(owner) is int and start is not None and self._start_times[owner] != start:
+                    self._pin(owner, start)  # same name, now pinned to this process
                 return
             if previous is not None:
-                self._remove_owner(owner)
+                self._drop(previous, owner)
         owners = self._holders.get(name)
         if owners is None:
-            self._available.pop(name, None)
-            self._holders[name] = {owner: None}
+            if name in self._available:
+                self._take(name)
         elif owner in owners:
             return  # only the anonymous holder can get here: it is there already
-        else:
-            owners[owner] = None
-        if owner is not None:
-            self._add_owner(owner, name, start_time)
-        self._revision += 1
+        self._hold(name, owner, start)
 
     def dissociate(self, owner: object) -> str | None:
         """End `owner`'s ownership or association; return the name if it went back to the pool.
@@ -311,54 +387,54 @@ class NameState:
         owner = validate_owner(owner)
         if owner is None or owner not in self._owner_names:
             return None
-        self._revision += 1
-        return self._remove_owner(owner)
+        return self._drop(self._owner_names[owner], owner)
 
-    def remove_dead_owners(self, dead: Iterable[tuple[int, float | None]]) -> list[str]:
-        """Remove the int owners `(pid, start_time)` found dead; return the names that went back.
+    def pin_start(self, pid: int, start: ProcessStart) -> None:
+        """Record `start` for int owner `pid` (a v2 record upgraded once judged alive)."""
+        if pid in self._start_times and self._start_times[pid] != start:
+            self._pin(pid, start)
 
-        An owner is removed only if its recorded creation time is still the one that was
-        checked, so a pid that re-registered meanwhile (a new process) keeps its name.
+    def remove_dead_owners(self, dead: Iterable[tuple[int, Start]]) -> list[str]:
+        """Remove the int owners `(pid, start)` found dead; return the names that went back.
+
+        An owner is removed only if its recorded start is still the one that was checked,
+        so a pid that re-registered meanwhile (a new process) keeps its name.
         """
         returned: list[str] = []
         for pid, start_time in dead:
             if pid in self._start_times and self._start_times[pid] == start_time:
-                self._revision += 1
-                name = self._remove_owner(pid)
+                name = self._drop(self._owner_names[pid], pid)
                 if name is not None:
                     returned.append(name)
         return returned
 
-    def reap(self, is_alive: Callable[[int, float | None], bool]) -> list[str]:
-        """Remove every int owner for which `is_alive(pid, start_time)` is false.
+    def reap(self, judge: Callable[[int, Start], object]) -> list[str]:
+        """Remove every int owner that `judge(pid, start)` proves dead.
 
-        Names whose every owner is gone go back to the pool; they are returned.
-        Anonymous and `str` owners are never reaped.
+        `judge` answers a `Liveness` (or a bool: False is dead). Only `DEAD`/False frees
+        anything; `UNKNOWN` keeps the owner. Names whose every owner is gone go back to
+        the pool; they are returned. Anonymous and `str` owners are never reaped.
         """
-        dead = [(pid, start) for pid, start in self._start_times.items() if not is_alive(pid, start)]
+        dead = [(pid, start) for pid, start in self._start_times.items() if _is_dead(judge(pid, start))]
         return self.remove_dead_owners(dead)
 
     def reset(self) -> None:
         """Forget every name and owner (the source starts over)."""
-        self._available.clear()
-        self._holders.clear()
-        self._owner_names.clear()
-        self._start_times.clear()
-        self._revision += 1
+        self._clear()
 
     def reconcile(
         self,
         names_in_use: Iterable[object],
-        is_live_int_owner: Callable[[int, float | None], bool],
+        is_live_int_owner: Callable[[int, Start], object],
     ) -> list[str]:
         """Make exactly `names_in_use` the checked-out names (gastown's sync with reality).
 
         All names are validated first: one invalid name raises `InvalidName` and changes
         nothing. Listed names become checked out (an anonymous holder is added, so they
         stay until checked in; existing owners keep them too). Other checked-out names go
-        back to the pool, except one held by a live int owner: it stays held by its live
-        int owners only, and is returned so the shell can log a WARNING. The default name
-        is ignored.
+        back to the pool, except one held by an int owner not proven dead: it stays held
+        by those owners only, and is returned so the shell can log a WARNING. The default
+        name is ignored.
         """
         if isinstance(names_in_use, (str, bytes, bytearray)):
             raise InvalidName(f"reconcile expects a list of names, not a single {type(names_in_use).__name__}")
@@ -374,7 +450,7 @@ class NameState:
             name: [
                 owner
                 for owner in owners
-                if type(owner) is int and is_live_int_owner(owner, self._start_times[owner])
+                if type(owner) is int and not _is_dead(is_live_int_owner(owner, self._start_times[owner]))
             ]
             for name, owners in self._holders.items()
             if name not in listed
@@ -385,27 +461,153 @@ class NameState:
                 kept_for_live_owner.append(name)
                 for owner in list(self._holders[name]):
                     if owner not in live:
-                        self._remove_owner_from(name, owner)
+                        self._drop(name, owner)
             else:
                 self._release(name)
         for name in listed:
             owners = self._holders.get(name)
             if owners is None:
-                self._available.pop(name, None)
-                self._holders[name] = {None: None}
-            else:
-                owners[None] = None
-        self._revision += 1
+                if name in self._available:
+                    self._take(name)
+                self._hold(name, None, None)
+            elif None not in owners:
+                self._hold(name, None, None)
         return kept_for_live_owner
+
+    # -- primitive changes: the only code that mutates, recorded for the journal ---------
+
+    def _record(self, change: Change) -> None:
+        self._revision += 1
+        if self.is_recording:
+            self._changes.append(change)
+
+    def _push(self, name: str) -> None:
+        """A name no one holds goes on top of the stack."""
+        self._available[name] = None
+        self._record(("push", name))
+
+    def _take(self, name: str) -> None:
+        """An available name leaves the stack (from wherever it is)."""
+        del self._available[name]
+        self._record(("take", name))
+
+    def _under(self, names: list[str]) -> None:
+        """New names go under the stack, the first of them handed out first."""
+        new_on_top = {name: None for name in reversed(names)}
+        if self._available:
+            new_on_top.update(self._available)  # keep earlier names above the new ones
+        self._available = new_on_top
+        self._record(("under", names))
+
+    def _hold(self, name: str, owner: Owner, start: Start) -> None:
+        """`owner` joins `name`'s owners (the name is not on the stack)."""
+        owners = self._holders.get(name)
+        if owners is None:
+            self._holders[name] = {owner: None}
+        else:
+            owners[owner] = None
+        if owner is not None:
+            self._owner_names[owner] = name
+            if type(owner) is int:
+                self._start_times[owner] = start
+            else:
+                start = None
+        self._record(("hold", name, owner, _encode_start(start)))
+
+    def _drop(self, name: str, owner: Owner) -> str | None:
+        """`owner` leaves `name`; return the name if that left it without owners (then on top)."""
+        owners = self._holders[name]
+        del owners[owner]
+        if owner is not None:
+            del self._owner_names[owner]
+            if type(owner) is int:
+                del self._start_times[owner]
+        self._record(("drop", name, owner))
+        if owners:
+            return None
+        del self._holders[name]
+        self._available[name] = None
+        return name
+
+    def _release(self, name: str) -> None:
+        """Every owner of `name` leaves; the name goes on top of the stack."""
+        for owner in self._holders.pop(name):
+            if owner is not None:
+                del self._owner_names[owner]
+                if type(owner) is int:
+                    del self._start_times[owner]
+        self._available[name] = None
+        self._record(("release", name))
+
+    def _pin(self, pid: int, start: Start) -> None:
+        self._start_times[pid] = start
+        self._record(("start", pid, _encode_start(start)))
+
+    def _clear(self) -> None:
+        self._available.clear()
+        self._holders.clear()
+        self._owner_names.clear()
+        self._start_times.clear()
+        self._record(("reset",))
+
+    def _refresh_process(self, pid: int, start: Start) -> bool:
+        """Keep `pid`'s record if `start` is its process; end it if the pid was reused.
+
+        Returns True when the record still stands (then pinned to `start` if that is
+        more precise than what was recorded).
+        """
+        recorded = self._start_times[pid]
+        if _is_same_process(recorded, start):
+            if start is not None and (recorded is None or (type(start) is ProcessStart and type(recorded) is not ProcessStart)):
+                self._pin(pid, start)
+            return True
+        # The recorded process is gone and a new one has its pid: its names end now.
+        self._drop(self._owner_names[pid], pid)
+        return False
+
+    def apply(self, changes: Iterable[object]) -> None:
+        """Replay primitive changes (a journal frame); ValueError if one does not fit the state."""
+        for change in changes:
+            try:
+                kind, *fields = change  # type: ignore[misc]
+                if kind == "push" and fields[0] not in self._holders and fields[0] not in self._available:
+                    self._push(_checked_name(fields[0]))
+                elif kind == "take":
+                    self._take(fields[0])
+                elif kind == "under":
+                    names = [_checked_name(name) for name in fields[0]]
+                    if any(name in self._available or name in self._holders for name in names):
+                        raise ValueError("a new name is known already")
+                    self._under(names)
+                elif kind == "hold" and fields[0] not in self._available:
+                    owner = fields[1]
+                    if owner is not None and not isinstance(owner, int | str):
+                        raise ValueError(f"bad owner {owner!r}")
+                    if owner is not None and owner in self._owner_names:
+                        raise ValueError(f"owner {owner!r} holds a name already")
+                    self._hold(_checked_name(fields[0]), owner, _decode_start(fields[2]))
+                elif kind == "drop":
+                    self._drop(fields[0], fields[1])
+                elif kind == "release":
+                    self._release(fields[0])
+                elif kind == "start" and fields[0] in self._start_times:
+                    self._pin(fields[0], _decode_start(fields[1]))
+                elif kind == "reset":
+                    self._clear()
+                else:
+                    raise ValueError("unknown change or one that does not fit the state")
+            except (KeyError, IndexError, TypeError, ValueError) as error:
+                raise ValueError(f"journal change {describe(change)} cannot be applied: {error!r}") from None
 
     # -- persistence -----------------------------------------------------------------
 
     def to_snapshot(self) -> dict[str, Any]:
         """The whole state as plain msgpack/JSON-able data (str keys, lists, ints, floats).
 
-        `{"version": 1, "available": [name, ...] (bottom first), "holders": [[name,
-        [owner, ...]], ...]}` with each owner encoded as `["anon"]`, `["pid", pid,
-        start_time_or_None]` or `["str", owner]`. Order is kept, so a round trip through
+        `{"version": 2, "available": [name, ...] (bottom first), "holders": [[name,
+        [owner, ...]], ...]}` with each owner encoded as `["anon"]`, `["str", owner]`,
+        `["pid", pid, start_time]` (start unknown, or a v2 record) or `["pid", pid,
+        start_time, start_ticks, boot_id]`. Order is kept, so a round trip through
         `from_snapshot` is exact.
         """
         return {
@@ -420,7 +622,7 @@ class NameState:
     def from_snapshot(
         cls, data: object, chunk_size: int = 12, default_name: str = "Nameless Agent"
     ) -> NameState:
-        """Rebuild a state from `to_snapshot()` data; raise ValueError if anything is malformed.
+        """Rebuild a state from `to_snapshot()` data (v1 or v2); raise ValueError if malformed.
 
         `chunk_size` and `default_name` come from the caller's configuration, not the file.
         If the default name was changed to a name the file knows, that name is dropped.
@@ -429,7 +631,7 @@ class NameState:
         if not isinstance(data, Mapping):
             raise ValueError(f"name pool snapshot must be a map, not {type(data).__name__}")
         version = data.get("version")
-        if type(version) is not int or version != SNAPSHOT_VERSION:
+        if type(version) is not int or version not in _READABLE_VERSIONS:
             raise ValueError(f"unsupported name pool snapshot version {version!r}")
         available = _sequence(data.get("available"), "available")
         held = _sequence(data.get("holders"), "holders")
@@ -470,67 +672,50 @@ class NameState:
         if state._default_name in state._holders:
             for owner in state._holders.pop(state._default_name):
                 if owner is not None:
-                    state._drop_owner_record(owner)
+                    del state._owner_names[owner]
+                    if type(owner) is int:
+                        del state._start_times[owner]
         return state
 
     def _encode_owner(self, owner: Owner) -> list[Any]:
         if owner is None:
             return ["anon"]
         if type(owner) is int:
-            return ["pid", owner, self._start_times[owner]]
+            start = self._start_times[owner]
+            if type(start) is ProcessStart:
+                return ["pid", owner, start.start_time, start.start_ticks, start.boot_id]
+            return ["pid", owner, start]
         return ["str", owner]
 
-    # -- helpers ---------------------------------------------------------------------
 
-    def _add_owner(self, owner: int | str, name: str, start_time: float | None) -> None:
-        """Record `owner` -> `name` (`start_time` already normalised)."""
-        self._owner_names[owner] = name
-        if type(owner) is int:
-            self._start_times[owner] = start_time
+def _encode_start(start: Start) -> Any:
+    if type(start) is ProcessStart:
+        return [start.start_ticks, start.boot_id, start.start_time]
+    return start
 
-    def _refresh_process(self, pid: int, start_time: float | None) -> bool:
-        """Keep `pid`'s record if `start_time` is its process; end it if the pid was reused.
 
-        Returns True when the record still stands.
-        """
-        recorded = self._start_times[pid]
-        if _is_same_process(recorded, start_time):
-            if recorded is None and start_time is not None:
-                self._start_times[pid] = start_time
-                self._revision += 1
-            return True
-        # The recorded process is gone and a new one has its pid: its names end now.
-        self._remove_owner(pid)
-        self._revision += 1
-        return False
+def _decode_start(encoded: object) -> Start:
+    if encoded is None:
+        return None
+    if type(encoded) in (int, float):
+        return float(encoded)  # type: ignore[arg-type]
+    fields = _sequence(encoded, "start")
+    if len(fields) == 3:
+        ticks, boot_id, start_time = fields
+        if (
+            type(ticks) is int
+            and ticks >= 0
+            and (boot_id is None or type(boot_id) is str)
+            and (start_time is None or type(start_time) in (int, float))
+        ):
+            return ProcessStart(ticks, boot_id, None if start_time is None else float(start_time))
+    raise ValueError(f"malformed process start {encoded!r}")
 
-    def _drop_owner_record(self, owner: int | str) -> None:
-        del self._owner_names[owner]
-        if type(owner) is int:
-            del self._start_times[owner]
 
-    def _remove_owner(self, owner: int | str) -> str | None:
-        """End `owner`'s hold on its name; return the name if that left it without owners."""
-        name = self._owner_names[owner]
-        return self._remove_owner_from(name, owner)
-
-    def _remove_owner_from(self, name: str, owner: Owner) -> str | None:
-        owners = self._holders[name]
-        del owners[owner]
-        if owner is not None:
-            self._drop_owner_record(owner)
-        if owners:
-            return None
-        del self._holders[name]
-        self._available[name] = None
-        return name
-
-    def _release(self, name: str) -> None:
-        """Return a checked-out name to the top of the stack, ending all its owners."""
-        for owner in self._holders.pop(name):
-            if owner is not None:
-                self._drop_owner_record(owner)
-        self._available[name] = None
+def _checked_name(name: object) -> str:
+    if type(name) is not str or not is_valid_name(name):
+        raise ValueError(f"invalid name {name!r}")
+    return name
 
 
 def _sequence(value: object, what: str) -> list[Any] | tuple[Any, ...]:
@@ -544,8 +729,9 @@ def _check_snapshot_name(name: object, where: str) -> None:
         raise ValueError(f"invalid name {name!r} in {where!r}")
 
 
-def _decode_owner(encoded: object) -> tuple[Owner, float | None]:
-    """`(owner, start_time)` from `["anon"]`, `["pid", pid, start_time]` or `["str", owner]`."""
+def _decode_owner(encoded: object) -> tuple[Owner, Start]:
+    """`(owner, start)` from `["anon"]`, `["str", owner]`, `["pid", pid, start_time]` or
+    `["pid", pid, start_time, start_ticks, boot_id]`."""
     fields = _sequence(encoded, "owner")
     kind = fields[0] if fields else None
     if kind == "anon" and len(fields) == 1:
@@ -556,4 +742,8 @@ def _decode_owner(encoded: object) -> tuple[Owner, float | None]:
         pid, start_time = fields[1], fields[2]
         if type(pid) is int and pid > 0 and (start_time is None or type(start_time) in (int, float)):
             return pid, None if start_time is None else float(start_time)
+    if kind == "pid" and len(fields) == 5:
+        pid, start_time, ticks, boot_id = fields[1:]
+        if type(pid) is int and pid > 0:
+            return pid, _decode_start([ticks, boot_id, start_time])
     raise ValueError(f"malformed owner {encoded!r}")
