@@ -184,6 +184,9 @@ def section_name_pool(quick: bool) -> SectionResult:
             figures.get(f"durable_{threads}_threads_round_trips_per_s"),
             figures.get(f"in_memory_{threads}_threads_round_trips_per_s"), "/s", figures.get("durable_ratio"),
             figures.get("durable_target"), ">=", str(figures.get("cpus", ""))),
+        Row("growth: durable, 10,000 names held vs 10 held (round trips/s)",
+            figures.get("durable_held_10000_round_trips_per_s"), figures.get("durable_held_10_round_trips_per_s"),
+            "/s", figures.get("growth_ratio"), figures.get("growth_target"), ">="),
     ]
     return SectionResult(rows, details=figures)
 

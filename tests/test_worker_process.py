@@ -585,7 +585,7 @@ def test_inherit_identity_through_a_running_daemon(tmp_path: Path) -> None:
         wait_until(lambda: socket_path.exists() or daemon.poll() is not None, timeout=15.0)
         assert daemon.poll() is None, "the daemon exited"
         with Client(socket_path) as client:
-            name = client.call("names.checkout_name", "test-owner")
+            name = client.call("names.checkout_name")  # this process's; the child below inherits it
         script = (
             "import json; from actors.daemon._client import Client; from actors.workers._worker_process import inherit_identity\n"
             "name = inherit_identity()\n"
