@@ -23,11 +23,15 @@ How it works:
   ``max_live``; each chosen entry's ``is_busy()`` is asked once more right before it is
   removed, and one found busy stays and is not reported. Removal is immediate; a probe,
   ``is_busy`` or planning error is logged and counted and never stops this or a later
-  sweep. One handler per sweep, so sweeps never overlap.
-- **Disposal off the thread.** Evicted, replaced and closed backends go to up to
-  ``_DISPOSAL_THREADS`` daemon threads; a slow ``dispose()`` never delays `get`,
-  `register` or `health`, and a key requested again gets a fresh backend. A ``dispose()``
-  that raises is logged and counted (``dispose_errors``); one that hangs holds one thread.
+  sweep. One handler per sweep, so sweeps never overlap. It costs O(entries) for the
+  probes plus O(evicted) for the rest, and creates no object per evicted entry beyond
+  its key string (docs/design-agents.md).
+- **Disposal off the thread.** Evicted, replaced and closed backends go, one batch per
+  sweep and reason, to up to ``_DISPOSAL_THREADS`` daemon threads; a slow ``dispose()``
+  never delays `get`, `register` or `health`, and a key requested again gets a fresh
+  backend. A ``dispose()`` that raises is logged and counted (``dispose_errors``); one
+  that hangs holds its thread and the rest of its batch (later batches use the other
+  threads). If no thread can be started, the batch waits for the next sweep or disposal.
 - **Factory off the thread.** A `get` that misses, with a factory, returns a
   `DeferredReply`; concurrent gets of one key wait for the same call. A factory that raises
   or returns something without a callable ``dispose`` makes them raise `FactoryError`, and
