@@ -109,6 +109,8 @@ DISPOSE_WAIT = 5.0
 STOP_WAIT = 3.0
 #: Daemon threads calling ``dispose()``: a hanging backend holds one, the others go on.
 _DISPOSAL_THREADS = 4
+#: A disposal thread yields the GIL before the first ``dispose()`` and after every this many.
+_DISPOSALS_PER_YIELD = 64
 
 _EVICTION_REASONS = ("ttl", "lru", "chat", "dispose", "replaced")
 _NOTHING = Removed([], [])  # never mutated: evict() returns fresh lists
@@ -293,6 +295,11 @@ class _Disposer:
     def _dispose_batch(self, removed: Removed, reason: str) -> int:
         errors = 0
         for index, backend in enumerate(removed.backends):
+            if not index % _DISPOSALS_PER_YIELD:
+                # Hand the GIL over now and then: otherwise a long batch holds it for whole
+                # switch intervals (5 ms) while the pool's thread, which has just started
+                # this one, and the caller waiting for the sweep's reply wait to run.
+                time.sleep(0)
             try:
                 dispose = getattr(backend, "dispose", None)
                 if callable(dispose):
