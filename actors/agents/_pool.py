@@ -305,9 +305,8 @@ class _Disposer:
                 if callable(dispose):
                     dispose()
                 else:  # only a factory's invalid result gets here: nothing to call
-                    self.log.warning(
-                        "dropped {!r} for {} ({}): it has no dispose()", backend, key_string(removed.keys[index]), reason
-                    )
+                    label = key_string(removed.keys[index])
+                    self.log.warning("dropped {!r} for {} ({}): it has no dispose()", backend, label, reason)
             except BaseException as error:  # a daemon thread: nobody else would ever see it
                 errors += 1
                 self.log.opt(exception=error).warning(
