@@ -224,7 +224,7 @@ def _settle(pools: list[_RollingPool], already_disposed: int, scratch: bytearray
 
 
 def bench_sweep(rounds: int = 7) -> dict[str, Any]:
-    """Run the benchmark: ``rounds`` interleaved rounds, about 3 s each after ~5 s of setup.
+    """Run the benchmark: ``rounds`` interleaved rounds (7 take 30-80 s on the 2-core VM).
 
     Returns medians in seconds (``sorted_100k_s``, ``sweep_10k_s``, ``sweep_30k_s``,
     ``sweep_100k_s``), the ratios ``sweep_vs_sorted`` and ``sweep_100k_vs_10k``

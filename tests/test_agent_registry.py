@@ -458,6 +458,21 @@ def test_clear_returns_backends() -> None:
     assert registry.clear() == Removed([], [])
 
 
+def test_count_busy_asks_each_entry_once() -> None:
+    registry = AgentRegistry()
+    for t, name in enumerate("abcde"):
+        registry.register(("p", name), Backend(name, busy=name in "bd"), now=float(t))
+    asked: list[AgentKey] = []
+
+    def counting(key: AgentKey, backend: Any) -> bool:
+        asked.append(key)
+        return is_busy(backend)
+
+    assert registry.count_busy(counting) == 2
+    assert asked == keys_of("abcde")
+    assert AgentRegistry().count_busy(counting) == 0
+
+
 def test_snapshots() -> None:
     registry = AgentRegistry()
     registry.register(("p", "a"), Backend("a", busy=True), now=1.0)

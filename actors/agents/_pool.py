@@ -482,7 +482,7 @@ class AgentPool(SupervisedActor):
         registry = self._registry
         return {
             "size": len(registry),
-            "busy": sum(1 for key, backend in registry if self._check_busy(key, backend)),
+            "busy": registry.count_busy(self._check_busy),
             "creating": len(self._creations),
             "disposing": self._disposer.in_flight,
             "disposed": self._disposer.disposed,

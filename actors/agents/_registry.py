@@ -426,6 +426,10 @@ class AgentRegistry:
         self._by_primary.clear()
         return removed
 
+    def count_busy(self, is_busy: BusyPredicate) -> int:
+        """How many entries ``is_busy(key, backend)`` calls busy (asked once each, in place)."""
+        return sum(1 for key, entry in self._entries.items() if is_busy(key, entry.backend))
+
     def snapshots(self, is_busy: BusyPredicate) -> list[EntrySnapshot]:
         """Every entry as an `EntrySnapshot`, least recently active first.
 
