@@ -15,10 +15,12 @@ as a long-running host would have it. Before each timed sweep the clock moves pa
 TTL (the live half goes idle) and half the pool's size is registered anew through the
 proxy, in random order, four agents to a chat, a fifth of them touched again later (so
 recency is not registration order); 1% of backends are busy. The sweep then evicts the
-idle half. Between timed regions the bench waits for the disposals to finish and runs
-`gc.collect()`, so every timed region starts from a settled heap; the collector stays
-on inside it, and the collections that run there are counted
-(``gc_collections_in_sweeps``). The sides are interleaved in each round and the
+idle half. Before each timed region — the `sorted()` baseline's too — the bench waits
+for the disposals to finish, runs `gc.collect()` and reads a buffer larger than the
+last-level cache, so each starts from a settled heap and cold caches, as a sweep that
+runs once every ``sweep_interval`` finds them (``BENCH_AGENTS_WARM=1`` skips the
+buffer; see docs/design-agents.md). The collector stays on inside the timed region, and
+the collections that run there are counted (``gc_collections_in_sweeps``). The sides are interleaved in each round and the
 figures are medians (ratios: medians of the per-round ratios). The calling thread is
 pinned to one CPU and the pool's thread (with the disposal threads it starts) to
 the other.
