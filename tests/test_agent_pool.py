@@ -10,6 +10,7 @@ every blocked backend or factory is released at teardown.
 from __future__ import annotations
 
 import math
+import random
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -302,6 +303,102 @@ def test_is_busy_that_raises_counts_as_busy_and_is_logged(start_pool, manual_clo
     assert warnings_mentioning(log_records, "is_busy() of c:a raised")
 
 
+class LightBackend:
+    """A small backend for tests with many entries: records the thread of each dispose()."""
+
+    __slots__ = ("busy", "disposals")
+
+    def __init__(self, busy: bool = False) -> None:
+        self.busy = busy
+        self.disposals: list[int] = []
+
+    def is_busy(self) -> bool:
+        return self.busy
+
+    def dispose(self) -> None:
+        self.disposals.append(threading.get_ident())
+
+
+def test_eviction_order_at_scale_is_ttl_then_least_recent_with_busy_counted(start_pool, manual_clock):
+    """1,200 entries with many equal times, 5% busy, a fifth of them used again later:
+    one sweep evicts exactly the idle non-busy ones, then the least recently active
+    non-busy ones down to the cap (busy ones counted), in order of last activity."""
+    rng = random.Random(7)
+    idle_ttl, max_live = 40.0, 300
+    pool = start_pool(idle_ttl=idle_ttl, max_live=max_live)
+    recency: dict[tuple[str, str], float] = {}  # key -> last activity, least recent first
+    backends: dict[tuple[str, str], LightBackend] = {}
+
+    def was_active(key: tuple[str, str]) -> None:
+        recency.pop(key, None)
+        recency[key] = manual_clock.monotonic()
+
+    numbers = list(range(1200))
+    rng.shuffle(numbers)
+    for number in numbers:
+        manual_clock.advance(rng.choice([0.0, 0.0, 0.05, 0.1]))  # many ties in time
+        key = (f"chat-{number % 97}", f"agent-{number}")
+        backends[key] = LightBackend(busy=rng.random() < 0.05)
+        pool.register(*key, backends[key]).get(timeout=T)
+        was_active(key)
+    for key in rng.sample(sorted(backends), 240):
+        manual_clock.advance(rng.choice([0.0, 0.1]))
+        (pool.get if rng.random() < 0.5 else pool.touch)(*key).get(timeout=T)
+        was_active(key)
+
+    now = manual_clock.monotonic()
+    busy = {key for key, backend in backends.items() if backend.busy}
+    ttl = [key for key, active in recency.items() if now - active > idle_ttl and key not in busy]
+    left = [key for key in recency if key not in set(ttl)]
+    lru = [key for key in left if key not in busy][: len(left) - max_live]
+    assert len(ttl) > 300 and len(lru) > 100  # both rules bite
+    assert pool.sweep().get(timeout=T) == [f"{primary}:{agent}" for primary, agent in ttl + lru]
+
+    evicted = set(ttl + lru)
+    wait_until(lambda: all(backends[key].disposals for key in evicted))
+    wait_until(lambda: health(pool)["disposing"] == 0)
+    assert all(len(backend.disposals) == (key in evicted) for key, backend in backends.items())
+    assert health(pool)["size"] == max_live
+    assert pool.sweep().get(timeout=T) == []  # what is idle now is busy, and the cap is met
+
+
+def test_a_sweep_hands_its_evictions_to_one_disposal_thread(start_pool, manual_clock):
+    pool = start_pool(idle_ttl=5.0)
+    backends = [LightBackend() for _ in range(500)]
+    replies = [pool.register("c", str(i), backend) for i, backend in enumerate(backends)]
+    replies[-1].get(timeout=T)
+    manual_clock.advance(10.0)
+    assert len(pool.sweep().get(timeout=T)) == 500
+    wait_until(lambda: all(backend.disposals for backend in backends))
+    threads = {thread for backend in backends for thread in backend.disposals}
+    assert len(threads) == 1 and threading.get_ident() not in threads
+    assert all(len(backend.disposals) == 1 for backend in backends)
+    wait_until(lambda: health(pool)["disposed"] == 500)
+
+
+def _refuse_thread(target: Callable[[], object], name: str) -> None:
+    raise RuntimeError("can't start new thread")
+
+
+def test_a_disposal_thread_that_cannot_start_loses_nothing(start_pool, manual_clock, monkeypatch, log_records):
+    pool = start_pool(idle_ttl=5.0)
+    backends = [LightBackend() for _ in range(3)]
+    for i, backend in enumerate(backends):
+        pool.register("c", str(i), backend).get(timeout=T)
+    manual_clock.advance(10.0)
+    monkeypatch.setattr(agent_pool_module, "_start_thread", _refuse_thread)
+    assert pool.sweep().get(timeout=T) == ["c:0", "c:1", "c:2"]  # removed at once all the same
+    stats = health(pool)
+    assert (stats["size"], stats["disposing"], stats["disposed"]) == (0, 3, 0)
+    assert any(r["level"].name == "ERROR" and "could not start a disposal thread" in r["message"] for r in log_records)
+    assert all(backend.disposals == [] for backend in backends)
+    monkeypatch.undo()
+    assert pool.sweep().get(timeout=T) == []  # the next sweep starts the thread
+    wait_until(lambda: all(backend.disposals for backend in backends))
+    wait_until(lambda: health(pool)["disposing"] == 0)
+    assert all(len(backend.disposals) == 1 for backend in backends)
+
+
 # -- health probes and errors during sweeps -------------------------------------------------------
 
 
@@ -531,6 +628,17 @@ def test_a_register_during_a_factory_call_wins_and_the_late_result_is_disposed(s
     wait_until(lambda: made and made[0].disposed.is_set())
     assert pool.peek("c", "a").get(timeout=T) is registered
     assert registered.dispose_calls == [] and len(made[0].dispose_calls) == 1
+
+
+def test_a_factory_thread_that_cannot_start_fails_that_get_only(start_pool, monkeypatch, log_records):
+    pool = start_pool(factory=lambda primary, agent: FakeBackend(f"{primary}:{agent}"))
+    monkeypatch.setattr(agent_pool_module, "_start_thread", _refuse_thread)
+    with pytest.raises(FactoryError, match="could not start"):
+        pool.get("c", "a").get(timeout=T)
+    stats = health(pool)
+    assert (stats["size"], stats["creating"], stats["factory_errors"]) == (0, 0, 1)
+    monkeypatch.undo()
+    assert pool.get("c", "a").get(timeout=T).name == "c:a"
 
 
 # -- disposal off the thread ----------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 from fractions import Fraction
 from typing import Any
@@ -18,10 +19,12 @@ from actors.agents._registry import (
     InvalidBackend,
     InvalidKey,
     InvalidSetting,
+    Removed,
     SweepPlan,
     check_backend,
     is_busy,
     key_string,
+    key_strings,
     select_idle_eviction_targets,
     select_lru_eviction_targets,
     validate_key,
@@ -63,6 +66,14 @@ def snap(name: str, last_active: float, seq: int, busy: bool = False) -> EntrySn
 
 def keys(*names: str) -> list[AgentKey]:
     return [(name, "agent") for name in names]
+
+
+def sweep(
+    registry: AgentRegistry, now: float, idle_ttl: float, max_live: int, busy: Any
+) -> tuple[Removed, Removed]:
+    """What the pool does per sweep: plan, then evict the TTL keys and the LRU keys."""
+    plan = registry.plan_sweep(now, idle_ttl, max_live, busy)
+    return registry.evict(plan.ttl_keys, busy), registry.evict(plan.lru_keys, busy)
 
 
 # --- keys ---------------------------------------------------------------------------
@@ -441,10 +452,25 @@ def test_clear_returns_backends() -> None:
     a, b = Backend("a"), Backend("b")
     registry.register(("p", "a"), a, now=1.0)
     registry.register(("q", "b"), b, now=2.0)
-    assert registry.clear() == [a, b]
+    assert registry.clear() == Removed([("p", "a"), ("q", "b")], [a, b])
     assert len(registry) == 0 and list(registry) == []
     assert registry.keys_for_primary("p") == []
-    assert registry.clear() == []
+    assert registry.clear() == Removed([], [])
+
+
+def test_count_busy_asks_each_entry_once() -> None:
+    registry = AgentRegistry()
+    for t, name in enumerate("abcde"):
+        registry.register(("p", name), Backend(name, busy=name in "bd"), now=float(t))
+    asked: list[AgentKey] = []
+
+    def counting(key: AgentKey, backend: Any) -> bool:
+        asked.append(key)
+        return is_busy(backend)
+
+    assert registry.count_busy(counting) == 2
+    assert asked == keys_of("abcde")
+    assert AgentRegistry().count_busy(counting) == 0
 
 
 def test_snapshots() -> None:
@@ -499,7 +525,7 @@ def test_evict_rechecks_busy_and_skips_missing() -> None:
     backends["b"].busy = True  # became busy between plan and act
     registry.remove(("p", "c"))  # and c went away
     removed = registry.evict(plan.keys + plan.keys, by_flag)  # a repeated key goes once
-    assert removed == [(("p", "a"), backends["a"])]
+    assert removed == Removed([("p", "a")], [backends["a"]])
     assert order(registry) == [("p", "b")]
     assert backends["a"].disposed == 0  # disposing is the caller's job
 
@@ -510,13 +536,12 @@ def test_sweep_removes_what_the_plan_names() -> None:
     for t, (name, backend) in enumerate(backends.items()):
         registry.register(("p", name), backend, now=float(t))
     plan = registry.plan_sweep(10.0, 7.5, 3, by_flag)
-    result = registry.sweep(10.0, 7.5, 3, by_flag)
-    assert [key for key, _ in result.ttl] == plan.ttl_keys == keys_of("ac")
-    assert [key for key, _ in result.lru] == plan.lru_keys == keys_of("d")
-    assert result.evicted == [(("p", n), backends[n]) for n in "acd"]
+    ttl, lru = sweep(registry, 10.0, 7.5, 3, by_flag)
+    assert ttl == Removed(plan.ttl_keys, [backends[n] for n in "ac"]) and plan.ttl_keys == keys_of("ac")
+    assert lru == Removed(plan.lru_keys, [backends["d"]]) and plan.lru_keys == keys_of("d")
     assert order(registry) == keys_of("bef") and len(registry) == 3
     # Nothing left to do: the cap is met and b, the one idle entry, is busy.
-    assert registry.sweep(10.0, 7.5, 3, by_flag) == ([], [])
+    assert sweep(registry, 10.0, 7.5, 3, by_flag) == (Removed([], []), Removed([], []))
 
 
 def test_removed_entries_are_gone_everywhere_until_registered_again() -> None:
@@ -524,7 +549,7 @@ def test_removed_entries_are_gone_everywhere_until_registered_again() -> None:
     for t, name in enumerate("abcd"):
         registry.register(("p", name), Backend(name), now=float(t))
     registry.register(("q", "x"), Backend("x"), now=10.0)
-    registry.sweep(10.0, 8.5, 32, never_busy)  # a and b go (idle 10 and 9)
+    sweep(registry, 10.0, 8.5, 32, never_busy)  # a and b go (idle 10 and 9)
     assert len(registry) == 3
     for key in keys_of("ab"):
         assert key not in registry
@@ -538,7 +563,7 @@ def test_removed_entries_are_gone_everywhere_until_registered_again() -> None:
     assert registry.peek(("p", "a")) is again and len(registry) == 4
     assert order(registry) == keys_of("cd") + [("q", "x"), ("p", "a")]
     assert registry.keys_for_primary("p") == keys_of("cda")
-    assert [backend.name for backend in registry.clear()] == ["c", "d", "x", "a2"]
+    assert [backend.name for backend in registry.clear().backends] == ["c", "d", "x", "a2"]
     assert len(registry) == 0 and list(registry) == []
 
 
@@ -550,24 +575,30 @@ def test_many_removals_keep_the_registry_consistent() -> None:
             registry.register((f"chat-{i % 7}", f"agent-{i}"), Backend(), now=base + i)
         # Each round registers the same keys again, reviving the ones removed last
         # round; the first 25 of this round are idle.
-        result = registry.sweep(base + 50.0, 25.0, 1000, never_busy)
-        assert len(registry) == 25 and len(result.ttl) == 25
+        ttl, lru = sweep(registry, base + 50.0, 25.0, 1000, never_busy)
+        assert len(registry) == 25 and len(ttl.keys) == len(ttl.backends) == 25 and lru.keys == []
         assert sorted(key for key, _ in registry) == sorted(
             (f"chat-{i % 7}", f"agent-{i}") for i in range(25, 50)
         )
         assert sum(len(registry.keys_for_primary(f"chat-{c}")) for c in range(7)) == 25
 
 
-def test_bulk_removals_are_compacted_once_they_outnumber_live_entries() -> None:
+def test_removals_leave_nothing_behind_in_either_index() -> None:
     registry = AgentRegistry()
     for t in range(10):
         registry.register(("p", str(t)), Backend(), now=float(t))
-    registry.sweep(10.0, 7.5, 32, never_busy)  # 0, 1, 2 go: 3 tombstones, 7 live
-    assert len(registry) == 7 and len(registry._entries) == 10
-    registry.evict([("p", "3"), ("p", "4"), ("p", "5")], never_busy)  # 6 vs 4: compact
+    registry.register(("q", "x"), Backend(), now=10.0)
+    sweep(registry, 10.0, 7.5, 32, never_busy)  # 0, 1, 2 go
+    assert len(registry) == 8 and len(registry._entries) == 8
+    registry.evict([("p", "3"), ("p", "4"), ("p", "5"), ("q", "x")], never_busy)
     assert len(registry) == 4 and len(registry._entries) == 4
-    assert registry._by_primary == {"p": {("p", str(t)): None for t in range(6, 10)}}
+    # A primary whose last key went is dropped from the index too.
+    assert registry._by_primary == {"p": {str(t) for t in range(6, 10)}}
     assert order(registry) == [("p", str(t)) for t in range(6, 10)]
+    registry.remove(("p", "6"))
+    assert registry._by_primary == {"p": {str(t) for t in range(7, 10)}}
+    assert registry.clear().keys == [("p", str(t)) for t in range(7, 10)]
+    assert registry._by_primary == {}
 
 
 def keys_of(names: str) -> list[AgentKey]:
@@ -649,16 +680,17 @@ def test_registry_follows_the_model_and_plan_equals_pure_selectors(
         elif op == "peek":
             assert registry.peek(key) is (model.entries[key][0] if live else None)
         else:
-            # Sweeps and evicts leave tombstones behind: later operations must not see them.
+            # Removed entries must be gone for every later operation.
             ttl, cap = (float(index % 4), index) if op == "sweep" else (-1.0, 0)
             plan = model.plan(now, ttl, cap)
             if op == "sweep":
-                result = registry.sweep(now, ttl, cap, by_flag)
-                assert [k for k, _ in result.ttl] == plan.ttl_keys
-                assert [k for k, _ in result.lru] == plan.lru_keys
+                removed_ttl, removed_lru = sweep(registry, now, ttl, cap, by_flag)
+                assert removed_ttl == Removed(plan.ttl_keys, [model.entries[k][0] for k in plan.ttl_keys])
+                assert removed_lru == Removed(plan.lru_keys, [model.entries[k][0] for k in plan.lru_keys])
             else:
-                result_pairs = registry.evict(plan.keys[: index % 5], by_flag)
-                assert [k for k, _ in result_pairs] == plan.keys[: index % 5]
+                removed = registry.evict(plan.keys[: index % 5], by_flag)
+                assert removed.keys == plan.keys[: index % 5]
+                assert removed.backends == [model.entries[k][0] for k in removed.keys]
                 plan = SweepPlan(plan.keys[: index % 5], [])
             for k in plan.keys:
                 del model.entries[k]
@@ -700,18 +732,94 @@ def test_large_sweep_does_linear_work() -> None:
     assert calls == count // 2  # only the idle prefix: the walk stops at the first active one
 
     removed = registry.evict(plan.keys, counting)
-    assert len(removed) == len(plan.ttl_keys) and len(registry) == count // 2
+    assert removed.keys == plan.ttl_keys and len(removed.backends) == count // 2
+    assert len(registry) == count // 2 and calls == count  # asked again right before removal
     # The pure route over all snapshots agrees, cap included.
     snapshots = registry.snapshots(never_busy)
     assert select_lru_eviction_targets(snapshots, 10) == registry.plan_sweep(
         float(count), math.inf, 10, never_busy
     ).lru_keys
 
-    # The cap alone: the removed entries on the way are skipped without asking.
+    # The cap alone: only the entries that go are asked, once to plan and once to act.
     calls = 0
-    result = registry.sweep(float(count), math.inf, count // 4, counting)
-    assert result.ttl == [] and len(result.lru) == count // 4 == calls
+    ttl, lru = sweep(registry, float(count), math.inf, count // 4, counting)
+    assert ttl == Removed([], []) and len(lru.keys) == count // 4 and calls == 2 * (count // 4)
     assert len(registry) == count // 4
     assert [key for key, _ in registry] == [
         (f"chat-{i % 1000}", f"agent-{i}") for i in range(count - count // 4, count)
     ]
+
+
+# --- probes, key strings, garbage -----------------------------------------------------
+
+
+class Probed(Backend):
+    def __init__(self, name: str, error: Exception | None = None) -> None:
+        super().__init__(name)
+        self.error = error
+        self.probes: list[float] = []
+
+    def tick_health(self, now: float) -> None:
+        self.probes.append(now)
+        if self.error is not None:
+            raise self.error
+
+
+def test_probe_health_runs_every_probe_oldest_first_and_reports_failures() -> None:
+    registry = AgentRegistry()
+    calls: list[str] = []
+    broken = RuntimeError("probe broke")
+
+    class Ordered(Probed):
+        def tick_health(self, now: float) -> None:
+            calls.append(self.name)
+            super().tick_health(now)
+
+    ok, failing, last = Ordered("ok"), Ordered("failing", broken), Ordered("last")
+    plain = Backend("plain")  # no tick_health: skipped
+    odd = Backend("odd")
+    odd.tick_health = "not callable"  # type: ignore[attr-defined]
+    for t, (name, backend) in enumerate([("f", failing), ("p", plain), ("o", odd), ("k", ok), ("l", last)]):
+        registry.register(("c", name), backend, now=float(t))
+    registry.touch(("c", "f"), now=9.0)  # now the most recently active
+    errors: list[tuple[AgentKey, Exception]] = []
+    assert registry.probe_health(12.5, lambda key, error: errors.append((key, error))) == 1
+    assert calls == ["ok", "last", "failing"]
+    assert ok.probes == last.probes == failing.probes == [12.5]
+    assert errors == [(("c", "f"), broken)]
+    assert len(registry) == 5  # probing removes nothing
+
+
+def test_key_strings() -> None:
+    assert key_strings([("chat-1", "coder"), ("a:b", "c"), ("", "")]) == ["chat-1:coder", "a:b:c", ":"]
+    assert key_strings([]) == []
+    assert [key_string(k) for k in [("chat-1", "coder"), ("a", "b:c")]] == ["chat-1:coder", "a:b:c"]
+
+
+def test_a_sweep_allocates_no_container_per_entry() -> None:
+    """Probing, planning and evicting 5,000 of 10,000 entries creates a handful of
+    garbage-collected objects, not one (or more) per entry: no pairs, no snapshots.
+
+    Counts the collector's allocation counter (tracked objects allocated minus freed)
+    with the collector paused, while the removed entries are kept alive so that their
+    freeing cannot hide allocations.
+    """
+    registry = AgentRegistry()
+    count = 10_000
+    for i in range(count):
+        registry.register((f"chat-{i % 2500}", f"agent-{i}"), Probed(str(i)), now=float(i))
+    kept_alive = list(registry._entries.values()), list(registry._by_primary.values())
+    gc.collect()
+    gc.disable()
+    try:
+        before = gc.get_count()[0]
+        registry.probe_health(float(count), lambda key, error: None)
+        plan = registry.plan_sweep(float(count), count / 2, count, by_flag)
+        removed = registry.evict(plan.keys, by_flag)
+        labels = key_strings(removed.keys)
+        allocated = gc.get_count()[0] - before
+    finally:
+        gc.enable()
+    assert len(removed.keys) == len(removed.backends) == len(labels) == count // 2
+    assert allocated < 50, allocated
+    assert len(kept_alive[0]) == count

@@ -23,11 +23,15 @@ How it works:
   ``max_live``; each chosen entry's ``is_busy()`` is asked once more right before it is
   removed, and one found busy stays and is not reported. Removal is immediate; a probe,
   ``is_busy`` or planning error is logged and counted and never stops this or a later
-  sweep. One handler per sweep, so sweeps never overlap.
-- **Disposal off the thread.** Evicted, replaced and closed backends go to up to
-  ``_DISPOSAL_THREADS`` daemon threads; a slow ``dispose()`` never delays `get`,
-  `register` or `health`, and a key requested again gets a fresh backend. A ``dispose()``
-  that raises is logged and counted (``dispose_errors``); one that hangs holds one thread.
+  sweep. One handler per sweep, so sweeps never overlap. It costs O(entries) for the
+  probes plus O(evicted) for the rest, and creates no object per evicted entry beyond
+  its key string (docs/design-agents.md).
+- **Disposal off the thread.** Evicted, replaced and closed backends go, one batch per
+  sweep and reason, to up to ``_DISPOSAL_THREADS`` daemon threads; a slow ``dispose()``
+  never delays `get`, `register` or `health`, and a key requested again gets a fresh
+  backend. A ``dispose()`` that raises is logged and counted (``dispose_errors``); one
+  that hangs holds its thread and the rest of its batch (later batches use the other
+  threads). If no thread can be started, the batch waits for the next sweep or disposal.
 - **Factory off the thread.** A `get` that misses, with a factory, returns a
   `DeferredReply`; concurrent gets of one key wait for the same call. A factory that raises
   or returns something without a callable ``dispose`` makes them raise `FactoryError`, and
@@ -59,7 +63,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -71,10 +75,12 @@ from actors.agents._registry import (
     AgentRegistry,
     InvalidBackend,
     InvalidKey,
+    Removed,
     SweepPlan,
     check_backend,
     is_busy,
     key_string,
+    key_strings,
     validate_key,
     validate_now,
     validate_settings,
@@ -103,8 +109,19 @@ DISPOSE_WAIT = 5.0
 STOP_WAIT = 3.0
 #: Daemon threads calling ``dispose()``: a hanging backend holds one, the others go on.
 _DISPOSAL_THREADS = 4
+#: A disposal thread yields the GIL before the first ``dispose()`` and after every this many.
+_DISPOSALS_PER_YIELD = 64
 
 _EVICTION_REASONS = ("ttl", "lru", "chat", "dispose", "replaced")
+_NOTHING = Removed([], [])  # never mutated: evict() returns fresh lists
+
+
+def _start_thread(target: Callable[[], object], name: str) -> None:
+    """Start a daemon thread; the one seam where this module creates threads.
+
+    Raises ``RuntimeError`` when the process cannot start another thread.
+    """
+    threading.Thread(target=target, name=name, daemon=True).start()
 
 
 # -- messages the pool sends itself -------------------------------------------------------
@@ -180,7 +197,7 @@ def _run_factory(factory: AgentFactory, creation: _Creation, pool: pykka.ActorRe
     if not creation.finish(backend, error):
         # The pool stopped or crashed meanwhile: nobody else will ever dispose this one.
         if error is None:
-            disposer.submit([(creation.key, backend)], "abandoned")
+            disposer.submit(Removed([creation.key], [backend]), "abandoned")
         return
     try:
         pool.tell(_Created(creation))
@@ -194,8 +211,12 @@ def _run_factory(factory: AgentFactory, creation: _Creation, pool: pykka.ActorRe
 class _Disposer:
     """Calls backends' ``dispose()`` on a few daemon threads, never on the pool's.
 
-    Thread-safe: the pool submits from its thread, abandoned factory calls from theirs.
-    Workers start on demand (at most ``max_threads``) and end when the queue is empty.
+    Work comes in batches (`Removed` plus a reason): a sweep that evicts 50,000
+    backends hands over two lists, and one thread disposes them in order. A thread
+    takes a whole batch; at most ``max_threads`` run, started on demand and ended when
+    the queue is empty, so a ``dispose()`` that hangs holds its thread and the rest of
+    its batch, and later batches go to the other threads. Thread-safe: the pool submits
+    from its thread, abandoned factory calls from theirs.
     """
 
     def __init__(self, log: Any, max_threads: int = _DISPOSAL_THREADS) -> None:
@@ -203,67 +224,98 @@ class _Disposer:
         self._max_threads = max_threads
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
-        self._jobs: deque[tuple[AgentKey, Any, str]] = deque()
+        self._batches: deque[tuple[Removed, str]] = deque()
         self._threads = 0
         self._idle_callbacks: list[Callable[[], None]] = []
-        self.in_flight = 0  # queued or running
+        self.in_flight = 0  # backends queued or being disposed
         self.disposed = 0
         self.errors = 0
 
-    def submit(self, items: Iterable[tuple[AgentKey, Any]], reason: str) -> int:
-        """Queue ``(key, backend)`` pairs for disposal; returns how many."""
-        jobs = [(key, backend, reason) for key, backend in items]
-        if not jobs:
+    def submit(self, removed: Removed, reason: str) -> int:
+        """Queue ``removed.backends`` for disposal as one batch; returns how many."""
+        count = len(removed.backends)
+        if not count:
             return 0
         with self._lock:
-            self._jobs.extend(jobs)
-            self.in_flight += len(jobs)
-            # One more thread per submission (up to the cap): a batch of quick disposals
-            # needs one, and a hanging dispose() does not hold up the next submission.
+            self._batches.append((removed, reason))
+            self.in_flight += count
+            # One more thread per batch (up to the cap): a hanging dispose() does not
+            # hold up the next batch.
             start_thread = self._threads < self._max_threads
             if start_thread:
                 self._threads += 1
         if start_thread:
-            threading.Thread(target=self._work, name="agent-pool-dispose", daemon=True).start()
-        return len(jobs)
+            self._start_thread()
+        return count
+
+    def _start_thread(self) -> None:
+        try:
+            _start_thread(self._work, "agent-pool-dispose")
+        except RuntimeError as error:  # out of threads: the batch waits, nothing is lost
+            with self._lock:
+                self._threads -= 1
+                waiting, running = self.in_flight, self._threads
+            self.log.error(
+                "could not start a disposal thread ({!r}); {} backends wait for {}",
+                error,
+                waiting,
+                "a running one" if running else "the next sweep or disposal",
+            )
+
+    def resume(self) -> None:
+        """Start a thread for batches left waiting by a failed thread start, if any."""
+        with self._lock:
+            start_thread = bool(self._batches) and self._threads == 0
+            if start_thread:
+                self._threads += 1
+        if start_thread:
+            self._start_thread()
 
     def _work(self) -> None:
         while True:
             with self._lock:
-                if not self._jobs:
+                if not self._batches:
                     self._threads -= 1
                     return
-                key, backend, reason = self._jobs.popleft()
-            is_ok = self._dispose_one(key, backend, reason)
+                removed, reason = self._batches.popleft()
+            errors = self._dispose_batch(removed, reason)
+            count = len(removed.backends)
+            del removed  # the backends go now, on this thread, not on the pool's
             callbacks: list[Callable[[], None]] = []
             with self._lock:
-                self.in_flight -= 1
-                self.disposed += 1
-                if not is_ok:
-                    self.errors += 1
+                self.in_flight -= count
+                self.disposed += count
+                self.errors += errors
                 if self.in_flight == 0:
                     self._idle.notify_all()
                     callbacks, self._idle_callbacks = self._idle_callbacks, []
             for callback in callbacks:
                 callback()
 
-    def _dispose_one(self, key: AgentKey, backend: Any, reason: str) -> bool:
-        try:
-            dispose = getattr(backend, "dispose", None)
-            if not callable(dispose):
-                # Only a factory's invalid result gets here; there is nothing to call.
-                self.log.warning("dropped {!r} for {} ({}): it has no dispose()", backend, key_string(key), reason)
-                return True
-            dispose()
-        except BaseException as error:  # a daemon thread: nobody else would ever see it
-            self.log.opt(exception=error).warning(
-                "dispose() of {} ({}) raised {!r}; the backend is gone from the pool anyway",
-                key_string(key),
-                reason,
-                error,
-            )
-            return False
-        return True
+    def _dispose_batch(self, removed: Removed, reason: str) -> int:
+        errors = 0
+        for index, backend in enumerate(removed.backends):
+            if not index % _DISPOSALS_PER_YIELD:
+                # Hand the GIL over now and then: otherwise a long batch holds it for whole
+                # switch intervals (5 ms) while the pool's thread, which has just started
+                # this one, and the caller waiting for the sweep's reply wait to run.
+                time.sleep(0)
+            try:
+                dispose = getattr(backend, "dispose", None)
+                if callable(dispose):
+                    dispose()
+                else:  # only a factory's invalid result gets here: nothing to call
+                    label = key_string(removed.keys[index])
+                    self.log.warning("dropped {!r} for {} ({}): it has no dispose()", backend, label, reason)
+            except BaseException as error:  # a daemon thread: nobody else would ever see it
+                errors += 1
+                self.log.opt(exception=error).warning(
+                    "dispose() of {} ({}) raised {!r}; the backend is gone from the pool anyway",
+                    key_string(removed.keys[index]),
+                    reason,
+                    error,
+                )
+        return errors
 
     def wait_idle(self, timeout: float) -> bool:
         """Block up to ``timeout`` real seconds until no disposal runs; False on timeout."""
@@ -389,14 +441,16 @@ class AgentPool(SupervisedActor):
             return backend
         creation = self._creations.get(key)
         if creation is None:
-            creation = self._creations[key] = _Creation(key)
+            creation = _Creation(key)
+            factory, pool, disposer = self._factory, self.actor_ref, self._disposer
+            try:
+                _start_thread(lambda: _run_factory(factory, creation, pool, disposer), "agent-pool-factory")
+            except RuntimeError as error:  # out of threads: this get fails, the pool goes on
+                self._factory_errors += 1
+                self._log.error("could not start the factory thread for {}: {!r}", key_string(key), error)
+                raise FactoryError(f"factory({key[0]!r}, {key[1]!r}) could not start: {error!r}") from error
+            self._creations[key] = creation
             self._unfinished.add(creation)
-            threading.Thread(
-                target=_run_factory,
-                args=(self._factory, creation, self.actor_ref, self._disposer),
-                name="agent-pool-factory",
-                daemon=True,
-            ).start()
         reply = DeferredReply()
         creation.waiters.append(reply)
         return reply
@@ -406,7 +460,7 @@ class AgentPool(SupervisedActor):
         key = validate_key(primary, agent)
         previous = self._registry.register(key, backend, self._clock.monotonic())  # InvalidBackend
         if previous is not None:
-            self._dispose_later([(key, previous)], "replaced")
+            self._dispose_later(Removed([key], [previous]), "replaced")
         creation = self._creations.pop(key, None)
         if creation is not None:
             # The registered backend wins over a factory call still running.
@@ -428,7 +482,7 @@ class AgentPool(SupervisedActor):
         registry = self._registry
         return {
             "size": len(registry),
-            "busy": sum(1 for key, backend in registry if self._check_busy(key, backend)),
+            "busy": registry.count_busy(self._check_busy),
             "creating": len(self._creations),
             "disposing": self._disposer.in_flight,
             "disposed": self._disposer.disposed,
@@ -459,7 +513,7 @@ class AgentPool(SupervisedActor):
             raise InvalidKey(f"chat_id must be a str, not {type(chat_id).__name__}")
         removed = self._registry.evict(self._registry.keys_for_primary(chat_id), self._check_busy)
         self._dispose_later(removed, "chat")
-        return [key_string(key) for key, _ in removed]
+        return key_strings(removed.keys)
 
     def dispose(self) -> DeferredReply | None:
         """Dispose every entry (busy ones too) and stop the sweep timer; idempotent.
@@ -476,43 +530,38 @@ class AgentPool(SupervisedActor):
 
     def _sweep(self, now: float) -> list[str]:
         started = time.perf_counter()
-        self._probe_all(now)
+        registry = self._registry
+        self._disposer.resume()
         try:
-            plan = self._registry.plan_sweep(now, self._idle_ttl, self._max_live, self._check_busy)
+            self._probe_errors += registry.probe_health(now, self._log_probe_error)
+        except Exception:  # only a bug of ours gets here: probes' own errors are caught inside
+            self._log.exception("sweep at {}: running the health probes failed; sweeping anyway", now)
+        try:
+            plan = registry.plan_sweep(now, self._idle_ttl, self._max_live, self._check_busy)
         except Exception:
             self._log.exception("sweep at {}: deciding what to evict failed; nothing evicted this time", now)
             plan = SweepPlan([], [])
-        ttl = self._evict(plan.ttl_keys, "ttl")
-        lru = self._evict(plan.lru_keys, "lru")
+        # Busy is asked again right before each removal: one found busy now stays.
+        ttl = registry.evict(plan.ttl_keys, self._check_busy) if plan.ttl_keys else _NOTHING
+        lru = registry.evict(plan.lru_keys, self._check_busy) if plan.lru_keys else _NOTHING
+        evicted = key_strings(ttl.keys + lru.keys)
         self._sweeps += 1
-        self._last_sweep_ms = (time.perf_counter() - started) * 1000.0
-        if ttl or lru:
+        if evicted:
             self._log.info(
                 "sweep evicted {} idle and {} over the cap of {}; {} left",
-                len(ttl),
-                len(lru),
+                len(ttl.keys),
+                len(lru.keys),
                 self._max_live,
-                len(self._registry),
+                len(registry),
             )
-        return ttl + lru
+        # Handed over last, so the disposal thread starts once this handler's work is done.
+        self._dispose_later(ttl, "ttl")
+        self._dispose_later(lru, "lru")
+        self._last_sweep_ms = (time.perf_counter() - started) * 1000.0
+        return evicted
 
-    def _probe_all(self, now: float) -> None:
-        for key, backend in self._registry:
-            try:
-                probe = getattr(backend, "tick_health", None)
-                if callable(probe):
-                    probe(now)
-            except Exception as error:
-                self._probe_errors += 1
-                self._log.warning("health probe of {} raised {!r}; the entry stays", key_string(key), error)
-
-    def _evict(self, keys: list[AgentKey], reason: str) -> list[str]:
-        if not keys:
-            return []
-        # Busy is asked again right before each removal: one found busy now stays.
-        removed = self._registry.evict(keys, self._check_busy)
-        self._dispose_later(removed, reason)
-        return [key_string(key) for key, _ in removed]
+    def _log_probe_error(self, key: AgentKey, error: Exception) -> None:
+        self._log.warning("health probe of {} raised {!r}; the entry stays", key_string(key), error)
 
     def _check_busy(self, key: AgentKey, backend: Any) -> bool:
         # Called for up to every entry in a sweep: no closure per call, the error (rare)
@@ -531,14 +580,12 @@ class AgentPool(SupervisedActor):
 
     # -- disposal -------------------------------------------------------------------------
 
-    def _take_all(self) -> list[tuple[AgentKey, Any]]:
-        entries = list(self._registry)
-        self._registry.clear()
-        return entries
+    def _take_all(self) -> Removed:
+        return self._registry.clear()
 
-    def _dispose_later(self, removed: list[tuple[AgentKey, Any]], reason: str) -> int:
+    def _dispose_later(self, removed: Removed, reason: str) -> int:
         if reason in self._evictions:
-            self._evictions[reason] += len(removed)
+            self._evictions[reason] += len(removed.backends)
         return self._disposer.submit(removed, reason)
 
     def _when_disposals_done(self) -> DeferredReply | None:
@@ -587,7 +634,7 @@ class AgentPool(SupervisedActor):
             if error is not None:
                 self._log.info("factory for {} raised {!r} after a register() replaced it", label, error)
             elif self._registry.peek(key) is not backend:  # the factory may have registered it itself
-                self._dispose_later([(key, backend)], "replaced")
+                self._dispose_later(Removed([key], [backend]), "replaced")
             return
         if error is None:
             try:
@@ -605,7 +652,7 @@ class AgentPool(SupervisedActor):
             return
         previous = self._registry.register(key, backend, self._clock.monotonic())
         if previous is not None:  # unreachable while register() supersedes; never leak anyway
-            self._dispose_later([(key, previous)], "replaced")
+            self._dispose_later(Removed([key], [previous]), "replaced")
         for reply in creation.waiters:
             reply.set(backend)
 
@@ -616,7 +663,7 @@ class AgentPool(SupervisedActor):
         for creation in creations:
             is_finished, backend, error = creation.take()
             if is_finished and error is None:
-                self._disposer.submit([(creation.key, backend)], "abandoned")
+                self._disposer.submit(Removed([creation.key], [backend]), "abandoned")
             if answer_waiters:
                 for reply in creation.waiters:
                     gone = Undelivered(f"the agent pool stopped while the factory ran for {key_string(creation.key)}")

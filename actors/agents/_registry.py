@@ -3,18 +3,17 @@
 No actors, threads or clocks here: callers pass ``now`` (a ``Clock.monotonic()``
 reading) and an ``is_busy(key, backend)`` predicate (usually wrapping `is_busy`).
 The decisions are the pure `select_idle_eviction_targets` and
-`select_lru_eviction_targets`; `AgentRegistry` reaches the same answers without
-sorting, by walking its entries in recency order::
+`select_lru_eviction_targets`; `AgentRegistry.plan_sweep` reaches the same answers
+without sorting, by walking its entries in recency order::
 
     registry = AgentRegistry()
     registry.register(("chat-1", "coder"), backend, now=clock.monotonic())
-    busy = lambda key, backend: is_busy(backend, on_error=log_probe_failure)
+    busy = lambda key, backend: is_busy(backend, on_error=log_busy_error)
 
+    registry.probe_health(now, on_error=log_probe_error)  # tick_health(now) on each
     plan = registry.plan_sweep(now, idle_ttl=1800.0, max_live=32, is_busy=busy)
-    evicted = registry.evict(plan.keys, is_busy=busy)  # busy checked again: [(key, backend)]
-    # or both in one walk, busy asked once per entry:
-    evicted = registry.sweep(now, idle_ttl=1800.0, max_live=32, is_busy=busy).evicted
-    # ...then dispose the evicted backends off the actor's thread.
+    removed = registry.evict(plan.keys, is_busy=busy)  # busy checked again: Removed(keys, backends)
+    # ...then dispose removed.backends off the actor's thread, as one batch.
 """
 
 from __future__ import annotations
@@ -37,11 +36,12 @@ __all__ = [
     "InvalidBackend",
     "InvalidKey",
     "InvalidSetting",
+    "Removed",
     "SweepPlan",
-    "SweepResult",
     "check_backend",
     "is_busy",
     "key_string",
+    "key_strings",
     "select_idle_eviction_targets",
     "select_lru_eviction_targets",
     "validate_key",
@@ -102,7 +102,12 @@ def validate_key(primary: object, agent: object) -> AgentKey:
 
 def key_string(key: AgentKey) -> str:
     """The key as clients see it in sweep results: ``"primary:agent"``."""
-    return f"{key[0]}:{key[1]}"
+    return ":".join(key)
+
+
+def key_strings(keys: Iterable[AgentKey]) -> list[str]:
+    """`key_string` of each key (one C-level pass: a sweep may report 100,000)."""
+    return list(map(":".join, keys))
 
 
 def _is_real(value: object) -> bool:
@@ -263,63 +268,58 @@ class SweepPlan(NamedTuple):
         return self.ttl_keys + self.lru_keys
 
 
-class SweepResult(NamedTuple):
-    """What `AgentRegistry.sweep` removed: ``(key, backend)`` pairs, oldest first."""
+class Removed(NamedTuple):
+    """Entries taken out of the registry, oldest activity first: two parallel lists.
 
-    ttl: list[tuple[AgentKey, Any]]
-    """Idle for longer than the TTL."""
-    lru: list[tuple[AgentKey, Any]]
-    """Least recently active, over the cap."""
+    The backends are not disposed: that is the caller's job (off its thread). Two lists
+    rather than a list of pairs, so removing many entries allocates two objects, not one
+    per entry (see docs/design-agents.md, "Garbage").
+    """
 
-    @property
-    def evicted(self) -> list[tuple[AgentKey, Any]]:
-        """Everything removed, idle ones first."""
-        return self.ttl + self.lru
+    keys: list[AgentKey]
+    backends: list[Any]
 
 
 class _Entry:
-    # backend is None once the entry is removed in bulk (a tombstone, see AgentRegistry).
-    __slots__ = ("backend", "last_active", "activity_seq")
+    __slots__ = ("backend", "last_active", "activity_seq", "chat")
 
-    def __init__(self, backend: Any, last_active: float, activity_seq: int) -> None:
+    def __init__(self, backend: Any, chat: set[str]) -> None:
         self.backend = backend
-        self.last_active = last_active
-        self.activity_seq = activity_seq
+        self.last_active = 0.0
+        self.activity_seq = 0
+        # The agent names registered under this entry's primary (shared by them all, and
+        # the same set as the registry's index holds), so a removal needs no index lookup.
+        self.chat = chat
 
 
 class AgentRegistry:
     """The pool's entries keyed by ``(primary, agent)``, kept in recency order.
 
     Plain and single-threaded (the `AgentPool` actor owns one). Lookups, bumps,
-    registration and removal are O(1) (amortized); iteration is oldest activity first;
-    a sweep costs O(evicted + busy skipped), plus skipping entries removed since the
-    last compaction (never more than the live ones), and never sorts. Keys are
-    not validated here (use `validate_key` at the boundary); backends are checked
-    with `check_backend` on `register`. ``is_busy`` callbacks must not modify the
-    registry.
+    registration and removal are O(1); iteration is oldest activity first. A sweep
+    never sorts: it walks from the oldest entry and stops at the first one that is not
+    idle (or once the cap is met), so it costs O(evicted + busy skipped), plus the
+    health probes, which visit every entry. Keys are not validated here (use
+    `validate_key` at the boundary); backends are checked with `check_backend` on
+    `register`. Callbacks (``is_busy``, probes) must not modify the registry.
 
     Activity times never go backwards: a ``now`` earlier than the latest recorded
     activity is recorded as that latest time. Recency order and time order then
     agree, which lets a sweep stop at the first entry that is not idle.
     """
 
-    __slots__ = ("_entries", "_by_primary", "_tombstones", "_next_seq", "_latest")
+    __slots__ = ("_entries", "_by_primary", "_next_seq", "_latest")
 
     def __init__(self) -> None:
         # Least recently active first: a bump pops the key and inserts it again at the
         # end. A plain dict rather than an OrderedDict: its entries sit in one array in
-        # that order, so a sweep's walk reads memory in order instead of chasing linked
-        # nodes and re-hashing every key (several times faster at 100k entries).
+        # that order, so a walk reads memory in order (an OrderedDict's iteration looks
+        # every key up again).
         self._entries: dict[AgentKey, _Entry] = {}
-        # primary -> its keys, so close_chat does not scan the whole pool. Holds exactly
-        # the keys of _entries, tombstones included.
-        self._by_primary: dict[str, dict[AgentKey, None]] = {}
-        # Entries removed by a sweep or evict stay in both dicts with backend None until
-        # they outnumber the live ones: deleting tens of thousands of keys one by one
-        # means hashing each and probing two large tables at random, which at 100k
-        # entries costs more than the whole decision. Compacting is O(live) and happens
-        # after at least that many removals, so it stays O(1) amortized per removal.
-        self._tombstones = 0
+        # primary -> its agents' names, so close_chat does not scan the whole pool. Sets of
+        # names, not of keys: a str caches its hash and a small set holds its table
+        # inline, so keeping this index costs a removal one object, not three.
+        self._by_primary: dict[str, set[str]] = {}
         self._next_seq = 0
         self._latest = -math.inf
 
@@ -332,17 +332,12 @@ class AgentRegistry:
         entry.activity_seq = self._next_seq
         self._next_seq += 1
 
-    def _live(self, key: AgentKey) -> _Entry | None:
-        entry = self._entries.get(key)
-        return None if entry is None or entry.backend is None else entry
-
     # -- single entries
 
     def _bump(self, key: AgentKey, now: float) -> _Entry | None:
-        entry = self._live(key)
+        entries = self._entries
+        entry = entries.pop(key, None)
         if entry is not None:
-            entries = self._entries
-            del entries[key]
             entries[key] = entry
             self._stamp(entry, now)
         return entry
@@ -354,7 +349,7 @@ class AgentRegistry:
 
     def peek(self, key: AgentKey) -> Any | None:
         """The backend of ``key`` or None, without marking it active."""
-        entry = self._live(key)
+        entry = self._entries.get(key)
         return None if entry is None else entry.backend
 
     def touch(self, key: AgentKey, now: float) -> bool:
@@ -373,11 +368,11 @@ class AgentRegistry:
         entry = entries.pop(key, None)
         previous = None
         if entry is None:
-            entry = _Entry(backend, 0.0, 0)
-            self._by_primary.setdefault(key[0], {})[key] = None
-        elif entry.backend is None:  # a tombstone comes back to life
-            self._tombstones -= 1
-            entry.backend = backend
+            chat = self._by_primary.get(key[0])
+            if chat is None:
+                chat = self._by_primary[key[0]] = set()
+            chat.add(key[1])
+            entry = _Entry(backend, chat)
         else:
             previous = None if entry.backend is backend else entry.backend
             entry.backend = backend
@@ -387,22 +382,18 @@ class AgentRegistry:
 
     def remove(self, key: AgentKey) -> Any | None:
         """Unregister ``key``; returns its backend (not disposed), or None."""
-        entry = self._entries.get(key)
+        entry = self._entries.pop(key, None)
         if entry is None:
             return None
-        backend = entry.backend
-        del self._entries[key]
-        agents = self._by_primary[key[0]]
-        del agents[key]
-        if not agents:
+        chat = entry.chat
+        chat.discard(key[1])
+        if not chat:
             del self._by_primary[key[0]]
-        if backend is None:
-            self._tombstones -= 1
-        return backend
+        return entry.backend
 
     def last_active(self, key: AgentKey) -> float | None:
         """When ``key`` was last active (``now`` scale), or None if not registered."""
-        entry = self._live(key)
+        entry = self._entries.get(key)
         return None if entry is None else entry.last_active
 
     # -- the whole pool
@@ -413,31 +404,31 @@ class AgentRegistry:
         if not agents:
             return []
         entries = self._entries
-        live = [key for key in agents if entries[key].backend is not None]
-        return sorted(live, key=lambda key: entries[key].activity_seq)
+        return sorted([(primary, agent) for agent in agents], key=lambda key: entries[key].activity_seq)
 
     def __len__(self) -> int:
-        return len(self._entries) - self._tombstones
+        return len(self._entries)
 
     def __contains__(self, key: object) -> bool:
-        return self._live(key) is not None  # type: ignore[arg-type]
+        return key in self._entries
 
     def __iter__(self) -> Iterator[tuple[AgentKey, Any]]:
         """``(key, backend)`` pairs, least recently active first.
 
         Iterates over a copy, so the caller may register or remove meanwhile.
         """
-        return iter(
-            [(key, entry.backend) for key, entry in self._entries.items() if entry.backend is not None]
-        )
+        return iter([(key, entry.backend) for key, entry in self._entries.items()])
 
-    def clear(self) -> list[Any]:
-        """Unregister everything; returns the backends (not disposed), oldest first."""
-        backends = [entry.backend for entry in self._entries.values() if entry.backend is not None]
+    def clear(self) -> Removed:
+        """Unregister everything; returns what was removed (not disposed), oldest first."""
+        removed = Removed(list(self._entries), [entry.backend for entry in self._entries.values()])
         self._entries.clear()
         self._by_primary.clear()
-        self._tombstones = 0
-        return backends
+        return removed
+
+    def count_busy(self, is_busy: BusyPredicate) -> int:
+        """How many entries ``is_busy(key, backend)`` calls busy (asked once each, in place)."""
+        return sum(1 for key, entry in self._entries.items() if is_busy(key, entry.backend))
 
     def snapshots(self, is_busy: BusyPredicate) -> list[EntrySnapshot]:
         """Every entry as an `EntrySnapshot`, least recently active first.
@@ -447,117 +438,83 @@ class AgentRegistry:
         return [
             EntrySnapshot(key, entry.last_active, entry.activity_seq, bool(is_busy(key, entry.backend)))
             for key, entry in self._entries.items()
-            if entry.backend is not None
         ]
 
     # -- sweeping
 
-    def _walk(
-        self, now: float, idle_ttl: float, max_live: int, is_busy: BusyPredicate
-    ) -> tuple[list[AgentKey], list[_Entry], list[AgentKey], list[_Entry]]:
-        # Idle entries form a prefix of the recency order (activity times never go
-        # backwards), so the walk stops at the first live entry that is not idle, then
-        # goes on only as far as the cap needs: no sorting, and is_busy asked at most
-        # once per entry. Tombstones on the way are skipped (there are at most as many
-        # as live entries).
-        idle_keys: list[AgentKey] = []
-        idle_entries: list[_Entry] = []
-        items = iter(self._entries.items())
-        first_not_idle: tuple[AgentKey, _Entry] | None = None
-        for key, entry in items:
-            backend = entry.backend
-            if backend is None:
-                continue
-            if not now - entry.last_active > idle_ttl:
-                first_not_idle = (key, entry)
-                break
-            if not is_busy(key, backend):
-                idle_keys.append(key)
-                idle_entries.append(entry)
-        lru_keys: list[AgentKey] = []
-        lru_entries: list[_Entry] = []
-        excess = len(self) - len(idle_keys) - max_live
-        if excess <= 0 or first_not_idle is None:
-            return idle_keys, idle_entries, lru_keys, lru_entries
-        key, entry = first_not_idle
-        if not is_busy(key, entry.backend):
-            lru_keys.append(key)
-            lru_entries.append(entry)
-        # Everything before first_not_idle is already chosen, busy or a tombstone.
-        for key, entry in items:
-            if len(lru_keys) >= excess:
-                break
-            backend = entry.backend
-            if backend is not None and not is_busy(key, backend):
-                lru_keys.append(key)
-                lru_entries.append(entry)
-        return idle_keys, idle_entries, lru_keys, lru_entries
+    def probe_health(self, now: float, on_error: Callable[[AgentKey, Exception], None]) -> int:
+        """Call every backend's ``tick_health(now)``, if it has one, oldest first.
 
-    def _bury(self, keys: list[AgentKey], entries: list[_Entry]) -> list[tuple[AgentKey, Any]]:
-        # Bulk removal: the entries are in hand, so no hashing; see _tombstones.
-        removed = [(key, entry.backend) for key, entry in zip(keys, entries)]
-        for entry in entries:
-            entry.backend = None
-        self._tombstones += len(entries)
-        return removed
-
-    def _compact_if_due(self) -> None:
-        if self._tombstones <= len(self):
-            return
-        # Rebuilding keeps the recency order and drops every tombstone in one pass.
-        old = self._entries
-        self._entries = {key: entry for key, entry in old.items() if entry.backend is not None}
-        by_primary = self._by_primary
-        for key, entry in old.items():
-            if entry.backend is None:
-                agents = by_primary[key[0]]
-                del agents[key]
-                if not agents:
-                    del by_primary[key[0]]
-        self._tombstones = 0
+        A probe that raises is reported as ``on_error(key, error)`` and the walk goes on;
+        returns how many raised. Allocates nothing per entry (no list of pairs).
+        """
+        errors = 0
+        for key, entry in self._entries.items():
+            try:
+                probe = getattr(entry.backend, "tick_health", None)
+                if callable(probe):
+                    probe(now)
+            except Exception as error:
+                errors += 1
+                on_error(key, error)
+        return errors
 
     def plan_sweep(
         self, now: float, idle_ttl: float, max_live: int, is_busy: BusyPredicate
     ) -> SweepPlan:
-        """Decide one sweep, removing nothing: the same keys, in the same order, as
+        """Decide one sweep, removing nothing; act on it with `evict`.
 
+        The same keys, in the same order, as
         ``ttl = select_idle_eviction_targets(snaps, now, idle_ttl)`` and
         ``select_lru_eviction_targets(snaps, max_live, ttl)`` over
-        ``snaps = self.snapshots(is_busy)``, but without sorting and visiting only the
-        idle prefix and the entries the cap needs. Act on it with `evict`.
+        ``snaps = self.snapshots(is_busy)``, but without sorting: idle entries form a
+        prefix of the recency order (activity times never go backwards), so the walk
+        stops at the first entry that is not idle, then goes on only as far as the cap
+        needs. ``is_busy`` is asked at most once per entry, and only of entries visited.
         """
-        idle_keys, _, lru_keys, _ = self._walk(now, idle_ttl, max_live, is_busy)
-        return SweepPlan(idle_keys, lru_keys)
+        ttl_keys: list[AgentKey] = []
+        lru_keys: list[AgentKey] = []
+        items = iter(self._entries.items())
+        for key, entry in items:
+            if not now - entry.last_active > idle_ttl:
+                break
+            if not is_busy(key, entry.backend):
+                ttl_keys.append(key)
+        else:
+            return SweepPlan(ttl_keys, lru_keys)  # everything was idle: nothing left for the cap
+        excess = len(self._entries) - len(ttl_keys) - max_live
+        if excess <= 0:
+            return SweepPlan(ttl_keys, lru_keys)
+        # key, entry: the first entry that is not idle. Everything before it is chosen
+        # already or busy; from here on, the oldest non-busy entries go.
+        if not is_busy(key, entry.backend):
+            lru_keys.append(key)
+        for key, entry in items:
+            if len(lru_keys) >= excess:
+                break
+            if not is_busy(key, entry.backend):
+                lru_keys.append(key)
+        return SweepPlan(ttl_keys, lru_keys)
 
-    def evict(self, keys: Iterable[AgentKey], is_busy: BusyPredicate) -> list[tuple[AgentKey, Any]]:
+    def evict(self, keys: Iterable[AgentKey], is_busy: BusyPredicate) -> Removed:
         """Remove each key that is still registered and, checked again now, not busy.
 
-        Returns the removed ``(key, backend)`` pairs in ``keys`` order; the caller
-        disposes the backends (off its thread). A key found busy stays registered and
-        is left out of the result.
+        Busy is asked right before each removal; a key found busy stays registered and
+        is left out of the result, as is one not registered (or repeated). Returns the
+        removed entries in ``keys`` order; the caller disposes the backends.
         """
-        removed: list[tuple[AgentKey, Any]] = []
+        entries = self._entries
+        removed_keys: list[AgentKey] = []
+        backends: list[Any] = []
         for key in keys:
-            entry = self._live(key)
-            if entry is not None and not is_busy(key, entry.backend):
-                removed.append((key, entry.backend))
-                # A tombstone (see _tombstones): a repeat of key further on finds it gone.
-                entry.backend = None
-        self._tombstones += len(removed)
-        self._compact_if_due()
-        return removed
-
-    def sweep(
-        self, now: float, idle_ttl: float, max_live: int, is_busy: BusyPredicate
-    ) -> SweepResult:
-        """Decide and remove in one walk: `plan_sweep` then `evict`, busy asked once.
-
-        Each entry's busy answer is taken during the walk, right before it is chosen,
-        instead of once to plan and again to act; otherwise the outcome is that of
-        ``evict(plan_sweep(...).keys)``. Returns the removed backends (not disposed)
-        by reason.
-        """
-        idle_keys, idle_entries, lru_keys, lru_entries = self._walk(now, idle_ttl, max_live, is_busy)
-        result = SweepResult(self._bury(idle_keys, idle_entries), self._bury(lru_keys, lru_entries))
-        self._compact_if_due()
-        return result
+            entry = entries.get(key)
+            if entry is None or is_busy(key, entry.backend):
+                continue
+            del entries[key]
+            chat = entry.chat
+            chat.discard(key[1])
+            if not chat:
+                del self._by_primary[key[0]]
+            removed_keys.append(key)
+            backends.append(entry.backend)
+        return Removed(removed_keys, backends)
