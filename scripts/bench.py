@@ -134,7 +134,10 @@ def section_agent_pool(quick: bool) -> SectionResult:
     figures = bench_sweep(rounds=2) if quick else bench_sweep()
     if not isinstance(figures, dict):
         raise TypeError(f"bench_sweep() returned {type(figures).__name__}, not a dict")
-    return SectionResult(rows_from_figures(figures, _AGENT_ROWS), details=figures)
+    rows = rows_from_figures(figures, _AGENT_ROWS)
+    for info in figures.get("info_rows") or []:
+        rows.append(Row(info["name"], info["ours"], info["baseline"], info["unit"], info["ratio"], None))
+    return SectionResult(rows, details={key: value for key, value in figures.items() if key != "info_rows"})
 
 
 def rows_from_figures(
