@@ -124,17 +124,38 @@ class AwaitableFuture(pykka.ThreadingFuture[T]):
 
     def __await__(self) -> Generator[Any, None, T]:
         yield from self._wait_async()
-        return cast(T, self.get(timeout=0))
+        return cast(T, self._outcome())
+
+    def _outcome(self) -> Any:
+        """The value (or raise the exception) of a future that is done; `get(timeout=0)` sped up."""
+        result = self._result
+        if result is None:  # a get-hook future: computed by get()
+            return self.get(timeout=0)
+        if result.exc_info is None:
+            return result.value
+        return pykka.ThreadingFuture.get(self, timeout=0)  # raises it, as get() does
 
     __iter__ = __await__  # as pykka's, so `yield from future` keeps working
 
     def _wait_async(self) -> Generator[Any, None, None]:
         """Suspend the running task until the reply is set; never blocks the loop."""
-        if self.done:
+        if self._result is not None or (self._sources is not None and self.done):
             return
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
-        self.add_done_callback(functools.partial(_wake, loop, waiter))
+        wake = functools.partial(_wake, loop, waiter)
+        if self._get_hook is None:
+            with self._condition:  # add_done_callback, inlined: this is every awaited call
+                if self._result is None:
+                    if self._callbacks is None:
+                        self._callbacks = [wake]
+                    else:
+                        self._callbacks.append(wake)
+                    wake = None  # type: ignore[assignment]
+            if wake is not None:
+                return  # set meanwhile
+        else:
+            self.add_done_callback(wake)
         # Cancelling the task cancels only `waiter`: the call and its reply are untouched.
         yield from waiter
 

@@ -268,7 +268,7 @@ class _HandleFuture(AwaitableFuture[Any]):
                     self.deliver(ref)
             yield from self._wait_async()
             try:
-                return pykka.ThreadingFuture.get(self, timeout=0)
+                return self._outcome()
             except Undelivered as error:
                 if not self._take_back_undelivered(error):
                     raise
