@@ -106,9 +106,9 @@ class Subscription:
         self._buffer: deque[Event] = deque()
         self._condition = threading.Condition(threading.Lock())
         self._sync_waiters = 0
-        # The one asyncio consumer waiting, if any: woken once, then forgotten until it
-        # has drained the buffer and waits again (at most one wake-up per batch).
-        self._async_waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
+        # asyncio consumers waiting on an empty buffer: each is woken once, then forgotten
+        # until it has drained the buffer and waits again (at most one wake-up per batch).
+        self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         _attach(self)
 
     def __repr__(self) -> str:
@@ -127,8 +127,10 @@ class Subscription:
             self._buffer.append(event)
             if self._sync_waiters:
                 self._condition.notify()
-            waiter, self._async_waiter = self._async_waiter, None
-        if waiter is not None:
+            if not self._async_waiters:
+                return
+            waiters, self._async_waiters = self._async_waiters, []
+        for waiter in waiters:
             _wake(*waiter)
 
     # -- the consumer's side ---------------------------------------------------------------------
@@ -179,13 +181,14 @@ class Subscription:
                     raise StopAsyncIteration
                 loop = asyncio.get_running_loop()
                 waiter: asyncio.Future[None] = loop.create_future()
-                self._async_waiter = (loop, waiter)
+                entry = (loop, waiter)
+                self._async_waiters.append(entry)
             try:
                 await waiter
             finally:
                 with self._condition:
-                    if self._async_waiter is not None and self._async_waiter[1] is waiter:
-                        self._async_waiter = None
+                    if entry in self._async_waiters:  # cancelled before an event came
+                        self._async_waiters.remove(entry)
 
     def close(self) -> None:
         """Stop receiving events; wakes every waiting consumer."""
@@ -193,8 +196,8 @@ class Subscription:
         with self._condition:
             self.closed = True
             self._condition.notify_all()
-            waiter, self._async_waiter = self._async_waiter, None
-        if waiter is not None:
+            waiters, self._async_waiters = self._async_waiters, []
+        for waiter in waiters:
             _wake(*waiter)
 
     def __enter__(self) -> Subscription:

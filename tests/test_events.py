@@ -270,3 +270,33 @@ def test_async_for_from_another_thread_without_blocking_the_loop(actor_cleanup: 
     seen, ticks = asyncio.run(main())
     assert seen == ["child_started:a", "child_started:b", "child_exited:b", "child_exited:a"]
     assert ticks >= 1
+
+
+def test_two_async_consumers_of_one_subscription_both_wake() -> None:
+    async def main() -> list[str]:
+        with subscribe(kinds={"job"}) as subscription:
+            async def take() -> str:
+                async for event in subscription:
+                    return event.data["id"]
+                return "closed"
+
+            first, second = asyncio.create_task(take()), asyncio.create_task(take())
+            await asyncio.sleep(0)  # both wait on the empty buffer
+            emit("job", id="a")
+            emit("job", id="b")
+            return sorted(await asyncio.wait_for(asyncio.gather(first, second), 5))
+
+    assert asyncio.run(main()) == ["a", "b"]
+
+
+def test_a_cancelled_async_consumer_leaves_no_waiter() -> None:
+    async def main() -> int:
+        with subscribe() as subscription:
+            consumer = asyncio.create_task(subscription.__anext__())
+            await asyncio.sleep(0)
+            consumer.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await consumer
+            return len(subscription._async_waiters)
+
+    assert asyncio.run(main()) == 0
