@@ -132,6 +132,16 @@ def test_supervised_actor_futures_are_awaitable_kind(actor_cleanup: None) -> Non
     assert isinstance(ref.proxy().ping(), AwaitableFuture)
     assert isinstance(Handle(sup, "w").proxy().ping(), AwaitableFuture)
     assert isinstance(sup.proxy().count_children(), AwaitableFuture)
+    assert isinstance(Handle(sup, "w").ask_future(pykka.messages.ProxyGetAttr(attr_path=("calls",))), AwaitableFuture)
+
+    async def main() -> list[Any]:
+        return [
+            await ref.ask(pykka.messages.ProxyGetAttr(attr_path=("calls",)), block=False),
+            await Handle(sup, "w").ask_future(pykka.messages.ProxyCall(attr_path=("numbers",), args=(), kwargs={})),
+            await Handle(sup, "w").proxy().calls,  # an attribute read through a Handle proxy
+        ]
+
+    assert asyncio.run(main()) == [0, [1, 2, 3, 4], 0]
     assert isinstance(Worker.start().proxy().ping(), pykka.ThreadingFuture)
     assert not isinstance(Worker.start().proxy().ping(), AwaitableFuture)
 
