@@ -28,8 +28,6 @@ from pykka._envelope import Envelope
 from supervision._actor import ExitReason, SupervisedActor, log_crash, supervised_class
 from supervision._clock import Clock, SystemClock
 from supervision._directory import Directory
-from supervision._events import emit
-from supervision._future import AwaitableFuture
 from supervision._errors import (
     AlreadyPresent,
     AlreadyStarted,
@@ -40,6 +38,8 @@ from supervision._errors import (
     UnknownMessage,
     describe,
 )
+from supervision._events import emit
+from supervision._future import AwaitableFuture
 from supervision._spec import (
     ChildInfo,
     ChildSpec,
