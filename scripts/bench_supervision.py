@@ -1,4 +1,4 @@
-"""Benchmark the supervision layer (CONTRACT §6, "Handle overhead" and "Restart latency").
+"""Benchmark the supervision layer (CONTRACT §6, "Handle overhead", "Restart latency", "asyncio").
 
 Each function returns a dict of figures (medians, seconds or calls/s), the ratio against a
 baseline measured in the same run, and its target. The two sides are interleaved in short
@@ -9,6 +9,14 @@ between ~25 µs and ~150 µs depending on where the scheduler puts the threads:
   the other (each measured actor pins itself in `on_start`; the threads started while setting
   up inherit the actor CPU too), so one call is one cross-CPU handoff on both sides.
 - `bench_restart_latency`: the whole process runs on one CPU.
+- `bench_await_vs_get`: sequential `await`s of a trivial `Handle` proxy call from one asyncio
+  task vs blocking `.get()` calls from a plain thread, same actor; caller CPU / actor CPU as
+  for the handle overhead.
+- `bench_loop_stall`: the largest gap of a 1 ms ticker task while 8 tasks await 0.5 s calls
+  (8 supervised actors); the same ticker with nothing pending is reported for information.
+- `bench_handle_overhead_subscribed`: `bench_handle_overhead` with one idle event subscriber
+  attached (a trivial call emits nothing: this guards that a subscriber costs the call path
+  nothing; domain rows whose calls emit events measure the emit itself).
 
 On a machine with a single usable CPU everything runs on that CPU (the figures say so).
 
@@ -18,6 +26,7 @@ it as its "supervision" section.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import statistics
@@ -36,18 +45,27 @@ except ImportError:  # run from a checkout without installing: put the repositor
 
 import pykka
 
-from supervision import ChildSpec, Handle, Supervisor, kill
+from supervision import ChildSpec, Handle, Supervisor, kill, subscribe
 
 __all__ = [
+    "AWAIT_VS_GET_TARGET",
+    "HANDLE_OVERHEAD_SUBSCRIBED_TARGET",
     "HANDLE_OVERHEAD_TARGET",
+    "LOOP_STALL_TARGET_S",
     "RESTART_LATENCY_TARGET",
+    "bench_await_vs_get",
     "bench_handle_overhead",
+    "bench_handle_overhead_subscribed",
+    "bench_loop_stall",
     "bench_restart_latency",
     "cpu_layout",
 ]
 
 HANDLE_OVERHEAD_TARGET = 0.95  # ours / bare calls per second, at least (contract §6, v3)
 RESTART_LATENCY_TARGET = 2.0  # ours / bare start() + first ref.ask(), at most (contract §6, v3)
+AWAIT_VS_GET_TARGET = 0.6  # awaits/s from one task / blocking gets/s from a thread, at least (§6, v3)
+LOOP_STALL_TARGET_S = 0.005  # largest ticker gap with 8 slow calls pending, at most (§6, v3)
+HANDLE_OVERHEAD_SUBSCRIBED_TARGET = 0.9  # handle overhead with 1 idle subscriber, at least (issue 13)
 
 
 # -- CPU pinning ----------------------------------------------------------------------------
@@ -130,6 +148,10 @@ class Echo(pykka.ThreadingActor):
 
     def ping(self) -> str:
         return self.actor_urn
+
+    def slow(self, seconds: float) -> float:
+        time.sleep(seconds)  # stands for a slow call (a backend, a disk)
+        return seconds
 
     def on_receive(self, message: Any) -> Any:  # for the bare `ref.ask("ping")` baseline
         return self.actor_urn if message == "ping" else None
@@ -303,6 +325,150 @@ def bench_restart_latency(rounds: int = 40, warmup: int = 3) -> dict[str, Any]:
     }
 
 
+# -- (c) asyncio: awaits vs blocking gets, and the loop's largest stall -----------------------
+
+
+def bench_await_vs_get(rounds: int = 20, calls: int = 2_000, warmup: int = 500) -> dict[str, Any]:
+    """Calls/s of `await proxy.ping()` in sequence from one task vs `proxy.ping().get()` from a thread.
+
+    Both sides call the same supervised actor through the same `Handle` proxy; the event
+    loop (and the plain thread) run on the caller CPU, the actor on the other.
+    """
+    layout = cpu_layout()
+    caller_cpu, actor_cpu = layout["caller_cpu"], layout["actor_cpu"]
+    sup: pykka.ActorRef[Any] | None = None
+    loop = asyncio.new_event_loop()
+    try:
+        with _thread_on(actor_cpu):
+            sup = Supervisor.start([ChildSpec("child", Echo, kwargs={"pin_cpu": actor_cpu})])
+        with _thread_on(caller_cpu):
+            proxy = Handle(sup, "child").proxy()
+
+            async def awaits(count: int) -> None:
+                for _ in range(count):
+                    await proxy.ping()
+
+            def gets(count: int) -> None:
+                for _ in range(count):
+                    proxy.ping().get()
+
+            sides: dict[str, Callable[[int], Any]] = {
+                "await": lambda count: loop.run_until_complete(awaits(count)),
+                "get": gets,
+            }
+            for side in sides.values():
+                side(warmup)
+            rates: dict[str, list[float]] = {name: [] for name in sides}
+            ratios: list[float] = []
+            for order in _orders(rounds, list(sides)):
+                this_round: dict[str, float] = {}
+                for name in order:
+                    gc.collect()
+                    start = time.perf_counter()
+                    sides[name](calls)
+                    this_round[name] = calls / (time.perf_counter() - start)
+                    rates[name].append(this_round[name])
+                ratios.append(this_round["await"] / this_round["get"])
+    finally:
+        loop.close()
+        if sup is not None:
+            sup.stop()
+    return {
+        "layout": layout["note"],
+        "rounds": rounds,
+        "calls_per_round": calls,
+        "await_calls_per_s": _median(rates["await"]),
+        "get_calls_per_s": _median(rates["get"]),
+        "await_us_per_call": 1e6 / _median(rates["await"]),
+        "get_us_per_call": 1e6 / _median(rates["get"]),
+        "ratio": _median(ratios),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+        "target": AWAIT_VS_GET_TARGET,
+    }
+
+
+async def _largest_gap(tick: float, until: asyncio.Event) -> float:
+    largest = 0.0
+    while not until.is_set():
+        before = time.perf_counter()
+        await asyncio.sleep(tick)
+        largest = max(largest, time.perf_counter() - before - tick)
+    return largest
+
+
+def bench_loop_stall(rounds: int = 3, tasks: int = 8, call_s: float = 0.5, tick: float = 0.001) -> dict[str, Any]:
+    """The largest wait of a task ticking every `tick` s while `tasks` tasks await `call_s` calls.
+
+    Each task awaits its own supervised actor through a `Handle` proxy. The gap counted is
+    how much later than `tick` the ticker woke. An idle round (the ticker alone, as long)
+    is measured before each loaded one, for information: the machine's own jitter.
+    """
+    layout = cpu_layout()
+    caller_cpu, actor_cpu = layout["caller_cpu"], layout["actor_cpu"]
+    sup: pykka.ActorRef[Any] | None = None
+    loaded: list[float] = []
+    idle: list[float] = []
+    try:
+        with _thread_on(actor_cpu):
+            sup = Supervisor.start([ChildSpec(f"w{index}", Echo, kwargs={"pin_cpu": actor_cpu}) for index in range(tasks)])
+        with _thread_on(caller_cpu):
+            proxies = [Handle(sup, f"w{index}").proxy() for index in range(tasks)]
+
+            async def idle_round() -> float:
+                until = asyncio.Event()
+                ticker = asyncio.create_task(_largest_gap(tick, until))
+                await asyncio.sleep(call_s)
+                until.set()
+                return await ticker
+
+            async def loaded_round() -> float:
+                until = asyncio.Event()
+                ticker = asyncio.create_task(_largest_gap(tick, until))
+                await asyncio.sleep(0.01)  # the ticker is running before the calls start
+
+                async def call(proxy: Any) -> Any:
+                    return await proxy.slow(call_s)
+
+                await asyncio.gather(*(call(proxy) for proxy in proxies))
+                until.set()
+                return await ticker
+
+            async def main() -> None:
+                await asyncio.gather(*(proxy.ping() for proxy in proxies))  # all started
+                for _ in range(rounds):
+                    gc.collect()
+                    idle.append(await idle_round())
+                    gc.collect()
+                    loaded.append(await loaded_round())
+
+            asyncio.run(main())
+    finally:
+        if sup is not None:
+            sup.stop()
+    return {
+        "layout": layout["note"],
+        "rounds": rounds,
+        "pending_calls": tasks,
+        "call_s": call_s,
+        "tick_s": tick,
+        "largest_gap_s": _median(loaded),
+        "largest_gap_max_s": max(loaded),
+        "idle_largest_gap_s": _median(idle),
+        "target": LOOP_STALL_TARGET_S,
+    }
+
+
+def bench_handle_overhead_subscribed(rounds: int = 20, calls: int = 2_000, warmup: int = 500) -> dict[str, Any]:
+    """`bench_handle_overhead` with one idle event subscriber attached throughout."""
+    with subscribe() as idle:
+        figures = bench_handle_overhead(rounds=rounds, calls=calls, warmup=warmup)
+        figures["subscriber_buffered"] = len(idle.drain())
+        figures["subscriber_dropped"] = idle.dropped
+    figures["target"] = HANDLE_OVERHEAD_SUBSCRIBED_TARGET
+    return figures
+
+
 def quiet_logs() -> None:
     """Send loguru's output to a sink that discards it (records are still formatted at INFO+).
 
@@ -324,7 +490,18 @@ def main(argv: list[str] | None = None) -> int:
     quiet_logs()
     overhead = bench_handle_overhead(rounds=6, calls=1_000) if args.quick else bench_handle_overhead()
     restart = bench_restart_latency(rounds=12) if args.quick else bench_restart_latency()
-    for title, figures in (("handle overhead", overhead), ("restart latency", restart)):
+    awaits = bench_await_vs_get(rounds=6, calls=1_000) if args.quick else bench_await_vs_get()
+    stall = bench_loop_stall(rounds=2) if args.quick else bench_loop_stall()
+    subscribed = (
+        bench_handle_overhead_subscribed(rounds=6, calls=1_000) if args.quick else bench_handle_overhead_subscribed()
+    )
+    for title, figures in (
+        ("handle overhead", overhead),
+        ("restart latency", restart),
+        ("await vs blocking get", awaits),
+        ("loop stall, 8 slow calls pending", stall),
+        ("handle overhead, 1 idle subscriber", subscribed),
+    ):
         print(title)
         for key, value in figures.items():
             print(f"  {key:36s} {value:.6g}" if isinstance(value, float) else f"  {key:36s} {value}")
@@ -332,9 +509,12 @@ def main(argv: list[str] | None = None) -> int:
     for label, ratio, target, better in (
         ("handle overhead: Handle proxy calls/s vs cached bare proxy", overhead["ratio"], overhead["target"], ">="),
         ("restart latency: kill→answer via Handle vs start()+first ask", restart["ratio"], restart["target"], "<="),
+        ("asyncio: sequential awaits vs blocking gets from a thread", awaits["ratio"], awaits["target"], ">="),
+        ("asyncio: largest 1 ms ticker gap, 8 × 0.5 s calls pending (s)", stall["largest_gap_s"], stall["target"], "<="),
+        ("handle overhead with 1 idle event subscriber", subscribed["ratio"], subscribed["target"], ">="),
     ):
         passed = ratio >= target if better == ">=" else ratio <= target
-        print(f"  {label:62s} {ratio:6.2f}  target {better} {target:<5}  {'PASS' if passed else 'FAIL'}")
+        print(f"  {label:62s} {ratio:6.3g}  target {better} {target:<5}  {'PASS' if passed else 'FAIL'}")
     return 0
 
 

@@ -7,9 +7,14 @@
     worker.do_work().get(timeout=5)   # survives restarts of "worker"
     root.stop()
 
+In an asyncio task, every such future is awaitable without blocking the loop
+(`total = await worker.do_work()`, `await gather(f1, f2)`); `subscribe()` streams what
+the tree does (`Event`s: child_started, child_exited, child_restarted, ...).
+
 Modules: `_actor` (crash semantics, `kill`), `_supervisor` (strategies, intensity,
 dynamic children), `_spec` (specs and pure decisions), `_handle` (stable addresses),
-`_clock` (clocks and timers), `_snapshot` (durable state), `testing` (pytest plugin).
+`_future` (awaitable futures, `gather`), `_events` (the event bus), `_clock` (clocks
+and timers), `_snapshot` (durable state), `testing` (pytest plugin).
 """
 
 from supervision._actor import (
@@ -43,6 +48,8 @@ from supervision._errors import (
     StorageError,
     UnknownMessage,
 )
+from supervision._events import Event, Subscription, emit, subscribe
+from supervision._future import AwaitableFuture, gather
 from supervision._handle import Handle
 from supervision._snapshot import SnapshotError, SnapshotStore, make_private_directory, quarantine_file
 from supervision._spec import ChildInfo, ChildSpec, Restart, Strategy
@@ -52,6 +59,7 @@ __all__ = [
     "ActorCrashed",
     "AlreadyPresent",
     "AlreadyStarted",
+    "AwaitableFuture",
     "BadCall",
     "ChildInfo",
     "ChildNotFound",
@@ -60,6 +68,7 @@ __all__ = [
     "ClientError",
     "Clock",
     "DeferredReply",
+    "Event",
     "ExitReason",
     "Handle",
     "Killed",
@@ -72,6 +81,7 @@ __all__ = [
     "StartError",
     "StorageError",
     "Strategy",
+    "Subscription",
     "SupervisedActor",
     "Supervisor",
     "SystemClock",
@@ -79,9 +89,12 @@ __all__ = [
     "Undelivered",
     "UnknownMessage",
     "abandoned_actors",
+    "emit",
+    "gather",
     "kill",
     "send_after",
     "send_interval",
+    "subscribe",
     "make_private_directory",
     "quarantine_file",
     "supervised_class",

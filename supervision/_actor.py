@@ -63,6 +63,7 @@ from supervision._errors import (
     UnknownMessage,
     describe,
 )
+from supervision._future import AwaitableFuture
 
 __all__ = [
     "DeferredReply",
@@ -187,49 +188,18 @@ def _short(message: Any) -> str:
     return describe(message)
 
 
-class DeferredReply(pykka.ThreadingFuture[Any]):
+class DeferredReply(AwaitableFuture[Any]):
     """A future a handler returns to answer later (`set`/`set_exception` from any thread).
 
-    Any `pykka.Future` works as a handler's return value; this one also notifies
-    callbacks, so the caller's reply needs no helper thread.
+    Any `pykka.Future` works as a handler's return value; this one (as every
+    `AwaitableFuture`) notifies callbacks, so the caller's reply needs no helper thread.
     """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._callbacks: list[Callable[[DeferredReply], None]] = []
-
-    def add_done_callback(self, callback: Callable[[DeferredReply], None]) -> None:
-        with self._condition:
-            if self._result is None:
-                self._callbacks.append(callback)
-                return
-        callback(self)
-
-    def set(self, value: Any | None = None) -> None:
-        super().set(value)
-        self._run_callbacks()
-
-    def set_exception(self, exc_info: Any = None) -> None:
-        if exc_info is None:
-            exc_info = sys.exc_info()
-        super().set_exception(exc_info)
-        self._run_callbacks()
-
-    @property
-    def done(self) -> bool:
-        return self._result is not None
 
     def set_not_handled(self, reason: str) -> None:
         """Fail with `Undelivered`: the call had no effect, so a `Handle` sends it again."""
         error = Undelivered(reason)
         error.not_handled = True
         self.set_exception((Undelivered, error, None))
-
-    def _run_callbacks(self) -> None:
-        with self._condition:
-            callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
-            callback(self)
 
 
 def _forward(source: pykka.Future[Any], target: pykka.Future[Any]) -> None:
@@ -374,6 +344,12 @@ class SupervisedActor(pykka.ThreadingActor):
     def _create_actor_inbox() -> _Inbox:
         return _Inbox()
 
+    @staticmethod
+    def _create_future() -> AwaitableFuture[Any]:
+        # pykka's ActorRef.ask creates the reply future through this, on the caller's
+        # thread: every ask and proxy call to a supervised actor gets an awaitable one.
+        return AwaitableFuture()
+
     # -- conveniences for the library's own actors (a user's class may take these names) --
 
     @_LibraryView
@@ -516,7 +492,7 @@ class SupervisedActor(pykka.ThreadingActor):
             pending.discard(reply_to)
             _forward(source, reply_to)
 
-        if isinstance(response, DeferredReply):
+        if isinstance(response, AwaitableFuture):
             response.add_done_callback(done)
         else:
             threading.Thread(target=lambda: done(_wait(response)), daemon=True, name="reply-forward").start()

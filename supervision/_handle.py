@@ -14,9 +14,11 @@ attributes, as a pykka proxy does.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import queue
 import time
+from collections.abc import Generator
 from typing import Any
 
 import pykka
@@ -26,6 +28,7 @@ from pykka._envelope import Envelope
 from supervision._actor import NoSuchAttribute, Undelivered
 from supervision._directory import Directory
 from supervision._errors import ChildNotFound
+from supervision._future import AwaitableFuture
 
 __all__ = ["Handle"]
 
@@ -179,7 +182,7 @@ class Handle:
 _UNSENT, _SENT, _PARKED = "unsent", "sent", "parked"
 
 
-class _HandleFuture(pykka.ThreadingFuture[Any]):
+class _HandleFuture(AwaitableFuture[Any]):
     """The reply to a call through a `Handle`; a call no handler got goes to the next incarnation.
 
     The future itself is the envelope's `reply_to` (one future per call, as pykka's
@@ -231,6 +234,45 @@ class _HandleFuture(pykka.ThreadingFuture[Any]):
 
     # -- waiting --------------------------------------------------------------------------
 
+    def _claim_send(self) -> bool:
+        """True for the one waiter that sends an unsent call (several may wait on it)."""
+        with self._condition:
+            is_sender = self._state is _UNSENT and self._result is None
+            if is_sender:
+                self._state = _SENT
+        return is_sender
+
+    def _take_back_undelivered(self, error: Undelivered) -> bool:
+        """True if `error` is this call's own `Undelivered`: clear it so the call goes again."""
+        if error.reply_to is not self:
+            return False  # the handler ran and raised it: not ours to retry
+        with self._condition:
+            result = self._result
+            if result is not None and result.exc_info is not None and result.exc_info[1] is error:
+                self._result = None
+                self._state = _UNSENT
+        return True
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        handle = self._handle
+        if handle is None:
+            return (yield from super().__await__())
+        while True:
+            if self._state is _UNSENT:
+                ref = handle.current()
+                if ref is None:
+                    # Only while a restart is pending: the wait for the directory to change
+                    # is a blocking one, so it runs on a worker thread (never per call).
+                    ref = yield from asyncio.to_thread(handle.ref, None).__await__()
+                if self._claim_send():
+                    self.deliver(ref)
+            yield from self._wait_async()
+            try:
+                return self._outcome()
+            except Undelivered as error:
+                if not self._take_back_undelivered(error):
+                    raise
+
     def get(self, *, timeout: float | None = None) -> Any:
         handle = self._handle
         if handle is None:  # made by pykka's own map()/join() helpers
@@ -241,23 +283,14 @@ class _HandleFuture(pykka.ThreadingFuture[Any]):
                 # Resolved with no lock held (it may wait); one sender wins the send.
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
                 ref = handle.ref(timeout=remaining)
-                with self._condition:
-                    is_sender = self._state is _UNSENT and self._result is None
-                    if is_sender:
-                        self._state = _SENT
-                if is_sender:
+                if self._claim_send():
                     self.deliver(ref)
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 return super().get(timeout=remaining)
             except Undelivered as error:
-                if error.reply_to is not self:
-                    raise  # the handler ran and raised it: not ours to retry
-                with self._condition:
-                    result = self._result
-                    if result is not None and result.exc_info is not None and result.exc_info[1] is error:
-                        self._result = None
-                        self._state = _UNSENT
+                if not self._take_back_undelivered(error):
+                    raise
             except pykka.Timeout:
                 leaf = handle._leaf
                 if self._state is _PARKED and leaf is not None and leaf[0].unpark(leaf[1], self):

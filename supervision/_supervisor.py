@@ -38,6 +38,8 @@ from supervision._errors import (
     UnknownMessage,
     describe,
 )
+from supervision._events import emit
+from supervision._future import AwaitableFuture
 from supervision._spec import (
     ChildInfo,
     ChildSpec,
@@ -147,6 +149,9 @@ class Supervisor(SupervisedActor):
         super().__init__()
         self._records: dict[str, _ChildRecord] = {spec.id: _ChildRecord(spec) for spec in specs}
         self._directory = Directory(str(self))
+        # Where this supervisor sits in its tree ("" at the top, "locks" below the root):
+        # its parent sets it before starting it, and events name children by it.
+        self._tree_path = ""
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -189,9 +194,14 @@ class Supervisor(SupervisedActor):
             raise StartError(f"child {spec.id!r} failed to start: {describe(error)}") from error
         self_ref = self.actor_ref
         directory = self._directory
+        path = self._child_path(spec.id)
+        if isinstance(actor, Supervisor):
+            actor._tree_path = path
 
         def on_exit(ref: pykka.ActorRef[Any], reason: ExitReason) -> None:
             directory.exiting(spec.id, ref)
+            error = reason.exception
+            emit("child_exited", path, reason=reason.kind, error=None if error is None else repr(error))
             exited = _ChildExited(spec.id, ref, reason, actor._supervision_.log, actor._supervision_label())
             try:
                 self_ref.tell(exited)
@@ -209,9 +219,15 @@ class Supervisor(SupervisedActor):
         record.incarnations += 1
         child_directory = actor._directory if isinstance(actor, Supervisor) else None
         self._directory.update(spec.id, ref=ref, pending=False, directory=child_directory)
-        if record.incarnations > 1 and not is_reported:
-            self._supervision_.log.warning("restarted child {} (restart {})", spec.id, record.restarts)
+        emit("child_started", path, incarnation=record.incarnations - 1, is_supervisor=spec.is_supervisor)
+        if record.incarnations > 1:
+            emit("child_restarted", path, restarts=record.restarts)
+            if not is_reported:
+                self._supervision_.log.warning("restarted child {} (restart {})", spec.id, record.restarts)
         return ref
+
+    def _child_path(self, child_id: str) -> str:
+        return f"{self._tree_path}/{child_id}" if self._tree_path else child_id
 
     def _terminate(self, record: _ChildRecord, *, pending: bool = False) -> None:
         """Stop `record`'s incarnation gracefully within its grace, or abandon it."""
@@ -322,6 +338,13 @@ class Supervisor(SupervisedActor):
             f"{self._intensity.max_seconds}s (last: {why}); stopping all children and giving up"
         )
         self._supervision_.log.error(message)
+        emit(
+            "intensity_exceeded",
+            self._tree_path,
+            max_restarts=self._intensity.max_restarts,
+            max_seconds=self._intensity.max_seconds,
+            last=why,
+        )
         self._shut_down()
         raise RestartIntensityExceeded(message)
 
@@ -413,6 +436,6 @@ class Supervisor(SupervisedActor):
 
 def _failed(error: BaseException) -> pykka.Future[Any]:
     """A reply that raises `error` without crashing the supervisor (it is not a ClientError)."""
-    future: pykka.Future[Any] = pykka.ThreadingFuture()
+    future: pykka.Future[Any] = AwaitableFuture()
     future.set_exception((type(error), error, error.__traceback__))
     return future
