@@ -8,7 +8,9 @@
   rounds, medians, collector on; the caller is pinned to one CPU and the lock actor's
   thread to the other (target: ratio >= 0.3). `core_acquire_s` / `core_release_s` (the
   `LockFile` core alone) and `two_asks_s` (two asks to an actor doing nothing) show
-  where a cycle's time goes;
+  where a cycle's time goes; `filesystem` names the one measured: on an ext4 without a
+  journal (this VM's root) each record's fresh inode costs 10 µs to ~0.7 ms depending on
+  how many inodes *any* process freed there in the last 1-6 minutes (docs/design-locks.md);
 - growth: the cycle's time with 1,000 live lock actors vs with 10 (target: <= 1.25);
 - resident memory (RSS) of 1,000 live `WorkerLock` actors (each on its own worker
   directory, on a `ManualClock` so no timer fires) vs 1,000 bare `pykka.ThreadingActor`s,
@@ -52,6 +54,37 @@ CYCLES_TARGET = 0.3  # ours / filelock cycles per second, at least (contract §6
 GROWTH_TARGET = 1.25  # cycle time with 1,000 live lock actors / with 10, at most
 RSS_TARGET = 1.5  # ours / bare pykka RSS delta, at most
 ACTORS = 1_000
+
+
+def _filesystem(path: str) -> str:
+    """The filesystem holding `path`, e.g. "ext4 /dev/vda (no journal)": what a lock
+    record's fresh inode costs depends on it (docs/design-locks.md)."""
+    resolved = os.path.realpath(path)
+    best, found = "", "unknown"
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as mounts:
+            for line in mounts:
+                fields, _, filesystem_fields = line.partition(" - ")
+                point = fields.split()[4]
+                is_under = resolved == point or resolved.startswith(point.rstrip("/") + "/")
+                if is_under and len(point) >= len(best):
+                    best, found = point, " ".join(filesystem_fields.split()[:2])  # type, source
+    except (OSError, IndexError):
+        return "unknown"
+    fs_type, _, source = found.partition(" ")
+    journal_task = f"/sys/fs/ext4/{os.path.basename(source)}/journal_task"
+    if fs_type == "ext4" and os.path.exists(journal_task):
+        with open(journal_task, encoding="utf-8") as task:
+            if task.read().strip() == "<none>":
+                return f"{found} (no journal)"
+    return found
+
+
+def _worker_dir(scratch: str, name: str) -> Path:
+    """A worker directory under `scratch` (the locks never create one)."""
+    path = Path(scratch) / name
+    path.mkdir(exist_ok=True)
+    return path
 
 
 # -- CPU pinning ------------------------------------------------------------------------------
@@ -133,12 +166,13 @@ def bench_cycles(rounds: int = 20, cycles: int = 1_000, warmup: int = 300) -> di
     """
     caller_cpu, actor_cpu, layout = _cpu_layout()
     with tempfile.TemporaryDirectory(prefix="bench-locks-") as scratch:
-        ref = WorkerLock.start(Path(scratch) / "worker", clock=ManualClock())
+        filesystem = _filesystem(scratch)  # both sides' files are in it
+        ref = WorkerLock.start(_worker_dir(scratch, "worker"), clock=ManualClock())
         echo_ref = _Echo.start()
         try:
             echo = echo_ref.proxy()
             file_lock = filelock.FileLock(str(Path(scratch) / "filelock.lock"))
-            core = LockFile(Path(scratch) / "core-worker")
+            core = LockFile(_worker_dir(scratch, "core-worker"))
             me = own_identity() or os.getpid()
 
             def baseline() -> None:
@@ -194,6 +228,7 @@ def bench_cycles(rounds: int = 20, cycles: int = 1_000, warmup: int = 300) -> di
         "two_asks_per_s": two_asks_rate,
         "two_asks_vs_filelock_ratio": two_asks_rate / baseline_rate,
         "layout": layout,
+        "filesystem": filesystem,
     }
 
 
@@ -204,7 +239,7 @@ def bench_growth(rounds: int = 6, cycles: int = 400, few: int = 10, many: int = 
     clock = ManualClock()
     times: dict[int, list[float]] = {few: [], many: []}
     with tempfile.TemporaryDirectory(prefix="bench-locks-growth-") as scratch:
-        refs = [WorkerLock.start(Path(scratch) / f"w{index}", clock=clock) for index in range(few)]
+        refs = [WorkerLock.start(_worker_dir(scratch, f"w{index}"), clock=clock) for index in range(few)]
         cycle = _awaited_cycle(refs[0].proxy())
         try:
             with _pinned(caller_cpu, [_actor_thread_id(refs[0])], actor_cpu):
@@ -212,7 +247,8 @@ def bench_growth(rounds: int = 6, cycles: int = 400, few: int = 10, many: int = 
                 for _ in range(rounds):
                     gc.collect()  # each side starts from a settled heap (the collector stays on)
                     times[few].append(1.0 / _rate(cycle, cycles))
-                    extra = [WorkerLock.start(Path(scratch) / f"x{index}", clock=clock) for index in range(many - few)]
+                    extra = [WorkerLock.start(_worker_dir(scratch, f"x{index}"), clock=clock)
+                             for index in range(many - few)]
                     for ref in extra:
                         ref.proxy().status().get()  # each has run once, as a live lock has
                     try:
@@ -253,7 +289,7 @@ def _rss_child(side: str, count: int, scratch: str) -> int:
 
     def start(index: int) -> pykka.ActorRef[Any]:
         if side == "lock":
-            return WorkerLock.start(os.path.join(scratch, f"worker-{index}"), clock=clock)
+            return WorkerLock.start(_worker_dir(scratch, f"worker-{index}"), clock=clock)
         return Bare.start()
 
     def touch(ref: pykka.ActorRef[Any]) -> None:
@@ -313,7 +349,7 @@ def bench_idle_fds(cycles: int = 100) -> dict[str, Any]:
     """Descriptors a lock actor keeps open: after start, while held, and after release."""
     with tempfile.TemporaryDirectory(prefix="bench-locks-fd-") as scratch:
         before = _open_fds()
-        ref = WorkerLock.start(Path(scratch) / "worker", clock=ManualClock())
+        ref = WorkerLock.start(_worker_dir(scratch, "worker"), clock=ManualClock())
         try:
             lock = ref.proxy()
             started = _open_fds() - before

@@ -85,6 +85,7 @@ def test_an_owner_whose_liveness_cannot_be_read_keeps_the_lock_and_is_logged_onc
     log_records: list[dict[str, Any]],
 ) -> None:
     holder = spawn_holder()
+    (tmp_path / "w").mkdir()
     lock = WorkerLock.start(tmp_path / "w", clock=manual_clock, check_interval=CHECK).proxy()
     lock.acquire("%h", holder.pid).get(timeout=T)
     real_open = builtins.open
@@ -136,6 +137,7 @@ def test_a_forward_step_larger_than_the_uptime_leaves_a_live_holders_lock_held(
     step_wall_clock: Callable[[float], None],
 ) -> None:
     holder = spawn_holder()
+    (tmp_path / "w").mkdir()
     lock = WorkerLock.start(tmp_path / "w", clock=manual_clock, check_interval=CHECK).proxy()
     lock.acquire("%h", holder.pid).get(timeout=T)
     uptime = time.time() - psutil.boot_time()
@@ -161,6 +163,7 @@ def test_a_small_step_then_a_restart_of_the_locks_never_frees_a_live_holders_loc
 ) -> None:
     holder = spawn_holder()
     other = spawn_holder()
+    (tmp_path / "w").mkdir()
     root, locks = root_with_locks()
 
     def lock() -> Any:
@@ -229,6 +232,38 @@ def test_an_unusable_worker_directory_is_invalid_worker_dir_and_status_says_unus
     assert restarts(root) == {"locks": 0}
 
 
+def test_a_missing_worker_directory_is_invalid_worker_dir_and_nothing_creates_it(
+    tmp_path: Path, root_with_locks: Callable[..., tuple[pykka.ActorRef[Any], Any]], manual_clock: ManualClock,
+) -> None:
+    # CONTRACT v3: a missing worker directory is unusable; a mistyped name must not become a
+    # fresh, unlocked worker.
+    worker = tmp_path / "team" / "missing"
+    missing = rf"{worker}.*\[Errno 2\]"  # names the path and the errno
+    lock = WorkerLock.start(worker, clock=manual_clock, check_interval=CHECK)
+    root, locks = root_with_locks()
+    for method in ("acquire", "read", "check", "release"):
+        with pytest.raises(InvalidWorkerDir, match=missing):
+            getattr(lock.proxy(), method)().get(timeout=T)
+        with pytest.raises(InvalidWorkerDir, match=missing):  # no live lock actor: from the files
+            call_lock(locks, worker, method)
+    assert lock.proxy().status().get(timeout=T).startswith("unusable (")
+    assert call_lock(locks, worker, "status").startswith("unusable (")
+    live = locks.proxy().lock_for(worker).get(timeout=T)  # through a live lock actor too
+    for method in ("acquire", "read", "check", "release"):
+        with pytest.raises(InvalidWorkerDir, match=missing):
+            call_lock(locks, worker, method)
+    assert call_lock(locks, worker, "status").startswith("unusable (")
+    manual_clock.advance(CHECK)  # the owner checks of a missing directory crash nothing either
+    assert lock.is_alive() and live.is_alive()
+    assert restarts(root) == {"locks": 0}
+    assert list(tmp_path.iterdir()) == []  # neither the directory nor its parent was created
+    worker.mkdir(parents=True)  # once the caller makes it, it is an ordinary worker
+    assert lock.proxy().acquire("%1").get(timeout=T).pid == MY_PID
+    assert call_lock(locks, worker, "status") == f"locked by pid {MY_PID} (session %1)"
+    lock.proxy().release().get(timeout=T)
+    lock.stop()
+
+
 @pytest.fixture
 def full_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A 64 KiB tmpfs mounted for the test (a real ENOSPC), unmounted afterwards."""
@@ -263,6 +298,7 @@ def test_a_full_disk_makes_acquire_a_storage_error_and_it_works_again_once_freed
 ) -> None:
     root, locks = root_with_locks(root=str(full_tmpfs))
     worker = full_tmpfs / "w"
+    worker.mkdir()
     call_lock(locks, worker, "acquire", "%1")
     call_lock(locks, worker, "release")
     filler = fill(full_tmpfs)
@@ -289,6 +325,8 @@ def test_reading_six_thousand_directories_starts_no_lock_actor_and_no_thread(
     root, locks = root_with_locks()
     (tmp_path / "held").mkdir()
     call_lock(locks, tmp_path / "held", "acquire", "%1")  # one live lock: its actor answers
+    for index in range(6000):
+        (tmp_path / f"w{index}").mkdir()
     threads_before = threading.active_count()
     for index in range(6000):
         assert call_lock(locks, tmp_path / f"w{index}", "status") == "unlocked"
@@ -298,13 +336,14 @@ def test_reading_six_thousand_directories_starts_no_lock_actor_and_no_thread(
     assert call_lock(locks, tmp_path / "held", "status") == f"locked by pid {MY_PID} (session %1)"
     assert threading.active_count() <= threads_before + 2
     assert locks.proxy().count_children().get(timeout=T)["specs"] == 1
-    assert not (tmp_path / "w0").exists()  # reading creates nothing
+    assert list((tmp_path / "w0").iterdir()) == []  # reading creates nothing
     assert restarts(root) == {"locks": 0}
 
 
 def test_an_idle_lock_actor_retires_after_idle_retire_unless_it_holds_the_lock(
     tmp_path: Path, root_with_locks: Callable[..., tuple[pykka.ActorRef[Any], Any]], manual_clock: ManualClock,
 ) -> None:
+    (tmp_path / "w").mkdir()
     root, locks = root_with_locks(idle_retire=60.0)
     lock = locks.proxy().lock_for("w").get(timeout=T)
     lock.proxy().acquire("%1").get(timeout=T)
@@ -330,6 +369,8 @@ def test_an_idle_lock_actor_retires_after_idle_retire_unless_it_holds_the_lock(
 def test_more_than_max_locks_live_lock_actors_raise_too_many_locks(
     tmp_path: Path, root_with_locks: Callable[..., tuple[pykka.ActorRef[Any], Any]], manual_clock: ManualClock,
 ) -> None:
+    for index in range(4):
+        (tmp_path / f"w{index}").mkdir()
     root, locks = root_with_locks(max_locks=3, idle_retire=60.0)
     for index in range(3):
         call_lock(locks, tmp_path / f"w{index}", "acquire", "%1")
@@ -350,6 +391,7 @@ def test_out_of_threads_a_lock_call_fails_and_the_lock_supervisor_does_not_crash
     root_with_locks: Callable[..., tuple[pykka.ActorRef[Any], Any]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    (tmp_path / "w0").mkdir()
     root, locks = root_with_locks()
     locks_ref = locks.ref(timeout=T)
     real_start = threading.Thread.start
@@ -374,6 +416,7 @@ def test_out_of_threads_a_lock_call_fails_and_the_lock_supervisor_does_not_crash
 def test_call_lock_never_waits_for_the_lock_actor(
     tmp_path: Path, root_with_locks: Callable[..., tuple[pykka.ActorRef[Any], Any]], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    (tmp_path / "w").mkdir()
     root, locks = root_with_locks()
     call_lock(locks, tmp_path / "w", "acquire", "%1")
     gate = threading.Event()
@@ -413,6 +456,7 @@ def test_call_lock_refuses_what_it_does_not_serve(
 def test_a_call_its_lock_never_handled_is_sent_again_through_a_handle(
     tmp_path: Path, root_with_locks: Callable[..., tuple[pykka.ActorRef[Any], Any]], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    (tmp_path / "w").mkdir()
     root, locks = root_with_locks()
     call_lock(locks, tmp_path / "w", "acquire", "%1")
     lock = locks.proxy().lock_for("w").get(timeout=T)

@@ -412,6 +412,7 @@ def tree_listing(root: Path) -> set[str]:
 
 def test_fuzz_worker_lock_methods_refuse_or_answer(tmp_path):
     worker = tmp_path / "worker"
+    worker.mkdir()  # the locks never create a worker's directory
     harness = Harness([ChildSpec("lock", WorkerLock, args=(str(worker),), kwargs={"check_interval": 3600.0})])
     ref = harness.ref("lock")
     owners = st.sampled_from([None, os.getpid(), 1, os.getppid(), 2**31 - 1, 0, -1, True, 1.0, "1"])

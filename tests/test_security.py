@@ -22,7 +22,7 @@ from typing import Any
 import pykka
 import pytest
 
-from actors import InvalidLock, LockSupervisor, NamePool, WorkerLock, start_tree
+from actors import InvalidLock, InvalidWorkerDir, LockSupervisor, NamePool, WorkerLock, start_tree
 from actors.daemon._client import SOCKET_NAME
 from actors.daemon._daemon import DAEMON_STATE, LOCK_NAME, Daemon
 from actors.daemon._gateway import Gateway
@@ -233,6 +233,7 @@ def test_a_loose_runtime_dir_and_guard_are_tightened(tmp_path):
 def test_lock_files_are_owner_only_whatever_the_umask(tmp_path, umask_zero):
     root = tmp_path / "root"
     root.mkdir()
+    (root / "worker").mkdir(0o755)  # the caller's directory: its mode is the caller's business
     locks = LockSupervisor.start(root=root, check_interval=3600.0)
     try:
         lock = locks.proxy().lock_for("worker").get(timeout=CALL_TIMEOUT)
@@ -240,25 +241,26 @@ def test_lock_files_are_owner_only_whatever_the_umask(tmp_path, umask_zero):
     finally:
         locks.stop()
     runtime = root / "worker" / ".runtime"
-    assert mode(root / "worker") == 0o700
+    assert mode(root / "worker") == 0o755  # left as it was
     assert mode(runtime) == 0o700
     assert mode(runtime / "agent.lock") == 0o600
     assert mode(runtime / "agent.lock.flock") == 0o600
 
 
-def test_missing_parents_of_a_worker_dir_are_not_world_writable(tmp_path, umask_zero):
-    # os.makedirs(worker_dir, mode=0o700) applies the mode to the leaf only: under umask 0
-    # the parents it creates are 0777, and anyone may swap them for symlinks later.
+def test_a_missing_worker_dir_is_refused_and_nothing_is_created(tmp_path):
+    # CONTRACT v3: a missing worker directory is unusable (InvalidWorkerDir naming path and
+    # errno); the locks never create a worker's directory or its parents.
     root = tmp_path / "root"
     root.mkdir()
     locks = LockSupervisor.start(root=root, check_interval=3600.0)
     try:
         lock = locks.proxy().lock_for("team/worker").get(timeout=CALL_TIMEOUT)
-        lock.proxy().acquire().get(timeout=CALL_TIMEOUT)
+        with pytest.raises(InvalidWorkerDir, match="No such file"):
+            lock.proxy().acquire().get(timeout=CALL_TIMEOUT)
+        assert lock.proxy().status().get(timeout=CALL_TIMEOUT).startswith("unusable (")
     finally:
         locks.stop()
-    assert mode(root / "team" / "worker") == 0o700
-    assert mode(root / "team") & 0o022 == 0, oct(mode(root / "team"))
+    assert os.listdir(root) == []
 
 
 # -- the state dir -----------------------------------------------------------------------------------

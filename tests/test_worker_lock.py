@@ -53,7 +53,9 @@ CHECK = 5.0
 
 @pytest.fixture
 def worker_dir(tmp_path: Path) -> Path:
-    return tmp_path / "worker"
+    path = tmp_path / "worker"
+    path.mkdir()  # the locks never create a worker's directory
+    return path
 
 
 @pytest.fixture
@@ -290,7 +292,6 @@ def test_a_symlinked_runtime_dir_is_refused_and_never_written_through(
 ) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    worker_dir.mkdir()
     (worker_dir / ".runtime").symlink_to(elsewhere)
     for call in (lock.acquire, lock.read, lock.check, lock.release, lock.force_release):
         with pytest.raises(InvalidLock):
@@ -422,6 +423,7 @@ def test_a_process_killed_while_holding_the_guard_flock_leaves_a_lock_that_can_b
 def test_a_lock_killed_mid_work_is_restarted_and_nothing_is_lost(
     tmp_path: Path, manual_clock: ManualClock, spawn_sleeper: Callable[[], subprocess.Popen[bytes]]
 ) -> None:
+    (tmp_path / "w").mkdir()
     locks = LockSupervisor.start(root=tmp_path, clock=manual_clock, check_interval=CHECK)
     first = locks.proxy().lock_for("w").get(timeout=T)
     child_id = lock_child_id(str(tmp_path.resolve() / "w"))
@@ -445,6 +447,7 @@ def test_a_lock_killed_mid_work_is_restarted_and_nothing_is_lost(
 
 
 def test_a_lock_never_hands_out_a_dead_incarnation(tmp_path: Path, manual_clock: ManualClock) -> None:
+    (tmp_path / "w").mkdir()
     locks = LockSupervisor.start(root=tmp_path, clock=manual_clock, max_restarts=1000, max_seconds=1.0)
     for _ in range(30):
         ref = locks.proxy().lock_for("w").get(timeout=T)
@@ -499,6 +502,7 @@ def test_a_restarted_lock_supervisor_recreates_locks_on_demand(
     tmp_path: Path, manual_clock: ManualClock, spawn_sleeper: Callable[[], subprocess.Popen[bytes]]
 ) -> None:
     # As the tree starts it: a child of the root, the clock coming from the parent.
+    (tmp_path / "w").mkdir()
     root = Supervisor.start([ChildSpec("locks", LockSupervisor, kwargs={"root": str(tmp_path), "check_interval": 2.0})],
                             clock=manual_clock)
     locks = Handle(root, "locks")
@@ -567,7 +571,7 @@ def test_child_ids_encode_percent_and_slash_and_handles_reach_them(
     tmp_path: Path, manual_clock: ManualClock
 ) -> None:
     root = tmp_path / "w%2Fo"
-    root.mkdir()
+    (root / "x%y").mkdir(parents=True)
     locks_ref = LockSupervisor.start(root=root, clock=manual_clock)
     lock = locks_ref.proxy().lock_for("x%y").get(timeout=T)
     resolved = str(root.resolve() / "x%y")

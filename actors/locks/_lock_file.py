@@ -43,7 +43,7 @@ from loguru import logger
 from actors import _process
 from actors._errors import InvalidLock, InvalidOwner, InvalidWorkerDir, Locked, NotLocked
 from actors._process import Liveness, ProcessIdentity, identify, liveness, liveness_by_start_time
-from supervision import BadCall, StorageError, make_private_directory
+from supervision import BadCall, StorageError
 
 __all__ = [
     "GUARD_NAME",
@@ -575,10 +575,9 @@ class LockFile:
         try:
             dir_fd = os.open(self._runtime_path, _DIR_FLAGS | os.O_NOFOLLOW)
         except FileNotFoundError:
-            self._refuse_proc()
+            self._check_worker_dir()
             if not create:
-                return None  # no worker or no .runtime: no lock
-            make_private_directory(self.worker_dir)
+                return None  # no .runtime: no lock
             try:
                 os.mkdir(self._runtime_path, 0o700)
             except FileExistsError:
@@ -610,12 +609,10 @@ class LockFile:
             return _Unsafe(self._runtime_path, "is a symlink" if stat.S_ISLNK(mode) else "is not a directory")
         return error
 
-    def _refuse_proc(self) -> None:
-        try:
-            device = os.stat(self.worker_dir).st_dev
-        except FileNotFoundError:
-            return
-        if device == _PROC_DEVICE:
+    def _check_worker_dir(self) -> None:
+        """OSError (InvalidWorkerDir at the API) for a missing worker directory or one on /proc:
+        the tree never creates a worker's directory, whose name a caller may have mistyped."""
+        if os.stat(self.worker_dir).st_dev == _PROC_DEVICE:
             raise OSError(errno.EINVAL, "a directory on /proc cannot hold a lock", self.worker_dir)
 
     @contextmanager
