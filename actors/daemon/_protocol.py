@@ -11,7 +11,7 @@ import dataclasses
 import enum
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import msgpack
@@ -116,28 +116,69 @@ def error_reply(request_id: Any, error: BaseException | str, message: str | None
 
 
 class FrameReader:
-    """Feeds socket bytes in, yields whole frames out; `FrameError` on garbage or oversize."""
+    """Bytes in, whole frames out, never holding more than one frame's worth of bytes.
+
+        reader = FrameReader()
+        reader.feed(connection.recv(65536))
+        for frame in reader.frames():   # FrameError at a malformed or oversized frame
+            ...
+
+    Nothing of a frame is decoded until all of it has arrived: a scanning `Unpacker`
+    finds where each frame ends with `skip()` (which builds no objects), and only then are
+    that frame's bytes decoded. `max_buffer_size` alone would not do: it bounds the bytes
+    not yet parsed, not one object, so a request of many 512 KiB strings would be decoded
+    string by string without end. Here the bytes of the current frame are counted, so a
+    frame is refused once more than `max_frame` bytes of it have arrived (after at most one
+    more `feed`).
+    """
 
     def __init__(self, max_frame: int = MAX_FRAME) -> None:
         self._max_frame = max_frame
-        self._unpacker = msgpack.Unpacker(
-            raw=False,
-            strict_map_key=False,
-            max_buffer_size=max_frame,
-            use_list=True,
-        )
+        # Two frames' worth: a `feed` larger than that is refused rather than buffered.
+        self._scanner = msgpack.Unpacker(max_buffer_size=2 * max_frame)
+        self._pending = bytearray()  # bytes of frames not handed out yet
+        self._offset = 0  # stream position of _pending[0], on the scanner's tell() scale
 
-    def feed(self, data: bytes) -> list[Any]:
+    @property
+    def has_partial(self) -> bool:
+        """True while some bytes of a frame have arrived but not all of it."""
+        return bool(self._pending)
+
+    def feed(self, data: bytes) -> None:
         try:
-            self._unpacker.feed(data)
+            self._scanner.feed(data)
         except msgpack.BufferFull:
             raise FrameError(f"frame exceeds the {self._max_frame}-byte limit") from None
-        frames = []
+        self._pending += data
+
+    def frames(self) -> Iterator[Any]:
+        """The frames complete so far, in order; `FrameError` where the stream goes bad."""
+        while True:
+            try:
+                self._scanner.skip()
+            except msgpack.OutOfData:
+                break
+            except Exception as error:  # msgpack raises several types for malformed bytes
+                raise FrameError(f"malformed msgpack: {error or type(error).__name__}") from None
+            end = self._scanner.tell() - self._offset
+            if end > self._max_frame:
+                raise FrameError(f"frame of {end} bytes exceeds the {self._max_frame}-byte limit")
+            frame = _decode(self._pending, end)
+            del self._pending[:end]
+            self._offset += end
+            yield frame
+        if len(self._pending) > self._max_frame:
+            raise FrameError(f"frame exceeds the {self._max_frame}-byte limit")
+
+    def feed_frames(self, data: bytes) -> list[Any]:
+        """`feed` then every frame complete so far (what a client reading replies wants)."""
+        self.feed(data)
+        return list(self.frames())
+
+
+def _decode(buffer: bytearray, end: int) -> Any:
+    with memoryview(buffer) as view, view[:end] as frame:
         try:
-            for frame in self._unpacker:
-                frames.append(frame)
-        except msgpack.BufferFull:
-            raise FrameError(f"frame exceeds the {self._max_frame}-byte limit") from None
-        except Exception as error:  # msgpack raises several types for malformed bytes
+            return msgpack.unpackb(frame, raw=False, strict_map_key=False, use_list=True)
+        except Exception as error:  # bad UTF-8, an unhashable key, an unknown ext, ...
             raise FrameError(f"malformed msgpack: {error or type(error).__name__}") from None
-        return frames
