@@ -345,10 +345,7 @@ class Gateway:
             try:
                 data = connection.recv(65536)
             except (BlockingIOError, TimeoutError):
-                if slot.partial_since is not None and self._clock.monotonic() - slot.partial_since > self._frame_timeout:
-                    log.warning("closing a connection that held a partial frame for more than {}s", self._frame_timeout)
-                    message = f"no whole frame within {self._frame_timeout}s"
-                    connection.sendall(encode(error_reply(None, "FrameTimeout", message)))
+                if self._frame_is_overdue(slot, log):
                     return
                 continue
             if not data:
@@ -376,6 +373,17 @@ class Gateway:
                 slot.partial_since = None
             elif served or slot.partial_since is None:
                 slot.partial_since = self._clock.monotonic()
+            elif self._frame_is_overdue(slot, log):  # a byte now and then does not keep a frame alive
+                return
+
+    def _frame_is_overdue(self, slot: _Slot, log: Any) -> bool:
+        """True (after telling the peer) when its partial frame began more than frame_timeout ago."""
+        if slot.partial_since is None or self._clock.monotonic() - slot.partial_since <= self._frame_timeout:
+            return False
+        log.warning("closing a connection that held a partial frame for more than {}s", self._frame_timeout)
+        message = f"no whole frame within {self._frame_timeout}s"
+        slot.connection.sendall(encode(error_reply(None, "FrameTimeout", message)))
+        return True
 
     def _answer(self, connection: socket.socket, frame: Any, peer: Peer, log: Any) -> bool:
         """Dispatch one request and send its reply; False when the connection must close."""
