@@ -235,7 +235,7 @@ def test_an_endless_request_is_cut_off_after_about_a_frame_and_memory_stays_boun
     # the rest sat in the socket's buffers.
     assert max(sent) < 3 * MiB, sent
     growth = peak_rss(process.pid) - before
-    assert growth < 80 * MiB, f"the daemon's peak RSS grew by {growth / MiB:.0f} MiB"
+    assert growth < 48 * MiB, f"the daemon's peak RSS grew by {growth / MiB:.0f} MiB"
     with connect(state_dir) as client:
         assert client.call("names.default_name") == "Nameless Agent"
     assert stop(process) == 0
@@ -498,6 +498,8 @@ def test_out_of_descriptors_the_accept_loop_backs_off_quietly_and_serving_resume
     assert out_of_descriptors["exit"] == 0
 
 
+# Strict: once the name pool judges an error while looking as "unknown" (issue 11 item 3, the
+# names branch), this passes and the marker must go.
+@pytest.mark.xfail(strict=True, reason="needs the name pool's three-way liveness from the names branch")
 def test_out_of_descriptors_a_live_workers_name_is_not_reaped(out_of_descriptors):
-    # Needs the name pool's three-way liveness (an error while looking is "unknown").
     assert out_of_descriptors["name_now"] == out_of_descriptors["name"]

@@ -11,6 +11,7 @@ when this package or `supervision` exports them, `RemoteError` otherwise.
 
 from __future__ import annotations
 
+import collections
 import functools
 import itertools
 import os
@@ -75,7 +76,7 @@ class Client:
         self._lock = threading.Lock()
         self._socket: socket.socket | None = None
         self._reader = FrameReader()
-        self._pending: list[Any] = []
+        self._replies: collections.deque[Any] = collections.deque()
         self._connect()
 
     def _connect(self) -> None:
@@ -95,7 +96,7 @@ class Client:
             raise
         self._socket = connection
         self._reader = FrameReader()
-        self._pending = []
+        self._replies.clear()
 
     def _drop(self) -> None:
         if self._socket is not None:
@@ -146,26 +147,25 @@ class Client:
                     raise ConnectionLost(f"{op}: cannot send to {self.socket_path}: {error}") from error
 
     def _reply_to(self, request_id: int) -> dict[str, Any]:
+        replies = self._replies
         while True:
-            reply = self._next_frame()
+            while not replies:
+                assert self._socket is not None
+                data = self._socket.recv(65536)
+                if not data:
+                    raise ConnectionResetError("the daemon closed the connection")
+                self._reader.feed(data)
+                replies.extend(self._reader.frames())
+            reply = replies.popleft()
             if not isinstance(reply, dict):
                 self._drop()
                 raise RemoteError("ProtocolError", f"malformed reply: {reply!r}")
+            if reply.get("id") == request_id:
+                return reply
             if reply.get("id") is None and "error" in reply:
                 self._drop()  # the daemon closes a connection after a nil-id error
                 return reply
-            if reply.get("id") == request_id:
-                return reply
             # else: a reply to a call abandoned by a timeout
-
-    def _next_frame(self) -> Any:
-        while not self._pending:
-            assert self._socket is not None
-            data = self._socket.recv(65536)
-            if not data:
-                raise ConnectionResetError("the daemon closed the connection")
-            self._pending.extend(self._reader.feed_frames(data))
-        return self._pending.pop(0)
 
     def close(self) -> None:
         with self._lock:

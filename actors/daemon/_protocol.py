@@ -65,19 +65,32 @@ def set_kernel_timeouts(sock: socket.socket, *, receive: float | None, send: flo
         sock.setsockopt(socket.SOL_SOCKET, option, struct.pack("ll", whole, micro))
 
 
+_CONTAINERS = (list, tuple, dict)
+
+
 def nesting_depth(value: Any, *, limit: int) -> int:
-    """How deeply lists and maps nest in `value`, counted up to `limit + 1` (no recursion)."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, list | tuple | dict):
-            if depth > limit:
-                return depth
-            deepest = max(deepest, depth)
-            children = list(item.keys()) + list(item.values()) if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children)
-    return deepest
+    """How deeply lists and maps nest in `value`, counted up to `limit + 1` (no recursion).
+
+    Level by level, queueing only containers: every request pays for this, so `[[], {}]`
+    must cost next to nothing.
+    """
+    level = [value] if isinstance(value, _CONTAINERS) else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return depth
+        below: list[Any] = []
+        for item in level:
+            if not item:
+                continue
+            if isinstance(item, dict):
+                below.extend(key for key in item if isinstance(key, _CONTAINERS))
+                below.extend(child for child in item.values() if isinstance(child, _CONTAINERS))
+            else:
+                below.extend(child for child in item if isinstance(child, _CONTAINERS))
+        level = below
+    return depth
 
 
 def to_wire(value: Any) -> Any:
@@ -153,32 +166,31 @@ class FrameReader:
 
     def frames(self) -> Iterator[Any]:
         """The frames complete so far, in order; `FrameError` where the stream goes bad."""
+        scanner, pending = self._scanner, self._pending
         while True:
             try:
-                self._scanner.skip()
+                scanner.skip()
             except msgpack.OutOfData:
                 break
             except Exception as error:  # msgpack raises several types for malformed bytes
                 raise FrameError(f"malformed msgpack: {error or type(error).__name__}") from None
-            end = self._scanner.tell() - self._offset
+            end = scanner.tell() - self._offset
             if end > self._max_frame:
                 raise FrameError(f"frame of {end} bytes exceeds the {self._max_frame}-byte limit")
-            frame = _decode(self._pending, end)
-            del self._pending[:end]
+            if end == len(pending):  # the usual case: one whole frame, nothing after it
+                frame = _decode(pending)
+                pending.clear()
+            else:
+                frame = _decode(pending[:end])
+                del pending[:end]
             self._offset += end
             yield frame
-        if len(self._pending) > self._max_frame:
+        if len(pending) > self._max_frame:
             raise FrameError(f"frame exceeds the {self._max_frame}-byte limit")
 
-    def feed_frames(self, data: bytes) -> list[Any]:
-        """`feed` then every frame complete so far (what a client reading replies wants)."""
-        self.feed(data)
-        return list(self.frames())
 
-
-def _decode(buffer: bytearray, end: int) -> Any:
-    with memoryview(buffer) as view, view[:end] as frame:
-        try:
-            return msgpack.unpackb(frame, raw=False, strict_map_key=False, use_list=True)
-        except Exception as error:  # bad UTF-8, an unhashable key, an unknown ext, ...
-            raise FrameError(f"malformed msgpack: {error or type(error).__name__}") from None
+def _decode(data: bytearray) -> Any:
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
+    except Exception as error:  # bad UTF-8, an unhashable key, an unknown ext, ...
+        raise FrameError(f"malformed msgpack: {error or type(error).__name__}") from None
