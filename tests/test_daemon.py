@@ -203,3 +203,36 @@ def test_the_main_job_demo_runs_and_stops_by_itself(tmp_path):
     for expected in ("worker-1", "worker-3", "locked by pid", "names:", "stopping the daemon"):
         assert expected in result.stdout
     assert daemon_state(state_dir)["running"] is False
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_heartbeat_stops_claiming_running_when_the_accept_loop_is_gone(tmp_path, monkeypatch):
+    # The accept loop survives every Exception; should something still end it, the heartbeat
+    # must not go on saying the daemon is running.
+    from actors.daemon._daemon import Daemon
+    from actors.daemon._gateway import Gateway
+    from supervision import ManualClock
+
+    clock = ManualClock()
+    daemon = Daemon(tmp_path / "state", heartbeat=1.0, clock=clock)
+    daemon.start()
+    try:
+        assert daemon_state(tmp_path / "state")["running"] is True
+
+        def fatal(self, connection):
+            connection.close()
+            raise SystemExit("the accept thread is gone")
+
+        monkeypatch.setattr(Gateway, "_admit", fatal)
+        socket_path = tmp_path / "state" / "tree.sock"
+        with pytest.raises(OSError):
+            with connect(tmp_path / "state", timeout=5) as client:
+                client.call("names.default_name")
+        wait_until(lambda: daemon.gateway.has_failed)
+        clock.advance(1.0)
+        state = daemon_state(tmp_path / "state")
+        assert state["running"] is False and state["heartbeat_count"] == 2
+        assert socket_path.exists()
+    finally:
+        daemon.stop()
+    assert not socket_path.exists()

@@ -221,6 +221,8 @@ class Gateway:
         deadline = time.monotonic() + timeout
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        if self._listener is None:
+            return  # never bound: whatever sits at the path is not ours
         try:
             self.socket_path.unlink()
         except FileNotFoundError:
