@@ -11,6 +11,12 @@ be read) is answered with ``"id": nil`` and closes that connection only. The pee
 pid and uid come from the kernel (`SO_PEERCRED`): a peer of another uid is refused,
 `names.*` calls default their owner to the peer's pid, and `locks.*` calls always act
 for the peer.
+
+No peer can exhaust the daemon: a frame is refused once more than 1 MiB of it has
+arrived (nothing of it is decoded before it is whole); a partial frame held for more
+than `frame_timeout` closes its connection; when every slot is taken the connection idle
+the longest makes room; the accept loop backs off when out of descriptors and answers a
+connection it cannot give a thread with an error. See docs/design-daemon.md.
 """
 
 from __future__ import annotations
