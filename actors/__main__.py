@@ -131,14 +131,30 @@ def _status(args: Any) -> int:
     try:
         with connect(args.state_dir, timeout=10.0) as client:
             status = client.call("tree.status")
-    except (OSError, ConnectionError) as error:
-        sys.stderr.write(f"actors: no daemon answers at {args.state_dir}: {error}\n")
+    except OSError as error:
+        sys.stdout.write(f"no daemon answers at {args.state_dir}: {error}\n{_last_recorded(args.state_dir)}\n")
         return 1
     if args.json:
         sys.stdout.write(json.dumps(status, indent=2, sort_keys=True, default=str) + "\n")
     else:
         sys.stdout.write(render_status(status) + "\n")
     return 0
+
+
+def _last_recorded(state_dir: str) -> str:
+    """What daemon.state last said, for people."""
+    from pathlib import Path
+
+    from actors.daemon._daemon import DAEMON_STATE, DaemonStateFile
+
+    try:
+        state = DaemonStateFile(Path(state_dir) / DAEMON_STATE).load()
+    except Exception as error:  # unreadable: say so, this is only a hint
+        return f"daemon.state: unreadable ({error})"
+    if not isinstance(state, dict):
+        return "daemon.state: none recorded"
+    fields = ("running", "pid", "started_at", "last_heartbeat", "heartbeat_count")
+    return "daemon.state last recorded: " + ", ".join(f"{field}={state.get(field)}" for field in fields)
 
 
 if __name__ == "__main__":

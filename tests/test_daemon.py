@@ -155,7 +155,18 @@ def test_status_cli_for_people_and_json(daemon):
 
 def test_status_without_a_daemon_exits_1(tmp_path):
     result = run_cli("status", "--state-dir", str(tmp_path))
-    assert result.returncode == 1 and "no daemon" in result.stderr
+    assert result.returncode == 1 and "no daemon" in result.stdout
+    assert "none recorded" in result.stdout
+
+
+def test_status_after_the_daemon_was_killed_says_what_it_last_recorded(tmp_path):
+    state_dir = tmp_path / "state"
+    process = start_daemon(state_dir)
+    process.kill()
+    process.wait(10)
+    result = run_cli("status", "--state-dir", str(state_dir))
+    assert result.returncode == 1 and "no daemon" in result.stdout, result
+    assert f"pid={process.pid}" in result.stdout and "running=True" in result.stdout
 
 
 def test_loose_state_dir_is_tightened_with_a_warning(tmp_path):
