@@ -370,8 +370,10 @@ class Gateway:
                         if not self._answer(connection, frame, peer, log):
                             return
                     finally:
-                        slot.is_busy = False
+                        # In this order: whoever picks a connection to close sees it busy or
+                        # just active, never idle since long ago.
                         slot.last_active = self._clock.monotonic()
+                        slot.is_busy = False
                     served = True
             except FrameError as error:
                 log.warning("closing a connection after a bad frame: {}", error)
