@@ -504,3 +504,24 @@ def test_a_lifecycle_request_without_a_thread_is_still_acted_on(served, client, 
     monkeypatch.setattr(threading.Thread, "start", start)
     assert client.call("tree.shutdown") == "accepted"
     wait_until(lambda: served[3] == [1])
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    frames=st.lists(st.dictionaries(st.text(max_size=5), st.one_of(st.integers(min_value=-(2**63), max_value=2**64 - 1),
+                                                                     st.text(max_size=300), st.none(),
+                                                                     st.lists(st.binary(max_size=50), max_size=4)),
+                                    max_size=4), min_size=1, max_size=8),
+    cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=10),
+)
+def test_frame_reader_yields_the_same_frames_however_the_bytes_are_cut(frames, cuts):
+    from actors.daemon._protocol import FrameReader
+
+    data = b"".join(msgpack.packb(frame, use_bin_type=True) for frame in frames)
+    points = sorted({min(cut, len(data)) for cut in cuts} | {0, len(data)})
+    reader = FrameReader()
+    got: list = []
+    for start, end in zip(points, points[1:]):
+        reader.feed(data[start:end])
+        got.extend(reader.frames())
+    assert got == frames and not reader.has_partial
