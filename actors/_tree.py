@@ -32,6 +32,11 @@ __all__ = ["LOCK_NAME", "NAMES_STATE", "StateDirClaim", "Tree", "prepare_state_d
 NAMES_STATE = "names.state"
 LOCK_NAME = "daemon.lock"
 
+# The trees of this process and their claims, so that a tree whose root has ended (failed,
+# or stopped without `Tree.stop()`) does not keep its state dir from a new one.
+_claims: dict[Path, tuple[StateDirClaim, pykka.ActorRef[Any]]] = {}
+_claims_lock = threading.Lock()
+
 
 def prepare_state_dir(state_dir: str | os.PathLike[str]) -> Path:
     """Create `state_dir` owner-only (0700), or tighten an existing one with a WARNING.
@@ -117,6 +122,9 @@ class Tree:
             )
             return
         if self._claim is not None:
+            with _claims_lock:
+                if _claims.get(self.state_dir, (None,))[0] is self._claim:
+                    del _claims[self.state_dir]
             self._claim.release()
 
     @property
@@ -176,12 +184,25 @@ def start_tree(
         ),
         ChildSpec("locks", LockSupervisor, kwargs={"check_interval": check_interval, "clock": clock}),
     ]
-    claim = StateDirClaim(path)
-    try:
-        root = Supervisor.start(
-            children, strategy=Strategy.ONE_FOR_ONE, max_restarts=max_restarts, max_seconds=max_seconds, clock=clock
-        )
-    except BaseException:
-        claim.release()
-        raise
+    with _claims_lock:
+        earlier = _claims.get(path)
+        if earlier is not None and _has_ended(earlier[1]):
+            earlier[0].release()
+            del _claims[path]
+        claim = StateDirClaim(path)
+        try:
+            root = Supervisor.start(
+                children, strategy=Strategy.ONE_FOR_ONE, max_restarts=max_restarts, max_seconds=max_seconds,
+                clock=clock,
+            )
+        except BaseException:
+            claim.release()
+            raise
+        _claims[path] = (claim, root)
     return Tree(root, path, claim)
+
+
+def _has_ended(root: pykka.ActorRef[Any]) -> bool:
+    """True once a root supervisor has stopped for good (its children stopped before it)."""
+    actor = root._actor_weakref()
+    return actor is None or actor._terminated.is_set()

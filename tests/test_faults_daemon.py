@@ -503,3 +503,19 @@ def test_out_of_descriptors_the_accept_loop_backs_off_quietly_and_serving_resume
 @pytest.mark.xfail(strict=True, reason="needs the name pool's three-way liveness from the names branch")
 def test_out_of_descriptors_a_live_workers_name_is_not_reaped(out_of_descriptors):
     assert out_of_descriptors["name_now"] == out_of_descriptors["name"]
+
+
+def test_a_tree_whose_root_has_ended_does_not_keep_its_state_dir(tmp_path):
+    state_dir = tmp_path / "state"
+    first = start_tree(state_dir, max_restarts=0)
+    first.names.proxy().checkout_name("urn:kept").get(timeout=10)
+    first.supervisor.stop()  # not Tree.stop(): the root is gone all the same
+    second = start_tree(state_dir)
+    try:
+        assert second.names.proxy().get_name_by_pid("urn:kept").get(timeout=10) is not None
+        with pytest.raises(StateDirInUse):
+            start_tree(state_dir)
+    finally:
+        second.stop()
+    first.stop()  # late and harmless: its claim is long gone
+    start_tree(state_dir).stop()
