@@ -424,10 +424,10 @@ def test_a_client_outlives_a_daemon_restart(tmp_path):
     state_dir = tmp_path / "state"
     process = start_daemon(state_dir)
     with connect(state_dir) as client:
-        name = client.call("names.checkout_name", owner="urn:keeper")
+        name = client.call("names.checkout_name")
         assert stop(process) == 0
         process = start_daemon(state_dir)
-        assert client.call("names.get_name_by_pid", "urn:keeper") == name  # reconnected by itself
+        assert client.call("names.get_name_by_pid") == name  # reconnected by itself
     assert stop(process) == 0
 
 

@@ -83,15 +83,13 @@ def test_names_owner_defaults_to_the_peer_pid(served, client):
     assert tree.names.proxy().get_name_by_pid(os.getpid()).get(timeout=5) == name
     assert client.call("names.get_name_by_pid") == name
     assert client.call("names.checkout_name", None) == name  # nil owner: still the peer
-    assert client.call("names.checkout_name", owner="urn:worker:1") != name  # explicit str owner honoured
     stats = client.call("names.pool_stats")
-    assert stats["checked_out_count"] == 2
+    assert stats["checked_out_count"] == 1
 
 
 def test_associate_with_omitted_owner_is_the_peer(served, client):
-    name = client.call("names.checkout_name", owner="urn:parent")
-    client.call("names.associate_name", name)
-    assert client.call("names.get_name_by_pid", os.getpid()) == name
+    client.call("names.associate_name", "furiosa")  # not checked out: restored for the peer
+    assert client.call("names.get_name_by_pid", os.getpid()) == "furiosa"
 
 
 def test_locks_act_for_the_peer_only(served, client, tmp_path):
@@ -178,7 +176,8 @@ def test_unknown_error_types_become_remote_error():
         raise_remote({"type": "Locked", "message": "by pid 1"})
 
 
-def test_many_concurrent_clients_get_distinct_names(served):
+def test_many_concurrent_connections_of_one_process_share_its_one_name(served):
+    # A socket peer acts only for itself: every connection of this process gets its name.
     names: list[str] = []
     errors: list[BaseException] = []
 
@@ -186,7 +185,8 @@ def test_many_concurrent_clients_get_distinct_names(served):
         try:
             with Client(served[2], timeout=20) as connection:
                 for step in range(10):
-                    names.append(connection.call("names.checkout_name", owner=f"client-{index}-{step}"))
+                    names.append(connection.call("names.checkout_name"))
+                    connection.call("names.pool_stats")
         except BaseException as error:  # noqa: BLE001 - collected for the assertion
             errors.append(error)
 
@@ -196,7 +196,9 @@ def test_many_concurrent_clients_get_distinct_names(served):
     for thread in threads:
         thread.join(30)
     assert not errors
-    assert len(names) == 120 and len(set(names)) == 120
+    assert len(names) == 120 and len(set(names)) == 1
+    with Client(served[2], timeout=10) as connection:
+        assert connection.call("names.pool_stats")["checked_out_count"] == 1
 
 
 # -- hostile input ------------------------------------------------------------------------------------
@@ -286,10 +288,10 @@ def test_a_client_vanishing_mid_frame_loses_nothing(served):
 
 def test_a_client_vanishing_after_a_request_leaves_its_answered_state(served):
     connection = raw_connection(served[2])
-    connection.sendall(msgpack.packb({"id": 1, "op": "names.checkout_name", "kwargs": {"owner": "gone"}}))
+    connection.sendall(msgpack.packb({"id": 1, "op": "names.checkout_name"}))
     connection.close()
-    with Client(served[2], timeout=10) as fresh:
-        wait_until(lambda: fresh.call("names.get_name_by_pid", "gone") is not None)
+    with Client(served[2], timeout=10) as fresh:  # the same process: the name is this pid's
+        wait_until(lambda: fresh.call("names.get_name_by_pid") is not None)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
