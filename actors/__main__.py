@@ -5,28 +5,57 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 
-def _positive(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 
 
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
+class _Parser(argparse.ArgumentParser):
+    """A bad command line is one line on stderr (`actors: ...`) and exit 2, no usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"actors: {message}\n")
 
 
-def _non_negative(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
+def _seconds(low: float, high: float, *, low_open: bool = False) -> Callable[[str], float]:
+    """A number of seconds within [low, high] (or (low, high]); nan and inf are refused."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        inside = (low < value if low_open else low <= value) and value <= high  # False for nan
+        if not inside:
+            opening = "(" if low_open else "["
+            raise argparse.ArgumentTypeError(f"must lie within {opening}{low:g}, {high:g}] seconds, got {text}")
+        return value
+
+    return parse
+
+
+def _count(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must lie within [{low}, {high}], got {text}")
+        return value
+
+    return parse
+
+
+def _log_level(text: str) -> str:
+    if text.upper() not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(LOG_LEVELS)}, got {text!r}")
+    return text.upper()
+
+
+DAY = 86_400.0
 
 
 def _configure_logging(level: str) -> None:
@@ -37,19 +66,24 @@ def _configure_logging(level: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m actors", description="Supervised actor tree for agent fleets.")
+    parser = _Parser(prog="python -m actors", description="Supervised actor tree for agent fleets.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the tree and its socket in the foreground")
     serve.add_argument("--state-dir", required=True)
-    serve.add_argument("--heartbeat", type=_positive, default=5.0, help="seconds between daemon.state writes")
-    serve.add_argument("--reap-interval", type=_positive, default=5.0)
-    serve.add_argument("--check-interval", type=_positive, default=5.0)
-    serve.add_argument("--max-restarts", type=_non_negative_int, default=3)
-    serve.add_argument("--max-seconds", type=_non_negative, default=5.0)
+    serve.add_argument("--heartbeat", type=_seconds(0.1, 3600.0), default=5.0,
+                       help="seconds between daemon.state writes, within [0.1, 3600]")
+    serve.add_argument("--reap-interval", type=_seconds(0.01, DAY), default=5.0)
+    serve.add_argument("--check-interval", type=_seconds(0.01, DAY), default=5.0)
+    serve.add_argument("--max-restarts", type=_count(0, 1_000_000), default=3)
+    serve.add_argument("--max-seconds", type=_seconds(0.0, DAY), default=5.0)
     serve.add_argument("--demo", action="store_true", help="also run a few demo worker processes")
-    serve.add_argument("--demo-seconds", type=_non_negative, default=0.0, help="with --demo: stop after this long (0: run until signalled)")
-    serve.add_argument("--log-level", default="INFO")
+    serve.add_argument("--demo-seconds", type=_seconds(0.0, DAY), default=0.0,
+                       help="with --demo: stop after this long (0: run until signalled)")
+    serve.add_argument("--log-level", type=_log_level, default="INFO")
+    # For tests: how long a connection may hold a partial frame (default 10 s).
+    serve.add_argument("--frame-timeout", type=_seconds(0.0, 3600.0, low_open=True), default=None,
+                       help=argparse.SUPPRESS)
 
     status = commands.add_parser("status", help="print the running daemon's tree, names, locks and agents")
     status.add_argument("--state-dir", required=True)
@@ -85,7 +119,9 @@ def _serve(args: Any) -> int:
 
         def on_started(daemon: Any) -> None:
             start_demo_workers(daemon, seconds=args.demo_seconds)
-    return serve(args.state_dir, heartbeat=args.heartbeat, tree_options=options, on_started=on_started)
+    gateway_options = {} if args.frame_timeout is None else {"frame_timeout": args.frame_timeout}
+    return serve(args.state_dir, heartbeat=args.heartbeat, tree_options=options, gateway_options=gateway_options,
+                 on_started=on_started)
 
 
 def _status(args: Any) -> int:
@@ -95,14 +131,30 @@ def _status(args: Any) -> int:
     try:
         with connect(args.state_dir, timeout=10.0) as client:
             status = client.call("tree.status")
-    except (OSError, ConnectionError) as error:
-        sys.stderr.write(f"actors: no daemon answers at {args.state_dir}: {error}\n")
+    except OSError as error:
+        sys.stdout.write(f"no daemon answers at {args.state_dir}: {error}\n{_last_recorded(args.state_dir)}\n")
         return 1
     if args.json:
         sys.stdout.write(json.dumps(status, indent=2, sort_keys=True, default=str) + "\n")
     else:
         sys.stdout.write(render_status(status) + "\n")
     return 0
+
+
+def _last_recorded(state_dir: str) -> str:
+    """What daemon.state last said, for people."""
+    from pathlib import Path
+
+    from actors.daemon._daemon import DAEMON_STATE, DaemonStateFile
+
+    try:
+        state = DaemonStateFile(Path(state_dir) / DAEMON_STATE).load()
+    except Exception as error:  # unreadable: say so, this is only a hint
+        return f"daemon.state: unreadable ({error})"
+    if not isinstance(state, dict):
+        return "daemon.state: none recorded"
+    fields = ("running", "pid", "started_at", "last_heartbeat", "heartbeat_count")
+    return "daemon.state last recorded: " + ", ".join(f"{field}={state.get(field)}" for field in fields)
 
 
 if __name__ == "__main__":

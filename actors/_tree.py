@@ -6,24 +6,36 @@
         lock.proxy().acquire("session-1").get(timeout=5)
 
 Worker processes join later with `tree.supervisor.proxy().start_child(spec)`.
-Starting a tree again on the same `state_dir` recovers the name pool's state.
+Starting a tree again on the same `state_dir` recovers the name pool's state. One tree
+per `state_dir`, across processes and within one: a second `start_tree` (or `python -m
+actors serve`) on it raises `StateDirInUse` naming the holder's pid until `Tree.stop()`.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import stat
+import threading
 from pathlib import Path
 from typing import Any
 
 import pykka
 from loguru import logger
 
+from actors._errors import StateDirInUse
 from supervision import ChildSpec, Clock, Handle, Strategy, Supervisor, make_private_directory
 
-__all__ = ["NAMES_STATE", "Tree", "prepare_state_dir", "start_tree"]
+__all__ = ["LOCK_NAME", "NAMES_STATE", "StateDirClaim", "Tree", "prepare_state_dir", "start_tree"]
 
 NAMES_STATE = "names.state"
+LOCK_NAME = "daemon.lock"
+
+# The trees of this process and their claims, so that a tree whose root has ended (failed,
+# or stopped without `Tree.stop()`) does not keep its state dir from a new one.
+_claims: dict[Path, tuple[StateDirClaim, pykka.ActorRef[Any]]] = {}
+_claims_lock = threading.Lock()
 
 
 def prepare_state_dir(state_dir: str | os.PathLike[str]) -> Path:
@@ -52,23 +64,68 @@ def prepare_state_dir(state_dir: str | os.PathLike[str]) -> Path:
     return path
 
 
+class StateDirClaim:
+    """The kernel lock (`flock` on ``state_dir/daemon.lock``) that makes one tree per state dir.
+
+    flock belongs to an open file description, so each claim opens the file anew: a second
+    claim conflicts with the first whether it comes from another process or this one. The
+    kernel drops the lock when its holder dies; the pid written into the file only serves
+    the refusal message.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / LOCK_NAME
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            content = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            self.holder = int(content) if content.isdigit() else None
+            who = f"pid {self.holder}" if self.holder else "another process"
+            raise StateDirInUse(f"{state_dir} is in use by a tree or daemon ({who})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd: int | None = fd
+        self._lock = threading.Lock()
+
+    def release(self) -> None:
+        """Let another tree have the state dir (idempotent)."""
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)  # closing the only descriptor of the description drops the flock
+                self._fd = None
+
+
 class Tree:
     """The running tree: `.supervisor` (root ref), `.names`, `.agents`, `.locks` (Handles)."""
 
-    def __init__(self, supervisor: pykka.ActorRef[Any], state_dir: Path) -> None:
+    def __init__(self, supervisor: pykka.ActorRef[Any], state_dir: Path, claim: StateDirClaim | None = None) -> None:
         self.supervisor = supervisor
         self.state_dir = state_dir
         self.names = Handle(supervisor, "names")
         self.agents = Handle(supervisor, "agents")
         self.locks = Handle(supervisor, "locks")
+        self._claim = claim
 
     def stop(self, timeout: float | None = None) -> None:
-        """Stop gracefully: children in reverse start order (idempotent)."""
+        """Stop gracefully: children in reverse start order (idempotent); then free the state dir."""
         if self.supervisor.is_alive():
             self.supervisor.stop(timeout=timeout)
         actor = self.supervisor._actor_weakref()
-        if actor is not None:
-            actor._terminated.wait(timeout)
+        if actor is not None and not actor._terminated.wait(timeout):
+            # Its actors may still write the state: another tree must not start on it yet.
+            logger.bind(state_dir=str(self.state_dir)).warning(
+                "the tree on {} did not stop within {}s; keeping its state dir locked", self.state_dir, timeout
+            )
+            return
+        if self._claim is not None:
+            with _claims_lock:
+                if _claims.get(self.state_dir, (None,))[0] is self._claim:
+                    del _claims[self.state_dir]
+            self._claim.release()
 
     @property
     def is_running(self) -> bool:
@@ -98,7 +155,11 @@ def start_tree(
     max_restarts: int = 3,
     max_seconds: float = 5.0,
 ) -> Tree:
-    """Start the root supervisor (one_for_one) with "names", "agents", "locks", in that order."""
+    """Start the root supervisor (one_for_one) with "names", "agents", "locks", in that order.
+
+    Raises `StateDirInUse` (naming the holder's pid) while another tree or daemon, in this
+    process or another, holds `state_dir`.
+    """
     from actors.agents._pool import AgentPool
     from actors.names._pool import NamePool
     from actors.locks._worker_lock import LockSupervisor
@@ -123,7 +184,25 @@ def start_tree(
         ),
         ChildSpec("locks", LockSupervisor, kwargs={"check_interval": check_interval, "clock": clock}),
     ]
-    root = Supervisor.start(
-        children, strategy=Strategy.ONE_FOR_ONE, max_restarts=max_restarts, max_seconds=max_seconds, clock=clock
-    )
-    return Tree(root, path)
+    with _claims_lock:
+        earlier = _claims.get(path)
+        if earlier is not None and _has_ended(earlier[1]):
+            earlier[0].release()
+            del _claims[path]
+        claim = StateDirClaim(path)
+        try:
+            root = Supervisor.start(
+                children, strategy=Strategy.ONE_FOR_ONE, max_restarts=max_restarts, max_seconds=max_seconds,
+                clock=clock,
+            )
+        except BaseException:
+            claim.release()
+            raise
+        _claims[path] = (claim, root)
+    return Tree(root, path, claim)
+
+
+def _has_ended(root: pykka.ActorRef[Any]) -> bool:
+    """True once a root supervisor has stopped for good (its children stopped before it)."""
+    actor = root._actor_weakref()
+    return actor is None or actor._terminated.is_set()

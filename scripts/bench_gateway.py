@@ -7,14 +7,15 @@
 - baseline: a bare msgpack echo over a Unix socket, served by a thread of this process
   (it reads frames with `msgpack.Unpacker` and writes each frame back packed); the calling
   side does per call what `Client.call` does: pack a request map, sendall, recv, unpack;
-- target: ours / baseline >= 0.5.
+- target: ours / baseline >= 0.8 (contract §6, v3).
 
 The baseline's socket waits the way the real `Client`'s does (its Python timeout and its
 kernel SO_RCVTIMEO/SO_SNDTIMEO are copied): a Python timeout makes every recv poll()
 first, which alone costs ~18 µs a round trip on these VMs. For information, the same echo
 from a plainly blocking socket is measured too (`echo_blocking_*`).
 
-Both sides are interleaved in short rounds (alternating which goes first), medians. The
+Both sides are interleaved in short rounds (rotating which goes first), medians, with the
+garbage collector on (as a user's process runs). The
 calling thread runs on one CPU; the echo thread and the whole daemon process (its threads
 inherit the affinity it gets right after it starts) on the other. With one usable CPU
 everything shares it (the figures say so). The daemon is always stopped with SIGTERM at
@@ -55,7 +56,7 @@ from actors.daemon._protocol import MAX_FRAME
 
 __all__ = ["GATEWAY_TARGET", "bench_gateway"]
 
-GATEWAY_TARGET = 0.5  # ours / bare echo round trips per second, at least
+GATEWAY_TARGET = 0.8  # ours / bare echo round trips per second, at least
 OP = "names.pool_stats"
 ACTOR_OP = "names.get_name_by_pid"
 START_TIMEOUT = 30.0  # seconds for the daemon to answer its first call
@@ -332,7 +333,6 @@ def bench_gateway(quick: bool = False, rounds: int | None = None, calls: int | N
     echo: EchoClient | None = None
     blocking_echo: EchoClient | None = None
     client: actors.Client | None = None
-    gc_was_enabled = gc.isenabled()
     rates: dict[str, list[float]] = {"gateway": [], "echo": [], "echo_blocking": [], "gateway_actor_op": []}
     ratios: list[float] = []
     setup: dict[str, Any] = {}
@@ -360,8 +360,7 @@ def bench_gateway(quick: bool = False, rounds: int | None = None, calls: int | N
         for call in sides.values():
             _rate(call, warmup)
         daemon_affinities = _process_affinities(daemon.process.pid)  # type: ignore[union-attr]
-        gc.collect()
-        gc.disable()  # a collection in one side's round would be charged to it alone
+        gc.collect()  # start every run from the same heap; the collector stays on
         names = list(sides)
         for index in range(rounds):
             shift = index % len(names)  # rotate which side goes first
@@ -373,8 +372,6 @@ def bench_gateway(quick: bool = False, rounds: int | None = None, calls: int | N
             if server.error is not None:
                 raise RuntimeError(f"the echo server failed: {server.error!r}")
     finally:
-        if gc_was_enabled:
-            gc.enable()
         for closable in (client, echo, blocking_echo):
             if closable is not None:
                 closable.close()

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from actors import connect
+from actors import RemoteError, connect
 from supervision.testing import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,21 +48,25 @@ def answers(state_dir: Path) -> bool:
     try:
         with connect(state_dir, timeout=2) as client:
             return client.call("names.default_name") == "Nameless Agent"
-    except OSError:
+    except (OSError, RemoteError):  # not listening yet, or refused this connection
         return False
 
 
-def start_daemon(state_dir: Path, *extra: str, **options: Any) -> subprocess.Popen:
-    """Start `serve` on `state_dir` (heartbeat 0.2 s) and wait until it answers."""
+def start_daemon(
+    state_dir: Path, *extra: str, command: list[str] | None = None, **options: Any
+) -> subprocess.Popen:
+    """Start `serve` on `state_dir` (heartbeat 0.2 s) and wait until it answers.
+
+    `command` replaces ``python -m actors`` (e.g. a launcher that injects a fault first);
+    `options` go to `subprocess.Popen` (e.g. `preexec_fn` to lower a resource limit).
+    """
     options.setdefault("stdout", subprocess.PIPE)
     options.setdefault("stderr", subprocess.PIPE)
     options.setdefault("text", True)
-    process = spawn(
-        [sys.executable, "-m", "actors", "serve", "--state-dir", str(state_dir), "--heartbeat", "0.2", *extra],
-        **options,
-    )
+    command = command or [sys.executable, "-m", "actors"]
+    process = spawn([*command, "serve", "--state-dir", str(state_dir), "--heartbeat", "0.2", *extra], **options)
     wait_until(lambda: process.poll() is not None or answers(state_dir), timeout=30)
     if process.poll() is not None:
-        stderr = process.stderr.read() if options["stderr"] is subprocess.PIPE else ""
+        stderr = process.stderr.read() if options["stderr"] is subprocess.PIPE else "(not captured)"
         raise AssertionError(f"the daemon exited with {process.returncode}: {stderr}")
     return process

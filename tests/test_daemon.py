@@ -13,8 +13,7 @@ import msgpack
 import pytest
 from _daemons import ROOT, cleanup, start_daemon
 
-from actors import NotPermitted, connect
-from supervision import ActorCrashed
+from actors import NotPermitted, RemoteError, connect
 from supervision.testing import wait_until
 
 pytestmark = pytest.mark.slow
@@ -80,12 +79,12 @@ def test_clients_in_other_processes_own_names_by_their_pids(daemon):
         assert len(set(held.values())) == 4
         with connect(state_dir) as me:
             for pid, name in held.items():
-                assert me.call("names.get_name_by_pid", pid) == name
+                assert me.call("names.get_name_by_pid", pid) == name  # anyone may ask about any pid
+            assert me.call("names.checkout_name") not in held.values()
             # v3: a process may not join a name held by a process it does not descend from
             first_pid, first_name = next(iter(held.items()))
             with pytest.raises(NotPermitted):
                 me.call("names.associate_name", first_name)
-            assert me.call("names.get_name_by_pid") is None
             assert me.call("names.get_name_by_pid", first_pid) == first_name
     finally:
         for client in clients:
@@ -134,6 +133,7 @@ def test_sigkill_then_a_new_serve_recovers_held_names(tmp_path):
             assert client.call("names.get_name_by_pid", int(pid)) == name
             assert client.call("tree.status")["held_names"][name] == [int(pid)]
             assert client.call("names.checkout_name") != name
+            assert client.call("names.pool_stats")["checked_out_count"] == 2
     finally:
         holder.stdin.close()
         holder.wait(10)
@@ -143,10 +143,10 @@ def test_sigkill_then_a_new_serve_recovers_held_names(tmp_path):
 def test_status_cli_for_people_and_json(daemon):
     state_dir, process = daemon
     with connect(state_dir) as client:
-        mine = client.call("names.checkout_name")
+        name = client.call("names.checkout_name")
     text = run_cli("status", "--state-dir", str(state_dir))
     assert text.returncode == 0, text.stderr
-    for expected in ("names", "agents", "locks", "restarts=", mine, str(os.getpid()), str(process.pid)):
+    for expected in ("names", "agents", "locks", "restarts=", name, str(os.getpid()), str(process.pid)):
         assert expected in text.stdout
     as_json = run_cli("status", "--state-dir", str(state_dir), "--json")
     status = json.loads(as_json.stdout)
@@ -156,7 +156,18 @@ def test_status_cli_for_people_and_json(daemon):
 
 def test_status_without_a_daemon_exits_1(tmp_path):
     result = run_cli("status", "--state-dir", str(tmp_path))
-    assert result.returncode == 1 and "no daemon" in result.stderr
+    assert result.returncode == 1 and "no daemon" in result.stdout
+    assert "none recorded" in result.stdout
+
+
+def test_status_after_the_daemon_was_killed_says_what_it_last_recorded(tmp_path):
+    state_dir = tmp_path / "state"
+    process = start_daemon(state_dir)
+    process.kill()
+    process.wait(10)
+    result = run_cli("status", "--state-dir", str(state_dir))
+    assert result.returncode == 1 and "no daemon" in result.stdout, result
+    assert f"pid={process.pid}" in result.stdout and "running=True" in result.stdout
 
 
 def test_loose_state_dir_is_tightened_with_a_warning(tmp_path):
@@ -176,18 +187,25 @@ def test_bad_flags_are_refused(tmp_path):
     assert result.returncode == 2 and "heartbeat" in result.stderr
 
 
+# The agent pool's health probe is made to raise (a crash, not a ClientError); a root that
+# allows no restart fails with it.
+CRASHING_LAUNCHER = """
+import sys
+from actors.agents._pool import AgentPool
+def health(self):
+    raise RuntimeError("injected crash")
+AgentPool.health = health
+from actors.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_root_failure_exits_1_with_a_message(tmp_path):
     state_dir = tmp_path / "state"
-    process = start_daemon(state_dir, "--max-restarts", "0")
-    # The name pool cannot write its state any more: its next durable write crashes it,
-    # and a root that allows no restart fails with it.
-    state_file = state_dir / "names.state"
-    if state_file.exists():
-        state_file.unlink()
-    state_file.mkdir()
+    process = start_daemon(state_dir, "--max-restarts", "0", command=[sys.executable, "-c", CRASHING_LAUNCHER])
     with connect(state_dir) as client:
-        with pytest.raises(ActorCrashed):  # the write was cut off by the crash it caused
-            client.call("names.checkout_name", owner="doomed")
+        with pytest.raises(RemoteError, match="injected crash"):
+            client.call("agents.health")
     assert process.wait(30) == 1
     assert "root supervisor failed" in process.stderr.read()
     assert daemon_state(state_dir)["running"] is False
@@ -204,3 +222,36 @@ def test_the_main_job_demo_runs_and_stops_by_itself(tmp_path):
     for expected in ("worker-1", "worker-3", "locked by pid", "names:", "stopping the daemon"):
         assert expected in result.stdout
     assert daemon_state(state_dir)["running"] is False
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_heartbeat_stops_claiming_running_when_the_accept_loop_is_gone(tmp_path, monkeypatch):
+    # The accept loop survives every Exception; should something still end it, the heartbeat
+    # must not go on saying the daemon is running.
+    from actors.daemon._daemon import Daemon
+    from actors.daemon._gateway import Gateway
+    from supervision import ManualClock
+
+    clock = ManualClock()
+    daemon = Daemon(tmp_path / "state", heartbeat=1.0, clock=clock)
+    daemon.start()
+    try:
+        assert daemon_state(tmp_path / "state")["running"] is True
+
+        def fatal(self, connection):
+            connection.close()
+            raise SystemExit("the accept thread is gone")
+
+        monkeypatch.setattr(Gateway, "_admit", fatal)
+        socket_path = tmp_path / "state" / "tree.sock"
+        with pytest.raises(OSError):
+            with connect(tmp_path / "state", timeout=5) as client:
+                client.call("names.default_name")
+        wait_until(lambda: daemon.gateway.has_failed)
+        clock.advance(1.0)
+        state = daemon_state(tmp_path / "state")
+        assert state["running"] is False and state["heartbeat_count"] == 2
+        assert socket_path.exists()
+    finally:
+        daemon.stop()
+    assert not socket_path.exists()

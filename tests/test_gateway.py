@@ -90,6 +90,9 @@ def test_names_owner_defaults_to_the_peer_pid(served, client):
 
 
 def test_associate_with_omitted_owner_is_the_peer(served, client):
+    client.call("names.associate_name", "furiosa")  # not checked out: restored for the peer
+    assert client.call("names.get_name_by_pid", os.getpid()) == "furiosa"
+    client.call("names.checkin_name", "furiosa")
     # Held by an ancestor of the peer (this process's parent): the peer may inherit it.
     name = served[0].names.proxy().checkout_name(os.getppid()).get(timeout=5)
     client.call("names.associate_name", name)
@@ -180,7 +183,8 @@ def test_unknown_error_types_become_remote_error():
         raise_remote({"type": "Locked", "message": "by pid 1"})
 
 
-def test_many_concurrent_clients_get_distinct_names(served):
+def test_many_concurrent_connections_of_one_process_share_its_one_name(served):
+    # A socket peer acts only for itself: every connection of this process gets its name.
     names: list[str] = []
     errors: list[BaseException] = []
 
@@ -189,6 +193,7 @@ def test_many_concurrent_clients_get_distinct_names(served):
             with Client(served[2], timeout=20) as connection:
                 for step in range(10):
                     names.append(connection.call("names.checkout_name"))
+                    connection.call("names.pool_stats")
         except BaseException as error:  # noqa: BLE001 - collected for the assertion
             errors.append(error)
 
@@ -198,8 +203,9 @@ def test_many_concurrent_clients_get_distinct_names(served):
     for thread in threads:
         thread.join(30)
     assert not errors
-    # v3: every connection of one process acts for that process, which holds one name.
     assert len(names) == 120 and len(set(names)) == 1
+    with Client(served[2], timeout=10) as connection:
+        assert connection.call("names.pool_stats")["checked_out_count"] == 1
 
 
 # -- hostile input ------------------------------------------------------------------------------------
@@ -291,7 +297,7 @@ def test_a_client_vanishing_after_a_request_leaves_its_answered_state(served):
     connection = raw_connection(served[2])
     connection.sendall(msgpack.packb({"id": 1, "op": "names.checkout_name"}))
     connection.close()
-    with Client(served[2], timeout=10) as fresh:
+    with Client(served[2], timeout=10) as fresh:  # the same process: the name is this pid's
         wait_until(lambda: fresh.call("names.get_name_by_pid") is not None)
 
 
@@ -358,3 +364,173 @@ def test_peer_credentials_struct_matches_the_kernel(served):
     pid, uid, gid = struct.unpack("3i", connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
     assert uid == os.geteuid() and pid > 0
     connection.close()
+
+
+# -- frames, slots and threads (issue 11) ---------------------------------------------------------------
+
+
+def test_frame_reader_refuses_an_endless_frame_after_one_frame_of_bytes():
+    from actors.daemon._protocol import FrameError, FrameReader
+
+    reader = FrameReader()
+    # {"id": 1, "op": "names.reconcile", "args": [[2,048 strings of 512 KiB]]}, fed 64 KiB at a time.
+    head = b"\x83" + b"".join(msgpack.packb(item) for item in ("id", 1, "op", "names.reconcile", "args"))
+    reader.feed(head + b"\x91\xdd" + (2048).to_bytes(4, "big"))
+    piece = msgpack.packb("x" * (512 * 1024))
+    fed = 0
+    with pytest.raises(FrameError, match="limit"):
+        while True:
+            for start in range(0, len(piece), 65536):
+                reader.feed(piece[start:start + 65536])
+                fed += 65536
+                list(reader.frames())
+    assert fed <= MAX_FRAME + 65536
+
+
+def test_frame_reader_hands_out_frames_in_order_across_chunks_and_stops_at_garbage():
+    from actors.daemon._protocol import FrameError, FrameReader
+
+    frames = [{"id": index, "op": "x" * index} for index in range(50)]
+    data = b"".join(msgpack.packb(frame) for frame in frames) + b"\xc1"
+    reader = FrameReader()
+    got: list = []
+    with pytest.raises(FrameError, match="malformed"):
+        for start in range(0, len(data), 7):
+            reader.feed(data[start:start + 7])
+            got.extend(reader.frames())
+    assert got == frames  # every whole frame before the garbage was handed out
+    assert not FrameReader().has_partial
+
+
+def test_a_complete_frame_over_the_limit_is_refused():
+    from actors.daemon._protocol import FrameError, FrameReader
+
+    reader = FrameReader(max_frame=1000)
+    reader.feed(msgpack.packb({"id": 1, "op": "y" * 1500}) + msgpack.packb({"id": 2}))
+    with pytest.raises(FrameError, match="frame of 15.. bytes exceeds"):
+        list(reader.frames())
+
+
+@pytest.fixture
+def gateway_factory(tmp_path):
+    """Gateways with options of the test's choosing on one tree."""
+    tree = start_tree(tmp_path / "state", reap_interval=3600, check_interval=3600, sweep_interval=3600)
+    gateways: list[Gateway] = []
+
+    def make(**options) -> tuple[Gateway, Path]:
+        path = tmp_path / "state" / f"g{len(gateways)}.sock"
+        gateway = Gateway(tree, path, **options)
+        gateways.append(gateway)
+        gateway.start()
+        return gateway, path
+
+    yield make
+    for gateway in gateways:
+        gateway.stop()
+    tree.stop()
+
+
+def test_a_partial_frame_held_past_the_frame_timeout_is_closed(gateway_factory):
+    from supervision import ManualClock
+
+    clock = ManualClock()
+    gateway, path = gateway_factory(clock=clock, frame_timeout=10.0)
+    stalled = raw_connection(path)
+    idle = raw_connection(path)
+    frame = msgpack.packb({"id": 1, "op": "names.default_name"})
+    stalled.sendall(frame[:4])
+    wait_until(lambda: any(slot.partial_since is not None for slot in list(gateway._slots.values())))
+    clock.advance(9.0)
+    stalled.settimeout(1.0)
+    with pytest.raises(TimeoutError):  # not yet: 9 s of the 10
+        stalled.recv(1)
+    clock.advance(1.5)
+    stalled.settimeout(10)
+    assert [reply["error"]["type"] for reply in read_frames(stalled)] == ["FrameTimeout"]
+    idle.sendall(frame)  # a connection with nothing half sent is not closed by the timeout
+    assert msgpack.unpackb(idle.recv(65536), raw=False) == {"id": 1, "ok": "Nameless Agent"}
+    idle.close()
+    stalled.close()
+
+
+def test_when_every_slot_is_taken_the_longest_idle_connection_makes_room(gateway_factory):
+    from supervision import ManualClock
+
+    clock = ManualClock()
+    gateway, path = gateway_factory(clock=clock, max_connections=3)
+    oldest = raw_connection(path)
+    wait_until(lambda: gateway.connection_count == 1)
+    clock.advance(1)
+    middle = raw_connection(path)
+    wait_until(lambda: gateway.connection_count == 2)
+    clock.advance(1)
+    newest = raw_connection(path)
+    wait_until(lambda: gateway.connection_count == 3)
+    clock.advance(1)
+    # The oldest answers a request now, so the middle one has been idle the longest.
+    oldest.sendall(msgpack.packb({"id": 1, "op": "names.default_name"}))
+    assert msgpack.unpackb(oldest.recv(65536), raw=False)["ok"] == "Nameless Agent"
+    with Client(path, timeout=10) as client:
+        assert client.call("names.default_name") == "Nameless Agent"
+    assert read_frames(middle) == []  # closed quietly, no request lost
+    for connection in (oldest, newest):
+        connection.sendall(msgpack.packb({"id": 2, "op": "names.default_name"}))
+        assert msgpack.unpackb(connection.recv(65536), raw=False)["id"] == 2
+        connection.close()
+    middle.close()
+
+
+def test_a_connection_thread_that_cannot_start_is_answered_and_accepting_goes_on(gateway_factory, monkeypatch):
+    gateway, path = gateway_factory()
+    real_start = threading.Thread.start
+    failures = {"left": 2}
+
+    def start(thread: threading.Thread) -> None:
+        if thread.name.startswith("gateway-conn") and failures["left"]:
+            failures["left"] -= 1
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    for _ in range(2):
+        connection = raw_connection(path)
+        frames = read_frames(connection)
+        connection.close()
+        assert [(frame["id"], frame["error"]["type"]) for frame in frames] == [(None, "RuntimeError")]
+    assert_still_serving(path)
+    assert not gateway.has_failed
+    wait_until(lambda: gateway.connection_count == 0)  # no slot kept by the refused ones
+
+
+def test_a_lifecycle_request_without_a_thread_is_still_acted_on(served, client, monkeypatch):
+    real_start = threading.Thread.start
+
+    def start(thread: threading.Thread) -> None:
+        if thread.name == "gateway-lifecycle":
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    assert client.call("tree.shutdown") == "accepted"
+    wait_until(lambda: served[3] == [1])
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    frames=st.lists(st.dictionaries(st.text(max_size=5), st.one_of(st.integers(min_value=-(2**63), max_value=2**64 - 1),
+                                                                     st.text(max_size=300), st.none(),
+                                                                     st.lists(st.binary(max_size=50), max_size=4)),
+                                    max_size=4), min_size=1, max_size=8),
+    cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=10),
+)
+def test_frame_reader_yields_the_same_frames_however_the_bytes_are_cut(frames, cuts):
+    from actors.daemon._protocol import FrameReader
+
+    data = b"".join(msgpack.packb(frame, use_bin_type=True) for frame in frames)
+    points = sorted({min(cut, len(data)) for cut in cuts} | {0, len(data)})
+    reader = FrameReader()
+    got: list = []
+    for start, end in zip(points, points[1:]):
+        reader.feed(data[start:end])
+        got.extend(reader.frames())
+    assert got == frames and not reader.has_partial

@@ -3,15 +3,14 @@
     python -m actors serve --state-dir /var/lib/fleet        # SIGTERM or Ctrl-C stops it
     python -m actors status --state-dir /var/lib/fleet
 
-One daemon per state dir, enforced by a kernel lock (`flock` on ``daemon.lock``), not
-by guessing from a pid file: a second `serve` exits with status 3 naming the running
-one. ``daemon.state`` (one msgpack map) is rewritten atomically on every heartbeat.
+One daemon (or tree) per state dir, enforced by the kernel lock `start_tree` takes
+(`flock` on ``daemon.lock``), not by guessing from a pid file: a second `serve` exits
+with status 3 naming the running one. ``daemon.state`` (one msgpack map) is rewritten
+atomically on every heartbeat, the first time before the socket accepts anyone.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 import signal
 import sys
@@ -25,16 +24,18 @@ from typing import Any
 import msgpack
 from loguru import logger
 
+from actors._errors import StateDirInUse
+from actors._tree import LOCK_NAME, Tree, prepare_state_dir, start_tree
 from actors.daemon._client import SOCKET_NAME
 from actors.daemon._gateway import Gateway
 from actors.daemon._status import collect_status
-from actors._tree import Tree, prepare_state_dir, start_tree
-from supervision import Clock, SnapshotStore, SystemClock
+from supervision import ClientError, Clock, SnapshotStore, SystemClock
 
-__all__ = ["ALREADY_RUNNING", "DAEMON_STATE", "LOCK_NAME", "Daemon", "DaemonStateFile", "serve"]
+__all__ = ["ALREADY_RUNNING", "DAEMON_STATE", "HEARTBEAT_RANGE", "LOCK_NAME", "USAGE", "Daemon", "DaemonStateFile",
+           "serve"]
 
 DAEMON_STATE = "daemon.state"
-LOCK_NAME = "daemon.lock"
+USAGE = 2
 ALREADY_RUNNING = 3
 STATE_VERSION = 1
 
@@ -64,36 +65,15 @@ def _now_iso(clock: Clock) -> str:
     return datetime.fromtimestamp(clock.time(), UTC).isoformat().replace("+00:00", "Z")
 
 
-class AlreadyRunning(Exception):
-    """Another daemon holds the state dir's kernel lock."""
-
-    def __init__(self, state_dir: Path, pid: int | None) -> None:
-        who = f"pid {pid}" if pid else "another process"
-        super().__init__(f"a daemon ({who}) is already serving {state_dir}")
-        self.pid = pid
-
-
-def _take_instance_lock(state_dir: Path) -> int:
-    """The kernel lock that makes this the only daemon on `state_dir` (released on exit)."""
-    path = state_dir / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as error:
-        if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-            os.close(fd)
-            raise
-        content = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-        os.close(fd)
-        raise AlreadyRunning(state_dir, int(content) if content.isdigit() else None) from None
-    # The pid is only informative (for the refusal message); the flock decides.
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
+HEARTBEAT_RANGE = (0.1, 3600.0)  # seconds between daemon.state writes, inclusive
 
 
 class Daemon:
-    """The tree, its gateway, the heartbeat and the instance lock, started and stopped in order."""
+    """The tree, its gateway and the heartbeat, started and stopped in order.
+
+    `start_tree` takes the state dir's kernel lock (one tree or daemon per state dir);
+    ``daemon.state`` says ``running: true`` with this pid before the socket accepts anyone.
+    """
 
     def __init__(
         self,
@@ -102,31 +82,36 @@ class Daemon:
         heartbeat: float = 5.0,
         clock: Clock | None = None,
         tree_options: dict[str, Any] | None = None,
+        gateway_options: dict[str, Any] | None = None,
     ) -> None:
-        if isinstance(heartbeat, bool) or not isinstance(heartbeat, int | float) or not heartbeat > 0:
-            raise ValueError(f"heartbeat must be > 0 seconds, got {heartbeat!r}")
+        low, high = HEARTBEAT_RANGE
+        if isinstance(heartbeat, bool) or not isinstance(heartbeat, int | float) or not low <= heartbeat <= high:
+            raise ValueError(f"heartbeat must lie within [{low:g}, {high:g}] seconds, got {heartbeat!r}")
         self.state_dir = prepare_state_dir(state_dir)
         self.heartbeat = float(heartbeat)
         self.clock: Clock = clock or SystemClock()
         self.tree_options = dict(tree_options or {})
+        self.gateway_options = dict(gateway_options or {})
         self.stopping = threading.Event()
         self.tree: Tree | None = None
         self.gateway: Gateway | None = None
-        self._lock_fd: int | None = None
         self._state_file = DaemonStateFile(self.state_dir / DAEMON_STATE)
         self._heartbeat_count = 0
         self._started_at = ""
         self._timer: Any = None
         self._state_lock = threading.Lock()
+        self._state_failures = 0
         self.on_started: list[Callable[[Daemon], None]] = []
 
     def start(self) -> None:
-        self._lock_fd = _take_instance_lock(self.state_dir)
+        """Start the tree (raises `StateDirInUse` if another holds the dir), then serve it."""
         self._started_at = _now_iso(self.clock)
         self.tree = start_tree(self.state_dir, clock=self.tree_options.pop("clock", None), **self.tree_options)
-        self.gateway = Gateway(self.tree, self.state_dir / SOCKET_NAME, on_shutdown=self.request_stop, status=self.status)
-        self.gateway.start()
+        self.gateway = Gateway(self.tree, self.state_dir / SOCKET_NAME, on_shutdown=self.request_stop,
+                               status=self.status, **self.gateway_options)
+        # Before the socket accepts anyone: whoever gets an answer finds this pid running.
         self._beat()
+        self.gateway.start()
         self._timer = self.clock.call_later(self.heartbeat, self._beat, interval=self.heartbeat)
         for hook in self.on_started:
             hook(self)
@@ -149,17 +134,27 @@ class Daemon:
         return 0
 
     def stop(self) -> None:
-        """Graceful: stop accepting, stop the tree in reverse order, record running: false."""
+        """Graceful: stop accepting, stop the tree in reverse order, record running: false.
+
+        Each step runs whatever failed before it (and is logged if it fails itself).
+        """
+        steps: list[tuple[str, Callable[[], Any]]] = []
         if self._timer is not None:
-            self._timer.cancel()
+            steps.append(("stop the heartbeat", self._timer.cancel))
         if self.gateway is not None:
-            self.gateway.stop()
+            steps.append(("close the socket", self.gateway.stop))
         if self.tree is not None:
-            self.tree.stop(timeout=60)
-        self._write_state(running=False)
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+            steps.append(("stop the tree", lambda: self.tree.stop(timeout=60)))  # type: ignore[union-attr]
+            # Only the holder of the state dir may write its daemon.state.
+            steps.append(("record running: false", lambda: self._write_state(running=False)))
+        for what, step in steps:
+            try:
+                step()
+            except Exception:
+                _log.exception("could not {} while stopping", what)
+        self.gateway = None
+        self.tree = None
+        self._timer = None
 
     def status(self) -> dict[str, Any]:
         assert self.tree is not None
@@ -178,14 +173,22 @@ class Daemon:
 
     def _beat(self) -> None:
         self._heartbeat_count += 1
-        self._write_state(running=True)
+        # A socket nobody can reach any more is not a running daemon.
+        gateway = self.gateway
+        self._write_state(running=gateway is None or not gateway.has_failed)
 
     def _write_state(self, *, running: bool) -> None:
         with self._state_lock:
             try:
                 self._state_file.save(self._state(running=running))
-            except OSError:
-                _log.exception("could not write {}", self._state_file.path)
+            except OSError as error:
+                self._state_failures += 1
+                if self._state_failures == 1:  # once per episode, not at every beat
+                    _log.error("could not write {}: {}; retrying at every heartbeat", self._state_file.path, error)
+                return
+            if self._state_failures:
+                _log.info("{} written again after {} failures", self._state_file.path, self._state_failures)
+                self._state_failures = 0
 
 
 def serve(
@@ -193,22 +196,34 @@ def serve(
     *,
     heartbeat: float = 5.0,
     tree_options: dict[str, Any] | None = None,
+    gateway_options: dict[str, Any] | None = None,
     on_started: Callable[[Daemon], None] | None = None,
 ) -> int:
-    """Run the daemon in the foreground until SIGTERM/SIGINT (exit 0) or root failure (1)."""
-    daemon = Daemon(state_dir, heartbeat=heartbeat, tree_options=tree_options)
+    """Run the daemon in the foreground until SIGTERM/SIGINT (exit 0) or root failure (1).
+
+    An unusable `state_dir` exits 2 and one held by another tree or daemon 3, each with one
+    line on stderr.
+    """
+    try:
+        daemon = Daemon(state_dir, heartbeat=heartbeat, tree_options=tree_options, gateway_options=gateway_options)
+    except (OSError, ValueError) as error:
+        sys.stderr.write(f"actors: cannot use state dir {state_dir}: {_reason(error)}\n")
+        return USAGE
     if on_started is not None:
         daemon.on_started.append(on_started)
     previous = {sig: signal.signal(sig, lambda *_: daemon.request_stop()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         try:
             daemon.start()
-        except AlreadyRunning as error:
+        except StateDirInUse as error:
             sys.stderr.write(f"actors: {error}\n")
             return ALREADY_RUNNING
         except Exception as error:
-            sys.stderr.write(f"actors: the daemon could not start: {error}\n")
             daemon.stop()
+            if isinstance(error, OSError | ValueError):  # the socket, the lock file, ...: the dir
+                sys.stderr.write(f"actors: cannot use state dir {daemon.state_dir}: {_reason(error)}\n")
+                return USAGE
+            sys.stderr.write(f"actors: the daemon could not start: {_reason(error)}\n")
             return 1
         status = daemon.wait()
         started = time.monotonic()
@@ -218,3 +233,9 @@ def serve(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _reason(error: BaseException) -> str:
+    """An error on one line."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if isinstance(error, ClientError | OSError | ValueError) else f"{type(error).__name__}: {text}"

@@ -11,11 +11,19 @@ be read) is answered with ``"id": nil`` and closes that connection only. The pee
 pid and uid come from the kernel (`SO_PEERCRED`): a peer of another uid is refused,
 `names.*` calls default their owner to the peer's pid, and `locks.*` calls always act
 for the peer.
+
+No peer can exhaust the daemon: a frame is refused once more than 1 MiB of it has
+arrived (nothing of it is decoded before it is whole); a partial frame held for more
+than `frame_timeout` closes its connection; when every slot is taken the connection idle
+the longest makes room; the accept loop backs off when out of descriptors and answers a
+connection it cannot give a thread with an error. See docs/design-daemon.md.
 """
 
 from __future__ import annotations
 
+import errno
 import inspect
+import itertools
 import os
 import socket
 import struct
@@ -44,7 +52,7 @@ from actors.daemon._protocol import (
 from actors.daemon._status import collect_status
 from actors.names._pool import PeerCall
 from actors._tree import Tree
-from supervision import BadCall, ChildNotFound, ClientError, Handle, UnknownMessage
+from supervision import BadCall, ChildNotFound, ClientError, Clock, Handle, SystemClock, UnknownMessage
 from supervision._errors import describe
 
 __all__ = ["CALL_TIMEOUT", "Gateway", "Peer"]
@@ -53,6 +61,12 @@ CALL_TIMEOUT = 30.0
 MAX_NESTING = 32  # deeper arguments are refused before any actor sees them
 SEND_TIMEOUT = 10.0
 MAX_CONNECTIONS = 256
+FRAME_TIMEOUT = 10.0  # seconds a connection may hold a partial frame
+BACKLOG = 128
+ACCEPT_WAKE = 0.2  # seconds between checks for a stop while nobody connects
+CONNECTION_WAKE = 0.5
+ACCEPT_BACKOFF_MIN = 0.05
+ACCEPT_BACKOFF_MAX = 1.0
 
 NAME_METHODS = {
     "checkout_name": 0,  # position of the `owner` argument, or None when it has none
@@ -89,6 +103,44 @@ def peer_of(connection: socket.socket) -> Peer:
     return Peer(pid, uid, gid)
 
 
+@dataclass(eq=False, slots=True)
+class _Slot:
+    """One served connection, as the accept loop sees it when it must free a slot."""
+
+    connection: socket.socket
+    last_active: float  # on the gateway's clock: when it was accepted or last answered
+    partial_since: float | None = None  # when the frame it is sending began to arrive
+    is_busy: bool = False  # a call is in progress (never closed to admit another)
+    is_evicted: bool = False
+
+
+class _Episode:
+    """Logs a run of the same failure once (WARNING), and its end once (INFO)."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.count = 0
+
+    def failed(self, error: BaseException) -> None:
+        self.count += 1
+        if self.count == 1:
+            name = errno.errorcode.get(getattr(error, "errno", None) or 0, type(error).__name__)
+            _log.warning("{} ({}: {}); retrying, logged once until it works again", self.what, name, error)
+
+    def recovered(self) -> None:
+        if self.count:
+            _log.info("{}: works again after {} failures", self.what, self.count)
+            self.count = 0
+
+
+def _shut(connection: socket.socket) -> None:
+    """Wake the thread blocked on `connection` (it then sees the end and closes it)."""
+    try:
+        connection.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
 class _Accepted(Exception):
     """A lifecycle request that must be answered before it acts (it may end the caller)."""
 
@@ -99,7 +151,12 @@ class _Accepted(Exception):
 
 
 class Gateway:
-    """Serves `tree` on the Unix socket at `socket_path`."""
+    """Serves `tree` on the Unix socket at `socket_path`.
+
+    At most `max_connections` connections are served at once; when all are taken, the one
+    idle the longest (no call in progress) is closed to admit a new one. A connection that
+    holds a partial frame for more than `frame_timeout` seconds (on `clock`) is closed.
+    """
 
     def __init__(
         self,
@@ -109,18 +166,26 @@ class Gateway:
         on_shutdown: Callable[[], None] | None = None,
         status: Callable[[], dict[str, Any]] | None = None,
         call_timeout: float = CALL_TIMEOUT,
+        clock: Clock | None = None,
+        frame_timeout: float = FRAME_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self.tree = tree
         self.socket_path = Path(socket_path)
         self._on_shutdown = on_shutdown
         self._status = status
         self._call_timeout = call_timeout
+        self._clock: Clock = clock or SystemClock()
+        self._frame_timeout = frame_timeout
+        self._max_connections = max_connections
         self._listener: socket.socket | None = None
         self._stopping = threading.Event()
         self._threads: set[threading.Thread] = set()
-        self._connections: set[socket.socket] = set()
+        self._slots: dict[socket.socket, _Slot] = {}
         self._lock = threading.Lock()
         self._accept_thread: threading.Thread | None = None
+        self._thread_numbers = itertools.count(1)
+        self._thread_failures = _Episode("cannot start a connection thread")
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -136,11 +201,14 @@ class Gateway:
         old_umask = os.umask(0o177)  # the socket is born 0600: no window where others may connect
         try:
             listener.bind(str(self.socket_path))
+        except BaseException:
+            listener.close()
+            raise
         finally:
             os.umask(old_umask)
         os.chmod(self.socket_path, 0o600)
-        listener.listen(64)
-        listener.settimeout(0.2)
+        listener.listen(BACKLOG)
+        listener.settimeout(ACCEPT_WAKE)
         self._listener = listener
         self._accept_thread = threading.Thread(target=self._accept_loop, name="gateway-accept", daemon=True)
         self._accept_thread.start()
@@ -154,16 +222,15 @@ class Gateway:
         if self._listener is not None:
             self._listener.close()
         with self._lock:
-            connections = list(self._connections)
+            connections = list(self._slots)
             threads = list(self._threads)
         for connection in connections:
-            try:
-                connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            _shut(connection)
         deadline = time.monotonic() + timeout
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        if self._listener is None:
+            return  # never bound: whatever sits at the path is not ours
         try:
             self.socket_path.unlink()
         except FileNotFoundError:
@@ -172,45 +239,93 @@ class Gateway:
     @property
     def connection_count(self) -> int:
         with self._lock:
-            return len(self._connections)
+            return len(self._slots)
+
+    @property
+    def has_failed(self) -> bool:
+        """True when the accept loop ended without a stop (it should never; the heartbeat checks)."""
+        thread = self._accept_thread
+        return thread is not None and not thread.is_alive() and not self._stopping.is_set()
 
     # -- connections --------------------------------------------------------------------------------
 
     def _accept_loop(self) -> None:
+        """Accept until stopped. Nothing that goes wrong with one connection ends it."""
         assert self._listener is not None
+        failures = _Episode("cannot accept connections")
+        backoff = ACCEPT_BACKOFF_MIN
         while not self._stopping.is_set():
             try:
                 connection, _ = self._listener.accept()
             except TimeoutError:
                 continue
-            except OSError:
+            except Exception as error:  # out of descriptors or memory, mostly
                 if self._stopping.is_set():
                     return
-                _log.exception("accept failed")
-                time.sleep(0.05)  # e.g. out of file descriptors: do not spin
+                failures.failed(error)
+                # Waiting connections stay in the backlog (clients wait within their timeout).
+                self._stopping.wait(backoff)
+                backoff = min(2 * backoff, ACCEPT_BACKOFF_MAX)
                 continue
+            failures.recovered()
+            backoff = ACCEPT_BACKOFF_MIN
+            try:
+                self._admit(connection)
+            except Exception:
+                _log.exception("could not admit a connection")
+                connection.close()
+
+    def _admit(self, connection: socket.socket) -> None:
+        """Give `connection` a slot (closing the longest idle one if need be) and a thread."""
+        slot = _Slot(connection, self._clock.monotonic())
+        with self._lock:
+            evicted = None
+            if len(self._slots) >= self._max_connections:
+                idle = [other for other in self._slots.values() if not other.is_busy]
+                evicted = min(idle, key=lambda other: other.last_active, default=None)
+                if evicted is not None:
+                    evicted.is_evicted = True
+                    del self._slots[evicted.connection]
+            crowded = len(self._slots) >= self._max_connections
+            if not crowded:
+                self._slots[connection] = slot
+        if evicted is not None:
+            _log.info("closing the connection idle the longest to admit a new one (all {} slots taken)",
+                      self._max_connections)
+            _shut(evicted.connection)  # its thread wakes up, finds the end and closes it
+        if crowded:
+            self._refuse(connection, "TooManyConnections",
+                         f"the daemon serves at most {self._max_connections} connections, all busy")
+            return
+        try:
+            self._start_thread(self._serve, slot, name=f"gateway-conn-{next(self._thread_numbers)}")
+        except Exception as error:  # RuntimeError("can't start new thread"), MemoryError
             with self._lock:
-                if len(self._connections) >= MAX_CONNECTIONS:
-                    crowded = True
-                else:
-                    crowded = False
-                    self._connections.add(connection)
-            if crowded:
-                self._refuse(connection, "TooManyConnections", f"the daemon serves at most {MAX_CONNECTIONS} connections")
-                continue
-            thread = threading.Thread(target=self._serve, args=(connection,), name="gateway-conn", daemon=True)
-            with self._lock:
-                self._threads.add(thread)
-            thread.start()
+                self._slots.pop(connection, None)
+            self._thread_failures.failed(error)
+            self._refuse(connection, type(error).__name__, f"the daemon cannot serve a connection now: {error}")
+            return
+        self._thread_failures.recovered()
+
+    def _start_thread(self, target: Callable[..., Any], *args: Any, name: str) -> threading.Thread:
+        """Where the gateway starts its threads (a seam: tests make it fail)."""
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread.start()
+        return thread
 
     def _refuse(self, connection: socket.socket, error_type: str, message: str) -> None:
+        """One error reply (nil id) and close; never blocks (a fresh socket's buffer is empty)."""
         try:
-            connection.sendall(encode(error_reply(None, error_type, message)))
+            connection.setblocking(False)
+            connection.send(encode(error_reply(None, error_type, message)))
         except OSError:
             pass
         connection.close()
 
-    def _serve(self, connection: socket.socket) -> None:
+    def _serve(self, slot: _Slot) -> None:
+        connection = slot.connection
+        with self._lock:
+            self._threads.add(threading.current_thread())  # for stop() to join
         try:
             peer = peer_of(connection)
             log = _log.bind(peer_pid=peer.pid)
@@ -218,7 +333,7 @@ class Gateway:
                 log.warning("refused a peer of uid {} (the daemon runs as {})", peer.uid, os.geteuid())
                 self._refuse(connection, "PermissionError", f"peer uid {peer.uid} is not the daemon's uid")
                 return
-            self._serve_peer(connection, peer, log)
+            self._serve_peer(slot, peer, log)
         except OSError:
             pass  # the peer vanished; nothing of its calls is left half done in an actor
         except Exception:
@@ -226,52 +341,89 @@ class Gateway:
         finally:
             connection.close()
             with self._lock:
-                self._connections.discard(connection)
+                if self._slots.get(connection) is slot:
+                    del self._slots[connection]
                 self._threads.discard(threading.current_thread())
 
-    def _serve_peer(self, connection: socket.socket, peer: Peer, log: Any) -> None:
+    def _serve_peer(self, slot: _Slot, peer: Peer, log: Any) -> None:
+        connection = slot.connection
         reader = FrameReader()
-        # Wake twice a second to notice a stop; a peer that stops reading our replies
-        # for SEND_TIMEOUT is treated as gone.
-        set_kernel_timeouts(connection, receive=0.5, send=SEND_TIMEOUT)
+        # Wake twice a second to notice a stop or a stalled frame; a peer that stops reading
+        # our replies for SEND_TIMEOUT is treated as gone.
+        set_kernel_timeouts(connection, receive=CONNECTION_WAKE, send=SEND_TIMEOUT)
         while not self._stopping.is_set():
             try:
                 data = connection.recv(65536)
             except (BlockingIOError, TimeoutError):
+                if self._frame_is_overdue(slot, log):
+                    return
                 continue
             if not data:
                 return
+            reader.feed(data)
+            served = False
             try:
-                frames = reader.feed(data)
+                for frame in reader.frames():
+                    with self._lock:
+                        if slot.is_evicted:
+                            return
+                        slot.is_busy = True
+                    try:
+                        if not self._answer(connection, frame, peer, log):
+                            return
+                    finally:
+                        # In this order: whoever picks a connection to close sees it busy or
+                        # just active, never idle since long ago.
+                        slot.last_active = self._clock.monotonic()
+                        slot.is_busy = False
+                    served = True
             except FrameError as error:
                 log.warning("closing a connection after a bad frame: {}", error)
                 connection.sendall(encode(error_reply(None, "FrameError", str(error))))
                 return
-            for frame in frames:
-                request_id = frame.get("id") if isinstance(frame, dict) else None
-                if not isinstance(frame, dict) or type(request_id) is not int:
-                    connection.sendall(encode(error_reply(None, "FrameError", "a request is a map with an int 'id'")))
-                    return
-                accepted: _Accepted | None = None
-                try:
-                    reply = ok_reply(request_id, self._dispatch(frame, peer))
-                except _Accepted as acceptance:
-                    accepted = acceptance
-                    reply = ok_reply(request_id, "accepted")
-                except ClientError as error:
-                    reply = error_reply(request_id, error)
-                except pykka.Timeout:
-                    reply = error_reply(request_id, "Timeout", f"no answer within {self._call_timeout}s")
-                except Exception as error:
-                    log.opt(exception=error).warning("request {} failed", frame.get("op"))
-                    reply = error_reply(request_id, error)
-                try:
-                    payload = encode(reply)
-                except (FrameError, TypeError, ValueError) as error:
-                    payload = _encode_fallback(request_id, reply, error)
-                connection.sendall(payload)
-                if accepted is not None:
-                    self._run_accepted(accepted)
+            if not reader.has_partial:
+                slot.partial_since = None
+            elif served or slot.partial_since is None:
+                slot.partial_since = self._clock.monotonic()
+            elif self._frame_is_overdue(slot, log):  # a byte now and then does not keep a frame alive
+                return
+
+    def _frame_is_overdue(self, slot: _Slot, log: Any) -> bool:
+        """True (after telling the peer) when its partial frame began more than frame_timeout ago."""
+        if slot.partial_since is None or self._clock.monotonic() - slot.partial_since <= self._frame_timeout:
+            return False
+        log.warning("closing a connection that held a partial frame for more than {}s", self._frame_timeout)
+        message = f"no whole frame within {self._frame_timeout}s"
+        slot.connection.sendall(encode(error_reply(None, "FrameTimeout", message)))
+        return True
+
+    def _answer(self, connection: socket.socket, frame: Any, peer: Peer, log: Any) -> bool:
+        """Dispatch one request and send its reply; False when the connection must close."""
+        request_id = frame.get("id") if isinstance(frame, dict) else None
+        if not isinstance(frame, dict) or type(request_id) is not int:
+            connection.sendall(encode(error_reply(None, "FrameError", "a request is a map with an int 'id'")))
+            return False
+        accepted: _Accepted | None = None
+        try:
+            reply = ok_reply(request_id, self._dispatch(frame, peer))
+        except _Accepted as acceptance:
+            accepted = acceptance
+            reply = ok_reply(request_id, "accepted")
+        except ClientError as error:
+            reply = error_reply(request_id, error)
+        except pykka.Timeout:
+            reply = error_reply(request_id, "Timeout", f"no answer within {self._call_timeout}s")
+        except Exception as error:  # out of descriptors, memory or threads included: an error reply
+            log.opt(exception=error).warning("request {} failed", frame.get("op"))
+            reply = error_reply(request_id, error)
+        try:
+            payload = encode(reply)
+        except (FrameError, TypeError, ValueError) as error:
+            payload = _encode_fallback(request_id, reply, error)
+        connection.sendall(payload)
+        if accepted is not None:
+            self._run_accepted(accepted)
+        return True
 
     def _run_accepted(self, accepted: _Accepted) -> None:
         def act() -> None:
@@ -281,7 +433,12 @@ class Gateway:
                 # Already answered "accepted": a failure must not pass silently.
                 _log.exception("accepted lifecycle request failed: {}", accepted.what)
 
-        threading.Thread(target=act, name="gateway-lifecycle", daemon=True).start()
+        try:
+            self._start_thread(act, name="gateway-lifecycle")
+        except Exception as error:
+            # Never dropped: act on this connection's thread instead (it may end its caller).
+            _log.warning("no thread for {} ({}); acting on the connection's thread", accepted.what, error)
+            act()
 
     # -- dispatch -----------------------------------------------------------------------------------
 
@@ -355,16 +512,9 @@ class Gateway:
             if explicit is not None and explicit != peer.pid:
                 raise NotPermitted(f"locks.{method}: a worker acts only for itself (pid {peer.pid}), not for {describe(explicit)}")
             args, kwargs = _default_owner(args, kwargs, position, peer.pid, force=True)
-        deadline = time.monotonic() + self._call_timeout
-        while True:
-            lock_ref = self._call(self.tree.locks, "lock_for", [worker_dir], {})
-            try:
-                return self._call(lock_ref, method, args, kwargs)
-            except pykka.ActorDeadError:
-                # Never reached a handler (the lock actor was restarting): like a Handle,
-                # send it to the next incarnation. Lock methods never raise it themselves.
-                if time.monotonic() >= deadline:
-                    raise
+        # One entry point on the lock supervisor: it starts a lock actor only to acquire or
+        # release, and answers reads of a directory without one from the files.
+        return self._call(self.tree.locks, "call_lock", [worker_dir, method, list(args), kwargs], {})
 
     # -- tree.* ---------------------------------------------------------------------------------------
 

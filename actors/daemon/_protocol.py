@@ -11,7 +11,7 @@ import dataclasses
 import enum
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import msgpack
@@ -65,19 +65,32 @@ def set_kernel_timeouts(sock: socket.socket, *, receive: float | None, send: flo
         sock.setsockopt(socket.SOL_SOCKET, option, struct.pack("ll", whole, micro))
 
 
+_CONTAINERS = (list, tuple, dict)
+
+
 def nesting_depth(value: Any, *, limit: int) -> int:
-    """How deeply lists and maps nest in `value`, counted up to `limit + 1` (no recursion)."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, list | tuple | dict):
-            if depth > limit:
-                return depth
-            deepest = max(deepest, depth)
-            children = list(item.keys()) + list(item.values()) if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children)
-    return deepest
+    """How deeply lists and maps nest in `value`, counted up to `limit + 1` (no recursion).
+
+    Level by level, queueing only containers: every request pays for this, so `[[], {}]`
+    must cost next to nothing.
+    """
+    level = [value] if isinstance(value, _CONTAINERS) else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return depth
+        below: list[Any] = []
+        for item in level:
+            if not item:
+                continue
+            if isinstance(item, dict):
+                below.extend(key for key in item if isinstance(key, _CONTAINERS))
+                below.extend(child for child in item.values() if isinstance(child, _CONTAINERS))
+            else:
+                below.extend(child for child in item if isinstance(child, _CONTAINERS))
+        level = below
+    return depth
 
 
 def to_wire(value: Any) -> Any:
@@ -116,28 +129,68 @@ def error_reply(request_id: Any, error: BaseException | str, message: str | None
 
 
 class FrameReader:
-    """Feeds socket bytes in, yields whole frames out; `FrameError` on garbage or oversize."""
+    """Bytes in, whole frames out, never holding more than one frame's worth of bytes.
+
+        reader = FrameReader()
+        reader.feed(connection.recv(65536))
+        for frame in reader.frames():   # FrameError at a malformed or oversized frame
+            ...
+
+    Nothing of a frame is decoded until all of it has arrived: a scanning `Unpacker`
+    finds where each frame ends with `skip()` (which builds no objects), and only then are
+    that frame's bytes decoded. `max_buffer_size` alone would not do: it bounds the bytes
+    not yet parsed, not one object, so a request of many 512 KiB strings would be decoded
+    string by string without end. Here the bytes of the current frame are counted, so a
+    frame is refused once more than `max_frame` bytes of it have arrived (after at most one
+    more `feed`).
+    """
 
     def __init__(self, max_frame: int = MAX_FRAME) -> None:
         self._max_frame = max_frame
-        self._unpacker = msgpack.Unpacker(
-            raw=False,
-            strict_map_key=False,
-            max_buffer_size=max_frame,
-            use_list=True,
-        )
+        # Two frames' worth: a `feed` larger than that is refused rather than buffered.
+        self._scanner = msgpack.Unpacker(max_buffer_size=2 * max_frame)
+        self._pending = bytearray()  # bytes of frames not handed out yet
+        self._offset = 0  # stream position of _pending[0], on the scanner's tell() scale
 
-    def feed(self, data: bytes) -> list[Any]:
+    @property
+    def has_partial(self) -> bool:
+        """True while some bytes of a frame have arrived but not all of it."""
+        return bool(self._pending)
+
+    def feed(self, data: bytes) -> None:
         try:
-            self._unpacker.feed(data)
+            self._scanner.feed(data)
         except msgpack.BufferFull:
             raise FrameError(f"frame exceeds the {self._max_frame}-byte limit") from None
-        frames = []
-        try:
-            for frame in self._unpacker:
-                frames.append(frame)
-        except msgpack.BufferFull:
-            raise FrameError(f"frame exceeds the {self._max_frame}-byte limit") from None
-        except Exception as error:  # msgpack raises several types for malformed bytes
-            raise FrameError(f"malformed msgpack: {error or type(error).__name__}") from None
-        return frames
+        self._pending += data
+
+    def frames(self) -> Iterator[Any]:
+        """The frames complete so far, in order; `FrameError` where the stream goes bad."""
+        scanner, pending = self._scanner, self._pending
+        while True:
+            try:
+                scanner.skip()
+            except msgpack.OutOfData:
+                break
+            except Exception as error:  # msgpack raises several types for malformed bytes
+                raise FrameError(f"malformed msgpack: {error or type(error).__name__}") from None
+            end = scanner.tell() - self._offset
+            if end > self._max_frame:
+                raise FrameError(f"frame of {end} bytes exceeds the {self._max_frame}-byte limit")
+            if end == len(pending):  # the usual case: one whole frame, nothing after it
+                frame = _decode(pending)
+                pending.clear()
+            else:
+                frame = _decode(pending[:end])
+                del pending[:end]
+            self._offset += end
+            yield frame
+        if len(pending) > self._max_frame:
+            raise FrameError(f"frame exceeds the {self._max_frame}-byte limit")
+
+
+def _decode(data: bytearray) -> Any:
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
+    except Exception as error:  # bad UTF-8, an unhashable key, an unknown ext, ...
+        raise FrameError(f"malformed msgpack: {error or type(error).__name__}") from None
