@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -413,3 +414,51 @@ def test_a_child_process_inherits_its_parents_name_and_a_stranger_cannot(socket_
     finally:
         holder.close()
         stranger.close()
+
+
+# -- a crash while a change is being written -----------------------------------------------------
+
+
+def test_a_change_being_written_when_the_pool_crashes_is_answered_truthfully(
+    tmp_path: Path, manual_clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkin whose frame is on its way to disk when the pool is killed: once durable,
+    its caller hears that it succeeded. (Before: the crash marked the journal abandoned
+    first, the frame still landed, and the caller got ActorCrashed — "nothing happened" —
+    so it went on believing it held a name the next incarnation handed to someone else:
+    the chaos run's duplicate holders.)"""
+    from actors.names._journal import Journal
+    from supervision import ChildSpec, Handle, Supervisor
+
+    writing, release = threading.Event(), threading.Event()
+    real_append = Journal._append
+
+    def slow_append(self: Journal, data: bytes) -> None:
+        if gate_on.is_set():
+            writing.set()
+            release.wait(TIMEOUT)
+        real_append(self, data)
+
+    gate_on = threading.Event()
+    monkeypatch.setattr(Journal, "_append", slow_append)
+    path = tmp_path / "names.state"
+    root = Supervisor.start(
+        [ChildSpec("names", NamePool, kwargs={"state_path": path, "clock": manual_clock})], clock=manual_clock
+    )
+    try:
+        names = Handle(root, "names")
+        name = names.proxy().checkout_name("holder").get(timeout=TIMEOUT)
+        gate_on.set()
+        checkin = names.proxy().checkin_name(name)
+        assert writing.wait(TIMEOUT)
+        first = names.ref()
+        kill(first)
+        release.set()
+        assert checkin.get(timeout=TIMEOUT) is None  # durable, so answered: not ActorCrashed
+        gate_on.clear()
+        wait_until(lambda: names.ref() is not first)
+        assert names.proxy().get_name_by_pid("holder").get(timeout=TIMEOUT) is None
+        assert names.proxy().checkout_name("next").get(timeout=TIMEOUT) == name  # LIFO: it is free
+    finally:
+        release.set()
+        root.stop()

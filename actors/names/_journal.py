@@ -277,13 +277,20 @@ class Journal:
             self._log.warning("name pool stopped while its storage failed: {}", broken)
 
     def abandon(self) -> None:
-        """A crash: nothing more is written or answered; the files stay for the next incarnation."""
-        with self._lock:
-            self._is_abandoned = True
+        """A crash: what was submitted is still written and answered, then nothing more.
+
+        Those changes were handled; once durable their callers must hear so (a checkin
+        answered `ActorCrashed` but durable would leave its caller believing it still holds
+        a name the next incarnation hands out). Only a write still unfinished after
+        `_JOIN_SECONDS` (a hung disk) is left to the crash to answer. The files stay for
+        the next incarnation.
+        """
         self._queue.put(_STOP)
         self._snapshots.put(_STOP)
         if threading.current_thread() is not self._writer:
             self._writer.join(_JOIN_SECONDS)
+        with self._lock:
+            self._is_abandoned = True
         self._snapshotter.join(_JOIN_SECONDS)
         with self._io_lock:
             self._close_fd()

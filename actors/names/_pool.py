@@ -27,8 +27,10 @@ How it works:
   the pool goes back to the durable state; changes are refused with `StorageError`
   (reads still answer) until a snapshot can be written again, tried at the next change
   and at every reap tick. A pool that starts while its storage fails starts anyway.
-- **Crash.** A crash (or `kill`) answers the calls still waiting (for a write or for
-  the source) with `ActorCrashed`: nothing they did was written, so nothing happened.
+- **Crash.** A crash (or `kill`) first lets the writer finish what was handed to it
+  (those callers get their real answers: their changes are durable), then answers the
+  calls still waiting (for a flush or for the source) with `ActorCrashed`: nothing they
+  did was written, so nothing happened.
   The next incarnation loads the newest durable state in `on_start`, like a cold start,
   so a name whose checkout was answered is never handed to a second holder.
 - **Owners watched.** Every `reap_interval` on the clock, int owners proven dead (pid
@@ -290,8 +292,9 @@ class NamePool(SupervisedActor):
         traceback: TracebackType | None,
     ) -> None:
         self._stop_timers()
-        # Every reply still waiting (for a write or for the source) is left to the base
-        # class, which answers it with ActorCrashed: nothing it did was written.
+        # The journal answers what it writes; every reply still waiting after that (for a
+        # flush or for the source) is left to the base class, which answers it with
+        # ActorCrashed: nothing it did was written.
         self._waiters.clear()
         if self._journal is not None:
             self._journal.abandon()
