@@ -289,7 +289,8 @@ def hostile_main(socket_path: str, ledger_path: str, lock_dirs: list[str], seed:
         elif choice == 6:
             must_refuse("locks.release", rng.choice(lock_dirs), owner=rng.choice([1, *other_pids]))
         elif choice == 7:
-            must_refuse("locks.acquire", rng.choice(["/proc/1", "relative/dir", f"/nonexistent/{rng.random()}"]))
+            missing = f"/nonexistent-{os.urandom(8).hex()}/worker"  # never created by anyone
+            must_refuse("locks.acquire", rng.choice(["/proc/1", "relative/dir", missing]))
         elif choice == 8:
             must_refuse("locks.force_release", rng.choice(lock_dirs))
         elif choice == 9:

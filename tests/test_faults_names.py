@@ -368,6 +368,9 @@ def test_a_worker_cannot_check_in_another_workers_name(socket_path: Path) -> Non
             assert me.call("names.get_name_by_pid", holder.pid) == name  # read-only: any pid
         assert other.call("names.checkout_name")["ok"] != name
         assert holder.call("names.checkin_name", name) == {"ok": None}  # its own: allowed
+        # A name nobody holds is not the caller's either: refused, so the peer learns it.
+        assert holder.call("names.checkin_name", name)["error"] == "NotPermitted"
+        assert other.call("names.checkin_name", "never-handed-out")["error"] == "NotPermitted"
     finally:
         holder.close()
         other.close()

@@ -490,7 +490,9 @@ class NamePool(SupervisedActor):
 
     def _check_peer_checkin(self, pid: int, name: Any) -> None:
         name = validate_name(name)
-        if self._state.is_checked_out(name) and not self._holds_now(pid, name):
+        # Strict: a name nobody holds is not the caller's either (the default name, which a
+        # checkin ignores, excepted), so a peer learns it never held what it checks in.
+        if name != self._default_name and not self._holds_now(pid, name):
             raise NotPermitted(f"names.checkin_name: {name!r} is not held by the caller (pid {pid})")
 
     def _check_peer_associate(self, call: PeerCall, name: Any) -> None:
