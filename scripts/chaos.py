@@ -550,16 +550,26 @@ def _name_thread(run: _Run, index: int, seed: int) -> None:
             run.unexpected(f"name thread {index}", error)
             run.stopping.wait(0.01)
         run.stopping.wait(rng.uniform(0, 0.002))
+    def final_checkin(name: str) -> None:
+        """Check `name` in, again while refused (storage still failing) or cut off by a crash."""
+        for _ in range(50):
+            try:
+                run.get(names.checkin_name(name), f"final checkin_name({name})")
+                return
+            except (ActorCrashed, StorageError):
+                run.stopping.wait(0.05)  # pacing, not synchronisation
+        raise Hung(f"final checkin_name({name}) refused 50 times")
+
     for name, family, start in anonymous:
         run.believed(name, family, start, now())
         try:
-            run.get(names.checkin_name(name), f"final checkin_name({name})")
+            final_checkin(name)
         except Exception as error:
             run.unexpected(f"name thread {index} final checkin", error)
     if held is not None:
         run.believed(held, owner, since, now())
         try:
-            run.get(names.checkin_name(held), f"final checkin_name({held})")
+            final_checkin(held)
         except Exception as error:
             run.unexpected(f"name thread {index} final checkin", error)
             with run._lock:

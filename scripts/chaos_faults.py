@@ -61,6 +61,8 @@ def expected_under_faults(error: BaseException) -> str | None:
     if names & _CONNECTION_TYPES:
         return "connections closed under faults (expected)"
     text = str(error)
+    if "No space left on device" in text:  # a StorageError reported inside another error
+        return "refused: state storage failing (expected)"
     if (isinstance(error, OSError) and error.errno in _DESCRIPTOR_ERRNOS) or "Too many open files" in text:
         return "refused: out of descriptors (expected)"
     if "can't start new thread" in text:

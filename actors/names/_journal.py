@@ -375,18 +375,18 @@ class Journal:
                 for _, frame in frames:
                     self.frame_bytes_written += len(frame)
                     self._bytes_since_snapshot += len(frame)
-            # Answer first (the callers wait), then bring the writer's copy of the durable
-            # state up to date: only this thread reads it before the next write.
+                # The copy of the durable state moves with the sequence, before anyone is
+                # answered: a rollback (a failed snapshot, on another thread) must never
+                # return a state without a change whose caller was told it was made.
+                assert self._mirror is not None
+                for batch in live:
+                    if batch.changes:
+                        self._mirror.apply(batch.changes)
             for batch in live:
                 if self._publish is not None and batch.stats is not None:
                     self._publish(batch.stats)
                 for reply, value in batch.replies:
                     reply.set(value)
-            with self._lock:
-                assert self._mirror is not None
-                for batch in live:
-                    if batch.changes:
-                        self._mirror.apply(batch.changes)
         self._maybe_snapshot()
 
     def _append(self, data: bytes) -> None:
