@@ -1011,7 +1011,7 @@ def test_threads_with_their_own_lock_objects_exclude_each_other(
     )
 
 
-def test_readers_never_see_a_torn_or_mixed_record_while_the_inode_is_recycled(
+def test_readers_never_see_a_torn_or_mixed_record_while_records_are_rewritten(
     worker_dir: Path, spawn_process: Callable[[], subprocess.Popen[bytes]]
 ) -> None:
     # One writer cycles acquire/release for two owners with sessions of different
