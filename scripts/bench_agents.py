@@ -38,17 +38,17 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 if str(ROOT) not in sys.path:  # import the packages from this checkout without installing
     sys.path.insert(0, str(ROOT))
 
 from loguru import logger  # noqa: E402
 
+from _pinning import cpu_pair, pinned  # noqa: E402
 from actors import AgentPool  # noqa: E402
 from supervision import ManualClock  # noqa: E402
 
@@ -61,39 +61,6 @@ SMALL_REPEATS = 3  # a 10k sweep takes a few ms: the median of several per round
 SWEEP_VS_SORTED_TARGET = 5.0
 GROWTH_TARGET = 15.0
 CALL_TIMEOUT = 60.0
-
-
-# -- CPU pinning ------------------------------------------------------------------------------
-
-
-def _cpu_layout() -> tuple[int | None, int | None, str]:
-    """(caller CPU, pool CPU, note); None when threads cannot be pinned here."""
-    if not hasattr(os, "sched_setaffinity"):
-        return None, None, "threads not pinned (no sched_setaffinity)"
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) >= 2:
-        return cpus[0], cpus[1], f"caller on CPU {cpus[0]}, pool and disposal threads on CPU {cpus[1]}"
-    return cpus[0], cpus[0], f"only CPU {cpus[0]} available: caller and pool share it"
-
-
-@contextmanager
-def _pinned(caller_cpu: int | None, thread_ids: list[int], pool_cpu: int | None) -> Iterator[None]:
-    if caller_cpu is None or pool_cpu is None:
-        yield
-        return
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {caller_cpu})  # on Linux, 0 is the calling thread
-    for thread_id in thread_ids:
-        os.sched_setaffinity(thread_id, {pool_cpu})
-    try:
-        yield
-    finally:
-        for thread_id in thread_ids:
-            try:
-                os.sched_setaffinity(thread_id, before)
-            except OSError:
-                pass  # the thread ended
-        os.sched_setaffinity(0, before)
 
 
 # -- backends ---------------------------------------------------------------------------------
@@ -235,7 +202,7 @@ def bench_sweep(rounds: int = 7) -> dict[str, Any]:
     """
     rng = random.Random(20240601)
     pairs = [(f"chat-{rng.randrange(10**9)}:agent-{i}", rng.random() * 1e6) for i in range(SORTED_PAIRS)]
-    caller_cpu, pool_cpu, layout = _cpu_layout()
+    caller_cpu, pool_cpu, layout = cpu_pair("pool and disposal threads")
     collections = [0]
 
     def count_collections(phase: str, info: dict[str, Any]) -> None:
@@ -271,7 +238,7 @@ def bench_sweep(rounds: int = 7) -> dict[str, Any]:
 
     gc.callbacks.append(count_collections)
     try:
-        with _pinned(caller_cpu, [pool.thread_id for pool in pools.values()], pool_cpu):
+        with pinned(caller_cpu, [pool.thread_id for pool in pools.values()], pool_cpu):
             for _ in range(rounds):
                 sorted_s = timed_sorted()
                 large_s = timed_sweep(pools[LARGE])

@@ -46,12 +46,14 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
 import msgpack
 
 import actors
+from _pinning import cpu_pair  # noqa: E402
 from actors.daemon._protocol import MAX_FRAME
 
 __all__ = ["GATEWAY_TARGET", "bench_gateway"]
@@ -64,16 +66,6 @@ STOP_TIMEOUT = 20.0  # seconds for the daemon to exit after SIGTERM (then SIGKIL
 
 
 # -- CPU pinning ------------------------------------------------------------------------------
-
-
-def _cpu_layout() -> tuple[int | None, int | None, str]:
-    """(caller CPU, server CPU, note); None when nothing can be pinned here."""
-    if not hasattr(os, "sched_setaffinity"):
-        return None, None, "nothing pinned (no sched_setaffinity)"
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) >= 2:
-        return cpus[0], cpus[1], f"caller on CPU {cpus[0]}, echo thread and daemon process on CPU {cpus[1]}"
-    return cpus[0], cpus[0], f"only CPU {cpus[0]} available: caller, echo thread and daemon share it"
 
 
 def _pin_thread(cpu: int | None) -> None:
@@ -324,7 +316,7 @@ def bench_gateway(quick: bool = False, rounds: int | None = None, calls: int | N
     rounds = rounds if rounds is not None else (8 if quick else 25)
     calls = calls if calls is not None else (300 if quick else 1_000)
     warmup = warmup if warmup is not None else (200 if quick else 500)
-    caller_cpu, server_cpu, layout = _cpu_layout()
+    caller_cpu, server_cpu, layout = cpu_pair("echo thread and daemon process")
     scratch = tempfile.mkdtemp(prefix="bench-gw-")  # short: a Unix socket path has ~100 bytes
     state_dir = os.path.join(scratch, "state")
     affinity_before = os.sched_getaffinity(0) if caller_cpu is not None else None

@@ -31,12 +31,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
@@ -44,6 +44,7 @@ import filelock  # noqa: E402
 import psutil  # noqa: E402
 import pykka  # noqa: E402
 
+from _pinning import cpu_pair, pinned  # noqa: E402
 from actors.locks._lock_file import LockFile, own_identity  # noqa: E402
 from actors.locks._worker_lock import WorkerLock  # noqa: E402
 from supervision import ManualClock, SupervisedActor  # noqa: E402
@@ -85,40 +86,6 @@ def _worker_dir(scratch: str, name: str) -> Path:
     path = Path(scratch) / name
     path.mkdir(exist_ok=True)
     return path
-
-
-# -- CPU pinning ------------------------------------------------------------------------------
-
-
-def _cpu_layout() -> tuple[int | None, int | None, str]:
-    """(caller CPU, actor CPU, note); None when threads cannot be pinned here."""
-    if not hasattr(os, "sched_setaffinity"):
-        return None, None, "threads not pinned (no sched_setaffinity)"
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) >= 2:
-        return cpus[0], cpus[1], f"caller on CPU {cpus[0]}, lock actor on CPU {cpus[1]}"
-    return cpus[0], cpus[0], f"only CPU {cpus[0]} available: caller and actor share it"
-
-
-@contextmanager
-def _pinned(caller_cpu: int | None, thread_ids: list[int], actor_cpu: int | None) -> Iterator[None]:
-    """Pin the calling thread to `caller_cpu` and the given native threads to `actor_cpu`."""
-    if caller_cpu is None or actor_cpu is None:
-        yield
-        return
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {caller_cpu})  # on Linux, 0 is the calling thread
-    for thread_id in thread_ids:
-        os.sched_setaffinity(thread_id, {actor_cpu})
-    try:
-        yield
-    finally:
-        for thread_id in thread_ids:
-            try:
-                os.sched_setaffinity(thread_id, before)
-            except OSError:
-                pass  # the thread ended
-        os.sched_setaffinity(0, before)
 
 
 def _actor_thread_id(ref: pykka.ActorRef[Any]) -> int:
@@ -164,7 +131,7 @@ def bench_cycles(rounds: int = 20, cycles: int = 1_000, warmup: int = 300) -> di
     Also measured, to show where a cycle's time goes: the core (`LockFile.acquire` and
     `release` on their own) in the calling thread, and two asks to an actor doing nothing.
     """
-    caller_cpu, actor_cpu, layout = _cpu_layout()
+    caller_cpu, actor_cpu, layout = cpu_pair("lock actor")
     with tempfile.TemporaryDirectory(prefix="bench-locks-") as scratch:
         filesystem = _filesystem(scratch)  # both sides' files are in it
         ref = WorkerLock.start(_worker_dir(scratch, "worker"), clock=ManualClock())
@@ -187,7 +154,7 @@ def bench_cycles(rounds: int = 20, cycles: int = 1_000, warmup: int = 300) -> di
             rates: dict[str, list[float]] = {"ours": [], "filelock": [], "two_asks": []}
             ratios: list[float] = []
             core_times: dict[str, list[float]] = {"acquire": [], "release": []}
-            with _pinned(caller_cpu, [_actor_thread_id(ref), _actor_thread_id(echo_ref)], actor_cpu):
+            with pinned(caller_cpu, [_actor_thread_id(ref), _actor_thread_id(echo_ref)], actor_cpu):
                 for cycle in [*sides.values(), two_asks]:
                     _rate(cycle, warmup)
                 names = list(sides)
@@ -235,14 +202,14 @@ def bench_cycles(rounds: int = 20, cycles: int = 1_000, warmup: int = 300) -> di
 def bench_growth(rounds: int = 6, cycles: int = 400, few: int = 10, many: int = 1_000) -> dict[str, Any]:
     """Awaited cycle time through one lock actor with `few` vs `many` live lock actors
     (each on its own worker directory, idle), alternating in rounds (medians)."""
-    caller_cpu, actor_cpu, _layout = _cpu_layout()
+    caller_cpu, actor_cpu, _layout = cpu_pair("lock actor")
     clock = ManualClock()
     times: dict[int, list[float]] = {few: [], many: []}
     with tempfile.TemporaryDirectory(prefix="bench-locks-growth-") as scratch:
         refs = [WorkerLock.start(_worker_dir(scratch, f"w{index}"), clock=clock) for index in range(few)]
         cycle = _awaited_cycle(refs[0].proxy())
         try:
-            with _pinned(caller_cpu, [_actor_thread_id(refs[0])], actor_cpu):
+            with pinned(caller_cpu, [_actor_thread_id(refs[0])], actor_cpu):
                 _rate(cycle, cycles)
                 for _ in range(rounds):
                     gc.collect()  # each side starts from a settled heap (the collector stays on)

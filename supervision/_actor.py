@@ -60,7 +60,6 @@ from supervision._errors import (
     NoSuchAttribute,
     StorageError,
     StartError,
-    UnknownMessage,
     describe,
 )
 from supervision._future import AwaitableFuture

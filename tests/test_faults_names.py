@@ -25,6 +25,7 @@ from typing import Any
 
 import psutil
 import pytest
+from _disks import fill, small_tmpfs
 
 import actors._process as process_module
 from actors import NotPermitted, start_tree
@@ -227,28 +228,8 @@ def test_a_v2_record_is_judged_by_start_time_then_pinned_to_start_ticks(
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 512 KiB tmpfs mounted for the test (root only)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k,mode=0700", "tmpfs", str(mount_point)], check=True)
-    try:
+    with small_tmpfs(tmp_path / "disk", "512k") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
-
-
-def _fill(disk: Path) -> Path:
-    """Fill `disk` to the last byte; the filler file is returned (remove it to free space)."""
-    filler = disk / "filler"
-    with open(filler, "wb", buffering=0) as file:
-        for size in (65536, 4096, 1):  # down to the last byte
-            try:
-                while True:
-                    file.write(b"\xff" * size)
-            except OSError as error:
-                assert error.errno == errno.ENOSPC
-    return filler
 
 
 def test_a_full_disk_refuses_changes_keeps_the_tree_and_resumes_when_freed(
@@ -261,7 +242,7 @@ def test_a_full_disk_refuses_changes_keeps_the_tree_and_resumes_when_freed(
     try:
         names = tree.names.proxy()
         before = names.checkout_name("urn:before").get(timeout=TIMEOUT)
-        filler = _fill(small_disk)
+        filler = fill(small_disk)
         # The journal's preallocated blocks still take frames; the first that needs more
         # space is refused.
         answered: dict[str, str] = {}
