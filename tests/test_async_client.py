@@ -264,3 +264,42 @@ def test_a_daemon_error_with_nil_id_fails_pending_calls(served: Any) -> None:
             assert await client.call("names.default_name") == "Nameless Agent"
 
     run(main())
+
+
+# -- python -m actors events ------------------------------------------------------------------------
+
+
+def test_the_events_command_prints_one_json_line_per_event(served: Any) -> None:
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "actors", "events", "--state-dir", str(served.state_dir),
+               "--kinds", "name_checked_out,name_checked_in", "--json"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # Following once the daemon has answered "following": a follower is then connected.
+        wait_until(lambda: served.gateway.connection_count == 1, timeout=TIMEOUT)
+        with actors.connect(served.state_dir, timeout=TIMEOUT) as client:
+            name = client.call("names.checkout_name")
+            client.call("names.checkin_name", name)
+        assert process.stdout is not None
+        lines = [json.loads(process.stdout.readline()) for _ in range(2)]
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=TIMEOUT)
+    assert [(line["kind"], line["name"], line["path"]) for line in lines] == [
+        ("name_checked_out", name, "names"), ("name_checked_in", name, "names")]
+    assert lines[0]["data"]["owner"] > 0
+    assert process.returncode == 0 and "Traceback" not in err
+
+
+def test_the_events_command_without_a_daemon_says_so(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "actors", "events", "--state-dir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert f"no daemon answers at {tmp_path}" in result.stdout and str(tmp_path / "tree.sock") in result.stdout
