@@ -80,7 +80,7 @@ def test_the_library_adds_no_sink(tmp_path: Path) -> None:
     assert result.stdout == "ok\n" and result.stderr == ""  # no sink: nothing written anywhere
 
 
-def test_serve_logs_on_stderr_at_the_log_level_without_variable_values() -> None:
+def test_serve_logs_on_stderr_at_the_log_level_without_variable_values(tmp_path: Path) -> None:
     """`serve --log-level` sets its one sink; a record about a worker shows its name."""
     program = (
         "import sys\n"
@@ -89,15 +89,19 @@ def test_serve_logs_on_stderr_at_the_log_level_without_variable_values() -> None
         "_configure_logging(sys.argv[1])\n"
         "(handler,) = logger._core.handlers.values()\n"
         "assert handler._exception_formatter._diagnose is False\n"
-        "secret = 'hunter2'\n"
         "logger.bind(agent_name='furiosa').warning('spent')\n"
         "logger.info('not shown')\n"
+        "def fail():\n"
+        "    secret = 'hunter2'\n"
+        "    return len(secret) / 0\n"
         "try:\n"
-        "    len(secret) / 0\n"
+        "    fail()\n"
         "except ZeroDivisionError:\n"
         "    logger.exception('failed')\n"
     )
-    result = subprocess.run([sys.executable, "-c", program, "WARNING"], capture_output=True, text=True, timeout=30)
+    script = tmp_path / "app.py"  # from a file: with diagnose on, loguru would show `secret`
+    script.write_text(program)
+    result = subprocess.run([sys.executable, str(script), "WARNING"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     assert "[furiosa] spent" in result.stderr and "not shown" not in result.stderr
     assert "ZeroDivisionError" in result.stderr and "hunter2" not in result.stderr
