@@ -106,8 +106,6 @@ class AsyncClient:
                 async with asyncio.timeout(self.timeout):
                     answer = await reply
             except TimeoutError:
-                if reply.done() and reply.exception() is not None:
-                    raise reply.exception() from None  # type: ignore[misc]
                 raise TimeoutError(f"{op}: no reply from {self.socket_path} within {self.timeout}s") from None
         except ConnectionLost as lost:
             raise ConnectionLost(f"{op}: {lost}") from lost.__cause__
@@ -142,7 +140,7 @@ class AsyncClient:
             pass
         except asyncio.CancelledError:
             error = ConnectionResetError("the client was closed")
-        except (OSError, FrameError, Exception) as failure:
+        except Exception as failure:  # OSError, FrameError, a frame that fits nothing
             error = failure
         self._broken(writer, error)
 
