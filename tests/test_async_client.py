@@ -259,8 +259,11 @@ def test_a_daemon_error_with_nil_id_fails_pending_calls(served: Any) -> None:
             writer = client._writer
             assert writer is not None
             writer.write(b"\xc1")  # never valid msgpack: the daemon answers nil id and closes
-            with pytest.raises(ConnectionLost, match="FrameError|malformed"):
-                await client.call("names.default_name")  # sent behind the garbage: never read
+            # Sent behind the garbage: never read. (The nil-id error may itself be lost: the
+            # daemon closes with this frame unread, and the kernel then resets the socket.)
+            with pytest.raises(ConnectionLost, match="names.default_name"):
+                await client.call("names.default_name")
+            assert client._pending == {}
             assert await client.call("names.default_name") == "Nameless Agent"
 
     run(main())

@@ -335,10 +335,9 @@ class NamePool(SupervisedActor):
         name = self._state.checkout(owner, start_time)
         if name is not None:
             self._note_change()
-            answer = self._answer(name)
-            if _events._subscribers and name != held:
+            if _events._subscribers and name != held:  # before the answer: see _emit_when_durable
                 self._emit_when_durable("name_checked_out", name, owner=owner)
-            return answer
+            return self._answer(name)
         # No name available: wait for the chunk in flight (one source call for everyone).
         reply = DeferredReply()
         self._waiters.append(_Waiter(owner, start_time, reply))
@@ -359,10 +358,9 @@ class NamePool(SupervisedActor):
         elif outcome is CheckinOutcome.RETURNED:
             self._serve_waiters()
             self._note_change()
-        answer = self._answer(None)
         if outcome is CheckinOutcome.RETURNED and _events._subscribers:
             self._emit_when_durable("name_checked_in", name)
-        return answer
+        return self._answer(None)
 
     def associate_name(self, name: str | None, owner: Owner) -> DeferredReply | None:
         """Make `owner` resolve to `name`: shared if checked out, else checked out for it."""
@@ -386,10 +384,9 @@ class NamePool(SupervisedActor):
         if returned is not None:
             self._serve_waiters()
         self._note_change()
-        answer = self._answer(None)
         if returned is not None and _events._subscribers:
             self._emit_when_durable("name_checked_in", returned, owner=owner)
-        return answer
+        return self._answer(None)
 
     def get_name_by_pid(self, owner: Owner) -> str | DeferredReply | None:
         """The name `owner` holds or is associated with, or None."""
@@ -633,8 +630,10 @@ class NamePool(SupervisedActor):
     def _emit_when_durable(self, kind: str, name: str, **data: Any) -> None:
         """Emit once the change just made is on disk (at once in memory; never if it fails).
 
-        The event rides the same group commit as the replies: a reply in the group is
-        answered only after the writer synced the frame holding the change.
+        The event rides the same group commit as the replies, as a marker reply the writer
+        answers after it synced the frame holding the change. Called before the caller's
+        reply is queued: the writer answers in order, so whoever got an answer finds its
+        event already in every subscriber's buffer.
         """
         path = self._path
         if self._is_durable_now():
@@ -756,9 +755,9 @@ class NamePool(SupervisedActor):
             name = self._state.checkout(waiter.owner, waiter.start_time)
             if name is None:
                 break
-            self._resolve(waiter.reply, name)
             if _events._subscribers:
                 self._emit_when_durable("name_checked_out", name, owner=waiter.owner)
+            self._resolve(waiter.reply, name)
             served += 1
         del self._waiters[:served]
         if self._waiters and self._chunk is None:
