@@ -108,6 +108,18 @@ def test_dissociating_the_last_owner_emits_a_checkin(tree: Any, events: Subscrip
     assert (back.kind, back.name, back.data) == ("name_checked_in", name, {"owner": "urn:last"})
 
 
+def test_associating_a_free_name_checks_it_out_and_sharing_emits_nothing(tree: Any, events: Subscription) -> None:
+    names = tree.names.proxy()
+    name = names.checkout_name("urn:first").get(timeout=TIMEOUT)
+    names.checkin_name(name).get(timeout=TIMEOUT)
+    events.drain()
+    names.associate_name(name, "urn:restored").get(timeout=TIMEOUT)  # a worker restoring its identity
+    (out,) = events.drain()
+    assert (out.kind, out.name, out.data) == ("name_checked_out", name, {"owner": "urn:restored"})
+    names.associate_name(name, "urn:child").get(timeout=TIMEOUT)  # shared: nothing handed out
+    assert events.drain() == []
+
+
 def test_a_dead_owners_name_is_reaped_with_its_owner(tree: Any, events: Subscription, manual_clock: ManualClock) -> None:
     owner = sleeper()
     try:

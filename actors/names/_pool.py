@@ -370,9 +370,12 @@ class NamePool(SupervisedActor):
         start_time = _process_start(owner) if type(owner) is int else None
         if name is not None:
             self._ensure_writable()
+        is_restored = bool(_events._subscribers) and name is not None and not self._state.is_checked_out(name)
         self._state.associate(name, owner, start_time)
         self._serve_waiters()  # the owner's previous name may have come free
         self._note_change()
+        if is_restored and self._state.is_checked_out(name):  # an identity restored: a checkout
+            self._emit_when_durable("name_checked_out", name, owner=owner)  # type: ignore[arg-type]
         return self._answer(None)
 
     def dissociate(self, owner: Owner) -> DeferredReply | None:
