@@ -32,6 +32,8 @@ _EXPORTS = {
     "WorkerExited": "actors.workers._worker_process",
     "Client": "actors.daemon._client",
     "connect": "actors.daemon._client",
+    "AsyncClient": "actors.daemon._async_client",
+    "aconnect": "actors.daemon._async_client",
     "NameSourceError": "actors._errors",
     "InvalidName": "actors._errors",
     "InvalidOwner": "actors._errors",
@@ -71,6 +73,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from actors.agents._pool import AgentPool
     from actors.agents._registry import InvalidBackend, InvalidKey, InvalidSetting
+    from actors.daemon._async_client import AsyncClient, aconnect
     from actors.daemon._client import Client, connect
     from actors._errors import (
         ConnectionLost,

@@ -1,4 +1,4 @@
-"""Command line: `python -m actors serve | status | demo`."""
+"""Command line: `python -m actors serve | status | events | demo`."""
 
 from __future__ import annotations
 
@@ -58,11 +58,19 @@ def _log_level(text: str) -> str:
 DAY = 86_400.0
 
 
+def _log_format(record: Any) -> str:
+    """A line per record; a record about a named worker says whose it is."""
+    who = "[{extra[agent_name]}] " if record["extra"].get("agent_name") else ""
+    return "{time:HH:mm:ss.SSS} {level:<7} " + who + "{message}\n{exception}"
+
+
 def _configure_logging(level: str) -> None:
     from loguru import logger
 
-    logger.remove()  # the CLI owns the process's log output; the library never does this
-    logger.add(sys.stderr, level=level, format="{time:HH:mm:ss.SSS} {level:<7} {message}", backtrace=False, diagnose=False)
+    # The CLI owns the process's log output (the library adds no sink and removes none):
+    # one sink on stderr, no variable values in tracebacks.
+    logger.remove()
+    logger.add(sys.stderr, level=level, format=_log_format, backtrace=False, diagnose=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,6 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     status.add_argument("--state-dir", required=True)
     status.add_argument("--json", action="store_true")
 
+    events = commands.add_parser("events", help="follow the running daemon's events until interrupted")
+    events.add_argument("--state-dir", required=True)
+    events.add_argument("--kinds", type=_kinds, default=None, help="comma-separated event kinds (default: all)")
+    events.add_argument("--json", action="store_true", help="one JSON object per line")
+
     demo = commands.add_parser("demo", help="an in-process supervised tree whose child crashes and restarts")
     demo.add_argument("--rounds", type=int, default=3)
 
@@ -97,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.command == "status":
         return _status(args)
+    if args.command == "events":
+        return _events(args)
     _configure_logging("WARNING")
     from actors.demo._demo import run_demo
 
@@ -139,6 +154,62 @@ def _status(args: Any) -> int:
     else:
         sys.stdout.write(render_status(status) + "\n")
     return 0
+
+
+def _kinds(text: str) -> list[str]:
+    kinds = [kind.strip() for kind in text.split(",") if kind.strip()]
+    if not kinds:
+        raise argparse.ArgumentTypeError(f"no event kind in {text!r}")
+    return kinds
+
+
+def _events(args: Any) -> int:
+    """Print each event as it comes (JSON lines with --json) until Ctrl-C or the daemon stops."""
+    import asyncio
+
+    from actors.daemon._async_client import AsyncClient
+    from actors.daemon._client import SOCKET_NAME
+
+    async def follow() -> int:
+        from pathlib import Path
+
+        client = AsyncClient(Path(args.state_dir) / SOCKET_NAME, timeout=10.0)
+        try:
+            stream = await client.events(kinds=args.kinds).start()
+        except OSError as error:
+            sys.stdout.write(f"no daemon answers at {args.state_dir}: {error}\n")
+            return 1
+        reported = 0
+        async for event in stream:
+            if stream.dropped > reported:
+                _print_event({"dropped": stream.dropped - reported}, args.json)
+                reported = stream.dropped
+            _print_event(event, args.json)
+        await client.close()
+        return 0
+
+    try:
+        return asyncio.run(follow())
+    except KeyboardInterrupt:
+        return 0
+
+
+def _print_event(event: Any, as_json: bool) -> None:
+    if isinstance(event, dict):  # a count of events the daemon dropped for us
+        line = json.dumps(event) if as_json else f"... {event['dropped']} events dropped (this reader fell behind)"
+    elif as_json:
+        fields = {"seq": event.seq, "time": event.time, "kind": event.kind, "path": event.path, "name": event.name,
+                  "data": event.data}
+        line = json.dumps(fields, sort_keys=True, default=str)
+    else:
+        from datetime import datetime
+
+        when = datetime.fromtimestamp(event.time).strftime("%H:%M:%S.%f")[:-3]
+        name = f" {event.name}" if event.name else ""
+        data = " ".join(f"{key}={value}" for key, value in event.data.items())
+        line = f"{when} {event.kind:<18} {event.path or '/'}{name} {data}".rstrip()
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def _last_recorded(state_dir: str) -> str:

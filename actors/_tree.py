@@ -109,9 +109,14 @@ class Tree:
         self.agents = Handle(supervisor, "agents")
         self.locks = Handle(supervisor, "locks")
         self._claim = claim
+        self.gateway: Any = None  # the socket's Gateway with start_tree(serve=True)
 
     def stop(self, timeout: float | None = None) -> None:
-        """Stop gracefully: children in reverse start order (idempotent); then free the state dir."""
+        """Stop gracefully: the socket (if served), children in reverse start order (idempotent);
+        then free the state dir."""
+        gateway, self.gateway = self.gateway, None
+        if gateway is not None:
+            gateway.stop()
         if self.supervisor.is_alive():
             self.supervisor.stop(timeout=timeout)
         actor = self.supervisor._actor_weakref()
@@ -154,11 +159,15 @@ def start_tree(
     check_interval: float = 5.0,
     max_restarts: int = 3,
     max_seconds: float = 5.0,
+    serve: bool = False,
+    agent_factory: Any = None,
 ) -> Tree:
     """Start the root supervisor (one_for_one) with "names", "agents", "locks", in that order.
 
-    Raises `StateDirInUse` (naming the holder's pid) while another tree or daemon, in this
-    process or another, holds `state_dir`.
+    `agent_factory` is the AgentPool's `factory(primary, agent)`. With `serve=True` the tree
+    is also served on ``state_dir/tree.sock`` as `python -m actors serve` serves it (same
+    gateway); `Tree.stop()` closes the socket first. Raises `StateDirInUse` (naming the
+    holder's pid) while another tree or daemon, in this process or another, holds `state_dir`.
     """
     from actors.agents._pool import AgentPool
     from actors.names._pool import NamePool
@@ -180,7 +189,8 @@ def start_tree(
         ChildSpec(
             "agents",
             AgentPool,
-            kwargs={"idle_ttl": idle_ttl, "max_live": max_live, "sweep_interval": sweep_interval, "clock": clock},
+            kwargs={"idle_ttl": idle_ttl, "max_live": max_live, "sweep_interval": sweep_interval, "clock": clock,
+                    "factory": agent_factory},
         ),
         ChildSpec("locks", LockSupervisor, kwargs={"check_interval": check_interval, "clock": clock}),
     ]
@@ -199,7 +209,27 @@ def start_tree(
             claim.release()
             raise
         _claims[path] = (claim, root)
-    return Tree(root, path, claim)
+    tree = Tree(root, path, claim)
+    if serve:
+        _serve(tree)
+    return tree
+
+
+def _serve(tree: Tree) -> None:
+    """Serve `tree` on its state dir's socket, as the daemon does; a failure stops the tree."""
+    from actors.daemon._client import SOCKET_NAME
+    from actors.daemon._gateway import Gateway
+
+    def shutdown() -> None:  # `tree.shutdown` from a worker: the graceful stop of the whole tree
+        threading.Thread(target=tree.stop, name="tree-shutdown", daemon=True).start()
+
+    gateway = Gateway(tree, tree.state_dir / SOCKET_NAME, on_shutdown=shutdown)
+    try:
+        gateway.start()
+    except BaseException:
+        tree.stop()
+        raise
+    tree.gateway = gateway
 
 
 def _has_ended(root: pykka.ActorRef[Any]) -> bool:

@@ -534,3 +534,100 @@ def test_frame_reader_yields_the_same_frames_however_the_bytes_are_cut(frames, c
         reader.feed(data[start:end])
         got.extend(reader.frames())
     assert got == frames and not reader.has_partial
+
+
+# -- events.follow --------------------------------------------------------------------------------
+
+
+def follow(path: Path, kinds=None, request_id: int = 7) -> tuple[socket.socket, msgpack.Unpacker]:
+    """A raw connection turned into an event stream; its "following" reply already read."""
+    connection = raw_connection(path)
+    connection.sendall(msgpack.packb({"id": request_id, "op": "events.follow", "args": [kinds], "kwargs": {}}))
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+    assert next_frame(connection, unpacker) == {"id": request_id, "ok": "following"}
+    return connection, unpacker
+
+
+def next_frame(connection: socket.socket, unpacker: msgpack.Unpacker) -> dict:
+    while True:
+        for frame in unpacker:
+            return frame
+        data = connection.recv(65536)
+        assert data, "the daemon closed the stream"
+        unpacker.feed(data)
+
+
+def test_events_follow_streams_the_events_of_the_chosen_kinds(served, client):
+    connection, unpacker = follow(served[2], ["name_checked_out", "name_checked_in"])
+    with connection:
+        name = client.call("names.checkout_name")
+        client.call("names.pool_stats")
+        client.call("names.checkin_name", name)
+        out, back = next_frame(connection, unpacker), next_frame(connection, unpacker)
+    assert set(out) == {"event"} and set(out["event"]) == {"seq", "time", "kind", "path", "name", "data"}
+    assert (out["event"]["kind"], out["event"]["path"], out["event"]["name"]) == ("name_checked_out", "names", name)
+    assert out["event"]["data"] == {"owner": os.getpid()}
+    assert (back["event"]["kind"], back["event"]["name"]) == ("name_checked_in", name)
+    assert back["event"]["seq"] > out["event"]["seq"]
+
+
+def test_events_follow_with_bad_kinds_is_refused_and_the_connection_closes(served):
+    connection = raw_connection(served[2])
+    with connection:
+        connection.sendall(msgpack.packb({"id": 3, "op": "events.follow", "args": ["child_started"], "kwargs": {}}))
+        frames = read_frames(connection)
+    assert frames[0]["id"] == 3 and frames[0]["error"]["type"] == "BadCall"
+    assert_still_serving(served[2])
+
+
+def test_a_follower_that_never_reads_loses_the_oldest_and_never_slows_the_tree(served, client, monkeypatch):
+    import actors.daemon._gateway as gateway_module
+
+    monkeypatch.setattr(gateway_module, "FOLLOW_BUFFER", 50)
+    connection, unpacker = follow(served[2], ["name_checked_out", "name_checked_in"])
+    with connection:
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        # Thousands of events while the follower reads nothing: every call is still answered.
+        for _ in range(1500):
+            client.call("names.checkin_name", client.call("names.checkout_name"))
+        frames = []
+        dropped = 0
+        connection.settimeout(2)
+        while True:
+            try:
+                frame = next_frame(connection, unpacker)
+            except (TimeoutError, socket.timeout):
+                break
+            if "dropped" in frame:
+                dropped += frame["dropped"]
+            else:
+                frames.append(frame["event"])
+    assert dropped > 0
+    assert len(frames) + dropped == 3000
+    seqs = [event["seq"] for event in frames]
+    assert seqs == sorted(seqs)
+    assert frames[-1]["kind"] == "name_checked_in"  # the newest are kept
+
+
+def test_a_follower_closing_frees_its_connection(served):
+    tree, gateway, path, _ = served
+    connection, _ = follow(path)
+    wait_until(lambda: gateway.connection_count == 1)
+    connection.close()
+    wait_until(lambda: gateway.connection_count == 0)
+    assert_still_serving(path)
+
+
+def test_stopping_the_gateway_ends_a_stream(tmp_path):
+    tree = start_tree(tmp_path / "state", reap_interval=3600, check_interval=3600, sweep_interval=3600)
+    gateway = Gateway(tree, tmp_path / "state" / "tree.sock")
+    gateway.start()
+    try:
+        connection, _ = follow(tmp_path / "state" / "tree.sock")
+        gateway.stop()
+        with connection:
+            assert read_frames(connection) == []
+        assert gateway.connection_count == 0
+    finally:
+        gateway.stop()
+        tree.stop()

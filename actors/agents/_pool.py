@@ -86,6 +86,7 @@ from actors.agents._registry import (
     validate_settings,
 )
 from actors._errors import FactoryError
+from supervision import _events
 from supervision import (
     Clock,
     DeferredReply,
@@ -113,6 +114,8 @@ _DISPOSAL_THREADS = 4
 _DISPOSALS_PER_YIELD = 64
 
 _EVICTION_REASONS = ("ttl", "lru", "chat", "dispose", "replaced")
+# The disposals that are evictions in the event stream (CONTRACT §1 "Events").
+_EVICTION_EVENTS = frozenset({"ttl", "lru", "chat", "dispose", "replaced"})
 _NOTHING = Removed([], [])  # never mutated: evict() returns fresh lists
 
 
@@ -461,6 +464,8 @@ class AgentPool(SupervisedActor):
         previous = self._registry.register(key, backend, self._clock.monotonic())  # InvalidBackend
         if previous is not None:
             self._dispose_later(Removed([key], [previous]), "replaced")
+        if _events._subscribers:
+            self._emit("backend_created", key, source="register")
         creation = self._creations.pop(key, None)
         if creation is not None:
             # The registered backend wins over a factory call still running.
@@ -586,7 +591,14 @@ class AgentPool(SupervisedActor):
     def _dispose_later(self, removed: Removed, reason: str) -> int:
         if reason in self._evictions:
             self._evictions[reason] += len(removed.backends)
+        if _events._subscribers and reason in _EVICTION_EVENTS:
+            for key in removed.keys:
+                self._emit("backend_evicted", key, reason=reason)
         return self._disposer.submit(removed, reason)
+
+    def _emit(self, kind: str, key: AgentKey, **data: Any) -> None:
+        path = self._supervision_.child_id or "agents"
+        _events.emit(kind, path, primary=key[0], agent=key[1], key=key_string(key), **data)
 
     def _when_disposals_done(self) -> DeferredReply | None:
         reply = DeferredReply()
@@ -653,6 +665,8 @@ class AgentPool(SupervisedActor):
         previous = self._registry.register(key, backend, self._clock.monotonic())
         if previous is not None:  # unreachable while register() supersedes; never leak anyway
             self._dispose_later(Removed([key], [previous]), "replaced")
+        if _events._subscribers:
+            self._emit("backend_created", key, source="factory")
         for reply in creation.waiters:
             reply.set(backend)
 

@@ -12,7 +12,6 @@ when this package or `supervision` exports them, `RemoteError` otherwise.
 from __future__ import annotations
 
 import collections
-import functools
 import itertools
 import os
 import socket
@@ -21,44 +20,19 @@ from pathlib import Path
 from typing import Any
 
 from actors._errors import ConnectionLost, RemoteError
-from actors.daemon._protocol import FrameError, FrameReader, encode, set_kernel_timeouts
+from actors.daemon._protocol import (
+    FrameError,
+    FrameReader,
+    connect_error,
+    raise_remote,
+    request_frame,
+    result_of,
+    set_kernel_timeouts,
+)
 
-__all__ = ["SOCKET_NAME", "Client", "connect"]
+__all__ = ["SOCKET_NAME", "Client", "connect", "raise_remote"]
 
 SOCKET_NAME = "tree.sock"
-
-
-@functools.cache
-def _error_classes() -> dict[str, type[BaseException]]:
-    import actors
-    import supervision
-
-    classes: dict[str, type[BaseException]] = {}
-    for module in (supervision, actors):
-        for name in getattr(module, "__all__", []):
-            try:
-                value = getattr(module, name)
-            except Exception:  # an optional part that cannot load here
-                continue
-            if isinstance(value, type) and issubclass(value, BaseException):
-                classes[name] = value
-    return classes
-
-
-def raise_remote(error: Any) -> None:
-    """Raise the exception an error reply describes."""
-    if not isinstance(error, dict):
-        raise RemoteError("ProtocolError", f"malformed error reply: {error!r}")
-    type_name = str(error.get("type", "RemoteError"))
-    message = str(error.get("message", ""))
-    cls = _error_classes().get(type_name)
-    if cls is None or cls is RemoteError:
-        raise RemoteError(type_name, message)
-    try:
-        exception = cls(message)
-    except Exception:
-        raise RemoteError(type_name, message) from None
-    raise exception
 
 
 class Client:
@@ -91,6 +65,8 @@ class Client:
                 raise TimeoutError(
                     f"{self.socket_path}: the daemon's backlog stayed full for {self.timeout}s"
                 ) from None
+            except OSError as error:
+                raise connect_error(error, self.socket_path) from None
         except BaseException:
             connection.close()
             raise
@@ -110,7 +86,7 @@ class Client:
         """
         with self._lock:
             request_id = next(self._ids)
-            payload = encode({"id": request_id, "op": op, "args": list(args), "kwargs": kwargs})
+            payload = request_frame(request_id, op, args, kwargs)
             self._send(op, payload)
             try:
                 reply = self._reply_to(request_id)
@@ -122,9 +98,7 @@ class Client:
                     f"{op}: the connection to {self.socket_path} broke with the call in flight "
                     f"(its effect is unknown): {error}"
                 ) from error
-        if "error" in reply:
-            raise_remote(reply["error"])
-        return reply.get("ok")
+        return result_of(reply)
 
     def _send(self, op: str, payload: bytes) -> None:
         for attempt in (1, 2):

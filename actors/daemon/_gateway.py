@@ -52,7 +52,7 @@ from actors.daemon._protocol import (
 from actors.daemon._status import collect_status
 from actors.names._pool import PeerCall
 from actors._tree import Tree
-from supervision import BadCall, ChildNotFound, ClientError, Clock, Handle, SystemClock, UnknownMessage
+from supervision import BadCall, ChildNotFound, ClientError, Clock, Handle, SystemClock, UnknownMessage, subscribe
 from supervision._errors import describe
 
 __all__ = ["CALL_TIMEOUT", "Gateway", "Peer"]
@@ -84,6 +84,9 @@ UNSERVED_NAME_METHODS = {"reset", "reconcile"}  # operator acts, like locks.forc
 LOCK_METHODS = {"acquire": 1, "release": 0, "read": None, "check": 0, "status": None}
 AGENT_METHODS = {"health", "sweep", "close_chat"}
 TREE_METHODS = {"which_children", "status", "restart_child", "terminate_child", "shutdown"}
+FOLLOW_OP = "events.follow"
+FOLLOW_BUFFER = 10_000  # events a follower may lag behind before it loses the oldest
+LOGGED_LOCK_METHODS = {"acquire": "acquired", "release": "released"}
 
 _log = logger.bind(component="gateway")
 
@@ -364,6 +367,9 @@ class Gateway:
             served = False
             try:
                 for frame in reader.frames():
+                    if type(frame) is dict and frame.get("op") == FOLLOW_OP:
+                        self._follow(slot, frame, log)
+                        return  # the stream ends only with the connection
                     with self._lock:
                         if slot.is_evicted:
                             return
@@ -387,6 +393,49 @@ class Gateway:
                 slot.partial_since = self._clock.monotonic()
             elif self._frame_is_overdue(slot, log):  # a byte now and then does not keep a frame alive
                 return
+
+    def _follow(self, slot: _Slot, frame: dict[str, Any], log: Any) -> None:
+        """`events.follow(kinds=None)`: answer "following", then stream events until the peer closes.
+
+        The stream reads from a bounded subscription of its own: an emitter never waits for
+        this connection; a peer that reads too slowly loses the oldest events, and the next
+        frame it gets says how many (`{"dropped": n}`). A follower counts as idle for the
+        slot reclaiming (it never blocks the admission of new connections).
+        """
+        connection = slot.connection
+        request_id = frame.get("id")
+        if type(request_id) is not int:
+            connection.sendall(encode(error_reply(None, "FrameError", "a request is a map with an int 'id'")))
+            return
+        try:
+            kinds = _follow_kinds(frame.get("args") or [], frame.get("kwargs") or {})
+        except ClientError as error:
+            connection.sendall(encode(error_reply(request_id, error)))
+            return
+        with subscribe(kinds=kinds, maxlen=FOLLOW_BUFFER) as events:
+            connection.sendall(encode(ok_reply(request_id, "following")))
+            log.debug("peer follows events ({})", "all kinds" if kinds is None else ", ".join(sorted(kinds)))
+            # Blocked in sendall only while the peer's socket buffer is full; stop() and
+            # eviction shut the connection, which ends that wait.
+            set_kernel_timeouts(connection, receive=None, send=None)
+            reported = 0
+            while not self._stopping.is_set() and not slot.is_evicted:
+                try:
+                    batch = [events.get(timeout=CONNECTION_WAKE)]
+                except TimeoutError:
+                    batch = []
+                if _has_closed(connection):
+                    return
+                batch.extend(events.drain())
+                frames = []
+                dropped = events.dropped
+                if dropped > reported:
+                    frames.append(encode({"dropped": dropped - reported}))
+                    reported = dropped
+                frames.extend(_encode_event(event) for event in batch)
+                if frames:
+                    connection.sendall(b"".join(frames))
+                    slot.last_active = self._clock.monotonic()
 
     def _frame_is_overdue(self, slot: _Slot, log: Any) -> bool:
         """True (after telling the peer) when its partial frame began more than frame_timeout ago."""
@@ -514,7 +563,20 @@ class Gateway:
             args, kwargs = _default_owner(args, kwargs, position, peer.pid, force=True)
         # One entry point on the lock supervisor: it starts a lock actor only to acquire or
         # release, and answers reads of a directory without one from the files.
-        return self._call(self.tree.locks, "call_lock", [worker_dir, method, list(args), kwargs], {})
+        result = self._call(self.tree.locks, "call_lock", [worker_dir, method, list(args), kwargs], {})
+        if method in LOGGED_LOCK_METHODS:
+            self._log_lock(peer, LOGGED_LOCK_METHODS[method], worker_dir)
+        return result
+
+    def _log_lock(self, peer: Peer, what: str, worker_dir: str) -> None:
+        """INFO with the peer's pid and name (CONTRACT §3): which worker took or left which lock."""
+        try:
+            name = self.tree.names.ask(PeerCall(peer.pid, "get_name_by_pid", (), {}, ()), timeout=self._call_timeout)
+        except Exception:  # the name pool restarting: the record still names the pid
+            name = None
+        _log.bind(agent_name=name, pid=peer.pid, worker_dir=worker_dir).info(
+            "pid {} ({}) {} the lock of {} over the socket", peer.pid, name or "no name", what, worker_dir
+        )
 
     # -- tree.* ---------------------------------------------------------------------------------------
 
@@ -572,6 +634,39 @@ class Gateway:
         except pykka.ActorDeadError:
             return False
         return process_pid is not None and _runs_under(peer.pid, process_pid)
+
+
+def _follow_kinds(args: list[Any], kwargs: dict[str, Any]) -> frozenset[str] | None:
+    """The `kinds` argument of `events.follow`: nil (every kind) or a list of str."""
+    if not isinstance(args, list) or not isinstance(kwargs, dict) or set(kwargs) - {"kinds"} or len(args) > 1 or (
+        args and "kinds" in kwargs
+    ):
+        raise BadCall("events.follow takes one argument, kinds (a list of event kinds, or nil for all)")
+    kinds = args[0] if args else kwargs.get("kinds")
+    if kinds is None:
+        return None
+    if not isinstance(kinds, list) or not all(isinstance(kind, str) for kind in kinds):
+        raise BadCall(f"events.follow: kinds must be a list of str or nil, not {describe(kinds)}")
+    return frozenset(kinds)
+
+
+def _encode_event(event: Any) -> bytes:
+    fields = {"seq": event.seq, "time": event.time, "kind": event.kind, "path": event.path, "name": event.name,
+              "data": event.data}
+    try:
+        return encode({"event": fields})
+    except (FrameError, TypeError, ValueError) as error:  # data that cannot cross: say so, keep the rest
+        return encode({"event": {**fields, "data": {"unencodable": str(error)[:200]}}})
+
+
+def _has_closed(connection: socket.socket) -> bool:
+    """True when the peer closed (or reset) the connection; what it sends meanwhile is ignored."""
+    try:
+        return connection.recv(65536, socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
 
 
 def _encode_fallback(request_id: int, reply: dict[str, Any], error: Exception) -> bytes:

@@ -3,12 +3,18 @@
 Request ``{"id": int, "op": str, "args": list, "kwargs": map}``; reply
 ``{"id": int, "ok": value}`` or ``{"id": int, "error": {"type": str, "message": str}}``.
 Each frame is at most `MAX_FRAME` bytes. Replies to one connection come in request order.
+After ``events.follow`` the daemon sends ``{"event": {...}}`` and ``{"dropped": n}`` frames.
+
+The clients' side of the protocol lives here without any I/O (`request_frame`,
+`parse_incoming`, `result_of`, `connect_error`): the blocking `Client` and the
+`AsyncClient` are two drivers over it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import socket
 import struct
 from collections.abc import Iterator, Sequence
@@ -18,15 +24,22 @@ import msgpack
 import pykka
 from pykka import messages as pykka_messages
 
-from supervision import ChildInfo
+from actors._errors import RemoteError
+from supervision import ChildInfo, Event
 
 __all__ = [
     "MAX_FRAME",
     "FrameError",
     "FrameReader",
     "ask_method",
+    "Incoming",
+    "connect_error",
     "encode",
     "error_reply",
+    "parse_incoming",
+    "raise_remote",
+    "request_frame",
+    "result_of",
     "ok_reply",
     "nesting_depth",
     "set_kernel_timeouts",
@@ -194,3 +207,95 @@ def _decode(data: bytearray) -> Any:
         return msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
     except Exception as error:  # bad UTF-8, an unhashable key, an unknown ext, ...
         raise FrameError(f"malformed msgpack: {error or type(error).__name__}") from None
+
+
+# -- the clients' side, without I/O --------------------------------------------------------------
+
+
+def request_frame(request_id: int, op: str, args: Sequence[Any], kwargs: dict[str, Any]) -> bytes:
+    """The bytes of one request (`FrameError` if it exceeds the frame limit)."""
+    return encode({"id": request_id, "op": op, "args": list(args), "kwargs": kwargs})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Incoming:
+    """One frame from the daemon, classified: a reply (`request_id`, `reply`), an `event`,
+    a count of `dropped` events, or a `fatal` reply (nil id: the daemon closes the connection)."""
+
+    request_id: int | None = None
+    reply: dict[str, Any] | None = None
+    event: Event | None = None
+    dropped: int = 0
+    fatal: bool = False
+
+
+def parse_incoming(frame: Any) -> Incoming:
+    """Classify one decoded frame; `RemoteError("ProtocolError")` for one that fits nothing."""
+    if isinstance(frame, dict):
+        request_id = frame.get("id")
+        if type(request_id) is int and ("ok" in frame or "error" in frame):
+            return Incoming(request_id=request_id, reply=frame)
+        if request_id is None and "error" in frame:
+            return Incoming(reply=frame, fatal=True)
+        event = frame.get("event")
+        if isinstance(event, dict):
+            try:
+                return Incoming(event=Event(**event))
+            except TypeError:
+                pass
+        dropped = frame.get("dropped")
+        if type(dropped) is int:
+            return Incoming(dropped=dropped)
+    raise RemoteError("ProtocolError", f"malformed frame from the daemon: {frame!r}"[:500])
+
+
+def result_of(reply: dict[str, Any]) -> Any:
+    """The `ok` value of a reply, or the exception its error describes, raised."""
+    if "error" in reply:
+        raise_remote(reply["error"])
+    return reply.get("ok")
+
+
+@functools.cache
+def _error_classes() -> dict[str, type[BaseException]]:
+    import actors
+    import supervision
+
+    classes: dict[str, type[BaseException]] = {}
+    for module in (supervision, actors):
+        for name in getattr(module, "__all__", []):
+            try:
+                value = getattr(module, name)
+            except Exception:  # an optional part that cannot load here
+                continue
+            if isinstance(value, type) and issubclass(value, BaseException):
+                classes[name] = value
+    return classes
+
+
+def raise_remote(error: Any) -> None:
+    """Raise the exception an error reply describes: the same class where this package or
+    `supervision` exports it, `RemoteError` otherwise."""
+    if not isinstance(error, dict):
+        raise RemoteError("ProtocolError", f"malformed error reply: {error!r}")
+    type_name = str(error.get("type", "RemoteError"))
+    message = str(error.get("message", ""))
+    cls = _error_classes().get(type_name)
+    if cls is None or cls is RemoteError:
+        raise RemoteError(type_name, message)
+    try:
+        exception = cls(message)
+    except Exception:
+        raise RemoteError(type_name, message) from None
+    raise exception
+
+
+def connect_error(error: OSError, socket_path: str) -> OSError:
+    """A failed connect, saying which socket (a bare ENOENT names nothing)."""
+    if isinstance(error, FileNotFoundError):
+        why = "no daemon socket there (is `python -m actors serve` or start_tree(serve=True) running?)"
+    elif isinstance(error, ConnectionRefusedError):
+        why = "nobody accepts on it (a daemon that has stopped?)"
+    else:
+        why = error.strerror or str(error)
+    return type(error)(error.errno, f"cannot connect to {socket_path}: {why}", socket_path)

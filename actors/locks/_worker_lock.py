@@ -52,6 +52,7 @@ from supervision import (
     send_after,
     send_interval,
 )
+from supervision import _events
 from supervision._errors import describe
 
 __all__ = ["LOCK_OPERATIONS", "InvalidWorkerDir", "LockSupervisor", "WorkerLock", "lock_child_id"]
@@ -111,6 +112,13 @@ def lock_child_id(worker_dir: str) -> str:
 
 # The read-only operations, shared by `WorkerLock` and `LockSupervisor.call_lock` (which
 # answers them from the files when no lock actor is live).
+
+
+def _holder(info: LockInfo | None) -> dict[str, Any] | None:
+    """Who held a record, for an event's data."""
+    if info is None:
+        return None
+    return {"pid": info.pid, "session_id": info.session_id, "hostname": info.hostname}
 
 
 def _read(lock_file: LockFile) -> LockInfo | None:
@@ -195,7 +203,18 @@ class WorkerLock(SupervisedActor):
         (naming the holder's pid and session) while another live owner holds it.
         """
         self._last_call = self._clock.monotonic()
-        return self._lock_file.acquire(_owner(owner), session_id)
+        if not _events._subscribers:
+            return self._lock_file.acquire(_owner(owner), session_id)
+        try:
+            before = self._lock_file.inspect()
+        except (OSError, ClientError):
+            before = None  # acquire says what is wrong
+        info = self._lock_file.acquire(_owner(owner), session_id)
+        if before is not None and before.state is LockState.STALE:
+            self._emit("lock_broken", previous=_holder(before.info), reason=before.reason)
+        if info.refreshed_at is None:  # taken now, not refreshed by its holder
+            self._emit("lock_acquired", pid=info.pid, session_id=info.session_id)
+        return info
 
     def release(self, owner: int | None = None) -> None:
         """Remove the record: without `owner`, any live owner's on this host; with it, only its own.
@@ -204,7 +223,15 @@ class WorkerLock(SupervisedActor):
         for another owner's or another host's record, `InvalidLock` for a corrupt one.
         """
         self._last_call = self._clock.monotonic()
+        if not _events._subscribers:
+            self._lock_file.release(None if owner is None else _owner(owner))
+            return
+        try:
+            holder = _holder(self._lock_file.inspect().info)
+        except (OSError, ClientError):
+            holder = None
         self._lock_file.release(None if owner is None else _owner(owner))
+        self._emit("lock_released", **(holder or {}))
 
     def read(self) -> LockInfo | None:
         """The record on disk (held, stale or another host's), or None. `InvalidLock` if corrupt."""
@@ -252,6 +279,13 @@ class WorkerLock(SupervisedActor):
         if verdict is not None:
             owner = "" if verdict.info is None else f"owner pid {verdict.info.pid} (session {verdict.info.session_id}): "
             self._log.info("released the lock of {}: {}{}", self._lock_file.worker_dir, owner, verdict.reason)
+            self._emit("lock_broken", previous=_holder(verdict.info), reason=verdict.reason)
+
+    def _emit(self, kind: str, **data: Any) -> None:
+        """An event about this lock, at `locks/<child id>`, with its worker directory."""
+        worker_dir = self._lock_file.worker_dir
+        child_id = self._supervision_.child_id or lock_child_id(worker_dir)
+        _events.emit(kind, f"locks/{child_id}", worker_dir=worker_dir, **data)
 
     def _look_at_retiring_in(self, delay: float) -> None:
         self._timers = [timer for timer in self._timers if timer.active]

@@ -69,6 +69,7 @@ from supervision import (
     UnknownMessage,
     send_interval,
 )
+from supervision import _events
 from supervision._errors import describe
 
 __all__ = ["HOLDERS_REQUEST", "NamePool", "NameSource", "PeerCall"]
@@ -79,6 +80,14 @@ NameSource = Callable[[int, frozenset[str]], Iterable[str]]
 #: `pool_ref.ask(HOLDERS_REQUEST)` answers `{name: [owner, ...]}` for every checked-out
 #: name (None stands for an anonymous holder); `actors.daemon._status` uses it.
 HOLDERS_REQUEST = "holders"
+
+# Socket calls logged at INFO with the peer's pid and the name (CONTRACT §3): what each did.
+_LOGGED_PEER_METHODS = {
+    "checkout_name": "checked out",
+    "checkin_name": "checked in",
+    "associate_name": "associated with",
+    "dissociate": "dissociated from",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,9 +334,12 @@ class NamePool(SupervisedActor):
             if held is not None:
                 return held  # nothing to write: a read
             self._ensure_writable()
+        held = self._state.name_of(owner, start_time) if _events._subscribers and owner is not None else None
         name = self._state.checkout(owner, start_time)
         if name is not None:
             self._note_change()
+            if _events._subscribers and name != held:  # before the answer: see _emit_when_durable
+                self._emit_when_durable("name_checked_out", name, owner=owner)
             return self._answer(name)
         # No name available: wait for the chunk in flight (one source call for everyone).
         reply = DeferredReply()
@@ -349,6 +361,8 @@ class NamePool(SupervisedActor):
         elif outcome is CheckinOutcome.RETURNED:
             self._serve_waiters()
             self._note_change()
+        if outcome is CheckinOutcome.RETURNED and _events._subscribers:
+            self._emit_when_durable("name_checked_in", name)
         return self._answer(None)
 
     def associate_name(self, name: str | None, owner: Owner) -> DeferredReply | None:
@@ -359,9 +373,12 @@ class NamePool(SupervisedActor):
         start_time = _process_start(owner) if type(owner) is int else None
         if name is not None:
             self._ensure_writable()
+        is_restored = bool(_events._subscribers) and name is not None and not self._state.is_checked_out(name)
         self._state.associate(name, owner, start_time)
         self._serve_waiters()  # the owner's previous name may have come free
         self._note_change()
+        if is_restored and self._state.is_checked_out(name):  # an identity restored: a checkout
+            self._emit_when_durable("name_checked_out", name, owner=owner)  # type: ignore[arg-type]
         return self._answer(None)
 
     def dissociate(self, owner: Owner) -> DeferredReply | None:
@@ -369,9 +386,12 @@ class NamePool(SupervisedActor):
         owner = validate_owner(owner)
         if owner is not None and self._state.name_of(owner) is not None:
             self._ensure_writable()
-        if self._state.dissociate(owner) is not None:
+        returned = self._state.dissociate(owner)
+        if returned is not None:
             self._serve_waiters()
         self._note_change()
+        if returned is not None and _events._subscribers:
+            self._emit_when_durable("name_checked_in", returned, owner=owner)
         return self._answer(None)
 
     def get_name_by_pid(self, owner: Owner) -> str | DeferredReply | None:
@@ -482,7 +502,34 @@ class NamePool(SupervisedActor):
             self._check_peer_checkin(call.pid, arguments.arguments.get("name"))
         elif method == "associate_name":
             self._check_peer_associate(call, arguments.arguments.get("name"))
+        if method in _LOGGED_PEER_METHODS:
+            # Whom it concerns, read before the call: a checkin or dissociate ends the hold.
+            before = self._state.name_of(call.pid, _process_start(call.pid)) if method == "dissociate" else None
+            result = bound(*arguments.args, **arguments.kwargs)
+            self._log_peer_call(call.pid, method, arguments.arguments.get("name", before), result)
+            return result
         return bound(*arguments.args, **arguments.kwargs)
+
+    def _log_peer_call(self, pid: int, method: str, name: str | None, result: Any) -> None:
+        """One INFO record per socket checkout/checkin/association, bound to the name (CONTRACT §3)."""
+        what = _LOGGED_PEER_METHODS[method]
+
+        def log(value: Any) -> None:
+            agent_name = value if method == "checkout_name" else name
+            self._log.bind(agent_name=agent_name, pid=pid).info("pid {} {} {!r} over the socket", pid, what, agent_name)
+
+        if not isinstance(result, pykka.Future):
+            log(result)
+            return
+
+        def log_if_answered(future: Any) -> None:
+            try:
+                value = future.get(timeout=0)
+            except BaseException:
+                return  # the caller gets the error; nothing changed
+            log(value)
+
+        result.add_done_callback(log_if_answered)
 
     def _holds_now(self, pid: int, name: str) -> bool:
         """True when live process `pid` (this very process, not an earlier one) owns `name`."""
@@ -560,6 +607,7 @@ class NamePool(SupervisedActor):
     def _storage_down(self, error: StorageError) -> None:
         if self._storage_error is None:
             self._log.error("name pool cannot write its state ({}): changes are refused until it can", error)
+            _events.emit("storage_failed", self._path, error=str(error), file=str(getattr(self._journal, "path", "")))
         self._storage_error = error
 
     def _ensure_writable(self) -> None:
@@ -580,6 +628,37 @@ class NamePool(SupervisedActor):
             raise self._storage_error from None
         self._storage_error = None
         self._log.info("name pool writes its state again")
+        _events.emit("storage_recovered", self._path, file=str(self._journal.path))
+
+    @property
+    def _path(self) -> str:
+        """Where this pool sits in the tree, for its events (its child id; "names" in a tree)."""
+        return self._supervision_.child_id or "names"
+
+    def _emit_when_durable(self, kind: str, name: str, **data: Any) -> None:
+        """Emit once the change just made is on disk (at once in memory; never if it fails).
+
+        The event rides the same group commit as the replies, as a marker reply the writer
+        answers after it synced the frame holding the change. Called before the caller's
+        reply is queued: the writer answers in order, so whoever got an answer finds its
+        event already in every subscriber's buffer.
+        """
+        path = self._path
+        if self._is_durable_now():
+            _events.emit(kind, path, name, **data)
+            return
+        marker = DeferredReply()
+        self._group.append((marker, None))
+        self._queue_flush()
+
+        def emit_if_written(future: Any) -> None:
+            try:
+                future.get(timeout=0)
+            except BaseException:
+                return  # not written: it never happened
+            _events.emit(kind, path, name, **data)
+
+        marker.add_done_callback(emit_if_written)
 
     def _is_durable_now(self) -> bool:
         return self._journal is None or (not self._state.has_changes() and self._journal.is_idle())
@@ -684,6 +763,8 @@ class NamePool(SupervisedActor):
             name = self._state.checkout(waiter.owner, waiter.start_time)
             if name is None:
                 break
+            if _events._subscribers:
+                self._emit_when_durable("name_checked_out", name, owner=waiter.owner)
             self._resolve(waiter.reply, name)
             served += 1
         del self._waiters[:served]
@@ -725,6 +806,7 @@ class NamePool(SupervisedActor):
                     upgrades[pid] = current
             return verdict
 
+        holders = self._state.holders() if _events._subscribers else {}
         returned = self._state.reap(judge)
         for pid, start in upgrades.items():
             self._state.pin_start(pid, start)
@@ -742,6 +824,9 @@ class NamePool(SupervisedActor):
             self._log.info("owners gone: {} back in the pool", ", ".join(repr(name) for name in returned))
             self._serve_waiters()
         self._note_change()
+        if returned and _events._subscribers:
+            for name in returned:
+                self._emit_when_durable("name_reaped", name, owners=list(holders.get(name, ())))
 
     def _stop_timers(self) -> None:
         if self._reap_timer is not None:
