@@ -156,6 +156,7 @@ class _Waiter:
     owner: Owner
     start_time: Start
     reply: DeferredReply
+    name_key: str | None = None
 
 
 @dataclass(slots=True)
@@ -332,6 +333,29 @@ class NamePool(SupervisedActor):
         if self._chunk is None:
             self._request_chunk()
         self._note_change()  # a reused pid may have lost its old name meanwhile
+        return reply
+
+    def checkout_name_for_key(self, name_key: str, owner: Owner) -> str | DeferredReply:
+        """`checkout_name(owner)` for a `WorkerProcess`: the last name of `name_key` if it can.
+
+        The key's last name is remembered durably; it comes back unless someone outside
+        the key took it. Its earlier owners' processes are checked at this moment, so a
+        restarted daemon never waits for a reap tick. Not served on the socket.
+        """
+        owner = validate_owner(owner)
+        if type(name_key) is not str or not name_key:
+            raise BadCall(f"name_key must be a non-empty str, not {describe(name_key)}")
+        start_time = _process_start(owner) if type(owner) is int else None
+        self._ensure_writable()
+        name = self._state.checkout_for_key(name_key, owner, start_time, _liveness)
+        if name is not None:
+            self._note_change()
+            return self._answer(name)
+        reply = DeferredReply()
+        self._waiters.append(_Waiter(owner, start_time, reply, name_key))
+        if self._chunk is None:
+            self._request_chunk()
+        self._note_change()
         return reply
 
     def checkin_name(self, name: str) -> DeferredReply | None:
@@ -676,7 +700,10 @@ class NamePool(SupervisedActor):
             return
         served = 0
         for waiter in self._waiters:
-            name = self._state.checkout(waiter.owner, waiter.start_time)
+            if waiter.name_key is None:
+                name = self._state.checkout(waiter.owner, waiter.start_time)
+            else:
+                name = self._state.checkout_for_key(waiter.name_key, waiter.owner, waiter.start_time, _liveness)
             if name is None:
                 break
             self._resolve(waiter.reply, name)
