@@ -69,7 +69,7 @@ from supervision import (
 )
 from supervision._errors import describe
 
-__all__ = ["HOLDERS_REQUEST", "NamePool", "NameSource", "PeerCall"]
+__all__ = ["HOLDERS_REQUEST", "KeyCheckout", "NamePool", "NameSource", "PeerCall"]
 
 #: `source(count, used) -> list[str]`: the "nomenclater" a pool asks for new names.
 NameSource = Callable[[int, frozenset[str]], Iterable[str]]
@@ -77,6 +77,15 @@ NameSource = Callable[[int, frozenset[str]], Iterable[str]]
 #: `pool_ref.ask(HOLDERS_REQUEST)` answers `{name: [owner, ...]}` for every checked-out
 #: name (None stands for an anonymous holder); `actors.daemon._status` uses it.
 HOLDERS_REQUEST = "holders"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyCheckout:
+    """`pool_ref.ask(KeyCheckout(name_key, owner))`: a `WorkerProcess`'s checkout, answered
+    with the last name of `name_key` whenever no one outside the key holds it (a str)."""
+
+    name_key: str
+    owner: Owner
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,6 +273,7 @@ class NamePool(SupervisedActor):
             _ChunkTimeout: self._on_chunk_timeout,
             _StorageFailed: self._on_storage_failed,
             PeerCall: self._on_peer_call,
+            KeyCheckout: self._checkout_for_key,
         }
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -335,14 +345,15 @@ class NamePool(SupervisedActor):
         self._note_change()  # a reused pid may have lost its old name meanwhile
         return reply
 
-    def checkout_name_for_key(self, name_key: str, owner: Owner) -> str | DeferredReply:
-        """`checkout_name(owner)` for a `WorkerProcess`: the last name of `name_key` if it can.
+    def _checkout_for_key(self, request: KeyCheckout) -> str | DeferredReply:
+        """`checkout_name(owner)` for a `WorkerProcess`: the last name of its key if it can.
 
         The key's last name is remembered durably; it comes back unless someone outside
         the key took it. Its earlier owners' processes are checked at this moment, so a
-        restarted daemon never waits for a reap tick. Not served on the socket.
+        restarted daemon never waits for a reap tick. An ask, not a public method: the
+        socket does not serve it.
         """
-        owner = validate_owner(owner)
+        name_key, owner = request.name_key, validate_owner(request.owner)
         if type(name_key) is not str or not name_key:
             raise BadCall(f"name_key must be a non-empty str, not {describe(name_key)}")
         start_time = _process_start(owner) if type(owner) is int else None

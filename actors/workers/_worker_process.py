@@ -431,11 +431,12 @@ class WorkerProcess(SupervisedActor):
 
     def _checkout(self, names: Handle) -> str:
         """The key's last name if the pool can give it back; any pool's name otherwise."""
-        proxy = names.proxy()
-        try:
-            return proxy.checkout_name_for_key(self.name_key, self.actor_urn).get(timeout=NAMES_TIMEOUT)
-        except AttributeError:  # a pool without key memory (a stand-in): the plain checkout
-            return proxy.checkout_name(self.actor_urn).get(timeout=NAMES_TIMEOUT)
+        from actors.names._pool import KeyCheckout, NamePool  # the pool imports nothing of ours
+
+        if issubclass(names.ref(timeout=NAMES_TIMEOUT).actor_class, NamePool):
+            return names.ask(KeyCheckout(self.name_key, self.actor_urn), timeout=NAMES_TIMEOUT)
+        # A pool without key memory (a stand-in): the plain checkout.
+        return names.proxy().checkout_name(self.actor_urn).get(timeout=NAMES_TIMEOUT)
 
     def _hand_name_to_process(self, names: Handle, name: str, pid: int) -> None:
         try:
