@@ -65,9 +65,17 @@ def _worker_statuses(tree: Tree, timeout: float) -> list[dict[str, Any]]:
 
 def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
     """Rows under their headers, each column as wide as its widest cell, indented by two."""
-    cells = [[str(cell) for cell in headers]] + [["-" if cell is None else str(cell) for cell in row] for row in rows]
+    cells = [[str(cell) for cell in headers]] + [[_cell(cell) for cell in row] for row in rows]
     widths = [max(len(row[column]) for row in cells) for column in range(len(headers))]
     return ["  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
 
 
 def _error_of(section: Any) -> str | None:
@@ -122,7 +130,7 @@ def render_status(status: dict[str, Any]) -> str:
                     child.get("id"),
                     "running" if child.get("running") else "stopped",
                     child.get("restarts"),
-                    "supervisor" if child.get("is_supervisor") else "worker",
+                    "supervisor" if child.get("is_supervisor") else "actor",
                 ]
                 for child in children
             ],

@@ -144,13 +144,14 @@ def start_demo_workers(
     seconds: float = 0.0,
     status_every: float = 4.0,
     keep_every: float = 1.0,
+    pace: float = 1.0,
 ) -> SessionKeeper:
     """Add demo worker processes under the daemon's "workers" supervisor; one is flaky.
 
     Each worker alternates work (holding its worker lock) and idleness; a `SessionKeeper`
     keeps its session warm in the agent pool while it works. Every `status_every` seconds
     the status is written to stdout; with `seconds` > 0 the daemon stops itself after
-    that long (so the demo ends on its own).
+    that long (so the demo ends on its own). `pace` scales the workers' durations.
     """
     from actors.daemon._client import SOCKET_NAME
     from actors.daemon._status import render_status
@@ -165,6 +166,8 @@ def start_demo_workers(
         flaky = index == workers
         if flaky:
             argv.append("--flaky")
+        if pace != 1.0:
+            argv += ["--pace", repr(float(pace))]
         child_id = f"worker-{index}"
         spec = ChildSpec(
             child_id,
