@@ -162,6 +162,24 @@ def test_a_worker_keeps_its_name_across_five_restarts_of_itself(tree: Tree, reco
     assert restarts_of(tree.workers.ref(), "crashy") == 5
 
 
+def test_a_process_the_key_left_running_keeps_its_name_to_itself(tree: Tree, record: Path) -> None:
+    add_worker(tree, "w", child_argv(record, "w", "--detached-child"), name_key="k")
+    first = wait_records(record, 1, "w")[0]
+    name = first["env"]["AGENT_NAME"]
+    detached = wait_records(record, 1, "w-detached")[0]
+    tree.names.proxy().associate_name(name, detached["pid"]).get(timeout=TIMEOUT)  # as inherit_identity does
+    os.kill(first["pid"], signal.SIGKILL)
+    second = wait_records(record, 2, "w")[1]
+    assert second["env"]["AGENT_NAME"] != name  # two live processes never share a name
+    assert tree.names.ask("holders", timeout=TIMEOUT)[name] == [detached["pid"]]
+    kill_quietly(detached["pid"])
+    wait_until(lambda: is_dead(detached["pid"]), timeout=TIMEOUT)
+    tree.workers.proxy().terminate_child("w").get(timeout=TIMEOUT)
+    tree.workers.proxy().restart_child("w").get(timeout=TIMEOUT)
+    # The key now remembers the fresh name, which is free again.
+    assert wait_records(record, 3, "w")[2]["env"]["AGENT_NAME"] == second["env"]["AGENT_NAME"]
+
+
 def test_a_name_held_by_a_live_process_of_another_key_is_never_shared(tree: Tree, record: Path) -> None:
     add_worker(tree, "w", child_argv(record, "w"))
     first = wait_records(record, 1, "w")[0]
@@ -233,7 +251,8 @@ def stop_daemon(process: subprocess.Popen[bytes]) -> int:
 
 def test_names_survive_graceful_restarts_and_a_sigkill_of_the_daemon(tmp_path: Path, record: Path) -> None:
     state_dir, log = tmp_path / "state", tmp_path / "daemon.log"
-    workers = {label: child_argv(record, label) for label in ("w1", "w2", "w3")}
+    # Each exits 0 on SIGTERM, or once the daemon's socket closes (it was SIGKILLed).
+    workers = {label: child_argv(record, label, "--wait-socket") for label in ("w1", "w2", "w3")}
     process = None
     try:
         for round_number in range(1, 6):
@@ -241,8 +260,11 @@ def test_names_survive_graceful_restarts_and_a_sigkill_of_the_daemon(tmp_path: P
             for label in workers:
                 wait_records(record, round_number, label)
             if round_number == 4:
-                process.kill()  # its workers live on, holding their names
+                process.kill()
                 process.wait(30)
+                for label in workers:
+                    wait_records(record, 1, label, event="socket-closed")
+                    # No reap tick: the next daemon judges the old processes when it checks out.
             elif round_number < 5:
                 assert stop_daemon(process) == 0, log.read_text()
         for label in workers:

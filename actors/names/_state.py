@@ -327,11 +327,12 @@ class NameState:
     ) -> str | None:
         """Check out a name for `owner` on behalf of worker `key`: its last name if it can.
 
-        The key's last name comes back whenever no one outside the key holds it: it is
-        either available, or still held by the key's own earlier owners (its processes and
-        what they spawned). Of those, the int owners `judge(pid, start)` proves dead leave
-        first, at this moment (only `DEAD` frees; `UNKNOWN` keeps them, sharing the name
-        with them). Otherwise a fresh name, which becomes the key's. None: a chunk is needed.
+        The key's last name comes back when no process holds it any more: it is available,
+        or held only by the key's earlier processes that `judge(pid, start)` proves dead at
+        this moment (they leave first; only `DEAD` frees, `UNKNOWN` keeps them) and by str
+        owners (an earlier incarnation's URN, shared). A live process, even one the key
+        left behind, is never joined: then a fresh name, which becomes the key's. Anyone
+        else taking the name off the stack makes it leave its key. None: a chunk is needed.
         Raises `InvalidOwner`, and `ValueError` for a key that is not a non-empty str.
         """
         if type(key) is not str or not key:
@@ -346,6 +347,8 @@ class NameState:
                 if type(pid) is int and _is_dead(judge(pid, self._start_times[pid]))
             ]
             self.remove_dead_owners(dead)
+        if name is not None and any(type(holder) is not str for holder in self._holders.get(name, ())):
+            name = None  # a live (or unknown) process or an anonymous holder has it: never shared
         if owner is not None and owner in self._owner_names and self._owner_names[owner] != name:
             self._drop(self._owner_names[owner], owner)
         if name is not None:
