@@ -285,3 +285,19 @@ def test_the_demo_uses_every_service_and_status_names_each_worker(tmp_path):
             assert str(daemon.state_dir / "workers" / f"w{index}") in text
     finally:
         daemon.stop()
+
+
+def test_a_demo_worker_crash_does_not_exit_a_daemon_whose_root_has_no_budget(tmp_path):
+    from actors.daemon._daemon import Daemon
+    from actors.demo._demo import start_demo_workers
+
+    daemon = Daemon(tmp_path / "state", heartbeat=1.0, tree_options={"max_restarts": 0})
+    daemon.start()
+    try:
+        start_demo_workers(daemon, workers=1, status_every=3600.0, pace=0.1)  # the one worker is flaky
+        workers = daemon.tree.workers
+        wait_until(lambda: workers.proxy().which_children().get(timeout=5)[0].restarts >= 1, timeout=30)
+        assert daemon.tree.supervisor.is_alive()
+        assert [info.restarts for info in daemon.tree.supervisor.proxy().which_children().get(timeout=5)] == [0] * 4
+    finally:
+        daemon.stop()

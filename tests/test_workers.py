@@ -374,3 +374,83 @@ def test_records_and_events_name_the_worker(tree: Tree, record: Path) -> None:
     finally:
         logger.remove(sink)
         events.close()
+
+
+# -- the core: a durable last name per key (NameState, no processes) --------------------------
+
+
+def _state() -> Any:
+    from actors.names._state import NameState
+
+    state = NameState(chunk_size=4)
+    state.is_recording = True
+    state.accept_chunk(["alpha", "bravo", "charlie", "delta"])
+    return state
+
+
+def _replayed(state: Any) -> Any:
+    from actors.names._state import NameState
+
+    twin = NameState(chunk_size=4)
+    twin.apply(state.take_changes())
+    return twin
+
+
+def test_core_a_key_gets_its_last_name_back_once_its_processes_are_dead() -> None:
+    from actors._process import Liveness
+
+    state = _state()
+    name = state.checkout_for_key("k", "urn:1")
+    state.associate(name, 4001)
+    state.dissociate("urn:1")
+    other = state.checkout_for_key("other", "urn:2")
+    assert other != name
+    verdicts = {4001: Liveness.UNKNOWN}
+    # Unknown keeps the old process's hold: a fresh name, never shared.
+    fresh = state.checkout_for_key("k", "urn:3", None, lambda pid, start: verdicts[pid])
+    assert fresh not in (name, other)
+    assert state.owners_of(name) == [4001]
+    state.dissociate("urn:3")
+    # The key now remembers the fresh name; proof of death frees the old one for whoever.
+    assert state.last_name_of_key("k") == fresh
+    replayed = _replayed(state)
+    assert replayed.key_names() == state.key_names() and replayed.holders() == state.holders()
+
+
+def test_core_the_dead_leave_at_checkout_without_a_reap() -> None:
+    from actors._process import Liveness
+
+    state = _state()
+    name = state.checkout_for_key("k", "urn:1")
+    state.associate(name, 4001)
+    state.dissociate("urn:1")
+    again = state.checkout_for_key("k", "urn:2", None, lambda pid, start: Liveness.DEAD)
+    assert again == name and state.owners_of(name) == ["urn:2"]
+
+
+def test_core_a_name_taken_by_someone_else_leaves_its_key_and_plain_checkouts_skip_remembered_names() -> None:
+    state = _state()
+    name = state.checkout_for_key("k", "urn:1")
+    state.dissociate("urn:1")  # back on top of the stack
+    plain = state.checkout(5001)
+    assert plain != name  # skipped while another name is available
+    state.associate(name, 5002)  # taken off the stack by another process
+    assert state.last_name_of_key("k") is None
+    assert state.checkout_for_key("k", "urn:2") not in (name, plain)
+
+
+def test_core_keys_survive_a_snapshot_and_a_journal_replay() -> None:
+    from actors.names._state import NameState
+
+    state = _state()
+    first = state.checkout_for_key("a", "urn:1")
+    second = state.checkout_for_key("b", "urn:2")
+    snapshot = state.to_snapshot()
+    assert snapshot["keys"] == [["a", first], ["b", second]]
+    assert NameState.from_snapshot(snapshot, 4).key_names() == {"a": first, "b": second}
+    assert _replayed(state).key_names() == {"a": first, "b": second}
+    assert "keys" not in NameState(4).to_snapshot()  # nothing new in a snapshot without keys
+    with pytest.raises(ValueError):
+        NameState.from_snapshot({**snapshot, "keys": [["a", "zulu"]]}, 4)
+    state.reset()
+    assert state.key_names() == {}
