@@ -139,6 +139,7 @@ class Daemon:
 
         Each step runs whatever failed before it (and is logged if it fails itself).
         """
+        self.stopping.set()  # whatever waits on it (the demo's threads) ends too
         steps: list[tuple[str, Callable[[], Any]]] = []
         if self._timer is not None:
             steps.append(("stop the heartbeat", self._timer.cancel))

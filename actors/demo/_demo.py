@@ -199,6 +199,6 @@ def start_demo_workers(
                 _say(f"\ndemo ran {seconds:.0f}s; stopping the daemon")
                 daemon.request_stop()
 
-    threading.Thread(target=keep, name="demo-sessions", daemon=True).start()
-    threading.Thread(target=report, name="demo-status", daemon=True).start()
+    threading.Thread(target=keep, name=f"demo-sessions-{id(keeper):x}", daemon=True).start()
+    threading.Thread(target=report, name=f"demo-status-{id(keeper):x}", daemon=True).start()
     return keeper

@@ -33,6 +33,7 @@ process that ends with it.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import random as _random
@@ -89,6 +90,7 @@ _RELEASE_TIMEOUT = 30.0
 _IDENTITY_VARIABLES = ("AGENT_NAME", "ACTORS_SOCKET")
 
 _log = logger.bind(component="worker_process")
+_release_numbers = itertools.count()  # thread names stay unique within the process
 
 
 def _seconds(what: str, value: object) -> float:
@@ -583,7 +585,7 @@ class WorkerProcess(SupervisedActor):
             level = "DEBUG" if names.is_gone() else "WARNING"
             log.log(level, "could not dissociate {!r} from its name: {!r}", owner, last_error)
 
-        threading.Thread(target=wait, name="name-release", daemon=True).start()
+        threading.Thread(target=wait, name=f"name-release-{owner}-{next(_release_numbers)}", daemon=True).start()
 
 
 def _signal_group(group_id: int, signal_number: signal.Signals) -> None:
