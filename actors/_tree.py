@@ -1,11 +1,13 @@
-"""The product's actor tree: a root supervisor with the name pool, agent pool and locks.
+"""The product's actor tree: a root supervisor with the name pool, agent pool, locks, workers.
 
     with start_tree("/var/lib/fleet") as tree:
         name = tree.names.proxy().checkout_name(os.getpid()).get(timeout=5)
         lock = tree.locks.proxy().lock_for("/work/agents/w3").get(timeout=5)
         lock.proxy().acquire("session-1").get(timeout=5)
 
-Worker processes join later with `tree.supervisor.proxy().start_child(spec)`.
+Worker processes join the "workers" supervisor: `tree.workers.proxy().start_child(spec)`.
+It has its own restart budget (5 in 60 s), so a crash-looping worker costs the root
+nothing; when "workers" gives up, the root restarts it (empty) within the root's budget.
 Starting a tree again on the same `state_dir` recovers the name pool's state. One tree
 per `state_dir`, across processes and within one: a second `start_tree` (or `python -m
 actors serve`) on it raises `StateDirInUse` naming the holder's pid until `Tree.stop()`.
@@ -30,6 +32,9 @@ from supervision import ChildSpec, Clock, Handle, Strategy, Supervisor, make_pri
 __all__ = ["LOCK_NAME", "NAMES_STATE", "StateDirClaim", "Tree", "prepare_state_dir", "start_tree"]
 
 NAMES_STATE = "names.state"
+#: The "workers" supervisor's own restart budget: this many restarts within this many seconds.
+WORKERS_MAX_RESTARTS = 5
+WORKERS_MAX_SECONDS = 60.0
 LOCK_NAME = "daemon.lock"
 
 # The trees of this process and their claims, so that a tree whose root has ended (failed,
@@ -100,7 +105,7 @@ class StateDirClaim:
 
 
 class Tree:
-    """The running tree: `.supervisor` (root ref), `.names`, `.agents`, `.locks` (Handles)."""
+    """The running tree: `.supervisor` (root ref), `.names`, `.agents`, `.locks`, `.workers` (Handles)."""
 
     def __init__(self, supervisor: pykka.ActorRef[Any], state_dir: Path, claim: StateDirClaim | None = None) -> None:
         self.supervisor = supervisor
@@ -108,6 +113,7 @@ class Tree:
         self.names = Handle(supervisor, "names")
         self.agents = Handle(supervisor, "agents")
         self.locks = Handle(supervisor, "locks")
+        self.workers = Handle(supervisor, "workers")
         self._claim = claim
         self.gateway: Any = None  # the socket's Gateway with start_tree(serve=True)
 
@@ -162,7 +168,7 @@ def start_tree(
     serve: bool = False,
     agent_factory: Any = None,
 ) -> Tree:
-    """Start the root supervisor (one_for_one) with "names", "agents", "locks", in that order.
+    """Start the root supervisor (one_for_one) with "names", "agents", "locks", "workers".
 
     `agent_factory` is the AgentPool's `factory(primary, agent)`. With `serve=True` the tree
     is also served on ``state_dir/tree.sock`` as `python -m actors serve` serves it (same
@@ -193,6 +199,11 @@ def start_tree(
                     "factory": agent_factory},
         ),
         ChildSpec("locks", LockSupervisor, kwargs={"check_interval": check_interval, "clock": clock}),
+        ChildSpec(
+            "workers",
+            Supervisor,
+            kwargs={"max_restarts": WORKERS_MAX_RESTARTS, "max_seconds": WORKERS_MAX_SECONDS, "clock": clock},
+        ),
     ]
     with _claims_lock:
         earlier = _claims.get(path)

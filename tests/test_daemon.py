@@ -146,12 +146,12 @@ def test_status_cli_for_people_and_json(daemon):
         name = client.call("names.checkout_name")
     text = run_cli("status", "--state-dir", str(state_dir))
     assert text.returncode == 0, text.stderr
-    for expected in ("names", "agents", "locks", "restarts=", name, str(os.getpid()), str(process.pid)):
+    for expected in ("names", "agents", "locks", "workers", "restarts", name, str(os.getpid()), str(process.pid)):
         assert expected in text.stdout
     as_json = run_cli("status", "--state-dir", str(state_dir), "--json")
     status = json.loads(as_json.stdout)
     assert status["daemon"]["pid"] == process.pid
-    assert [child["id"] for child in status["children"]] == ["names", "agents", "locks"]
+    assert [child["id"] for child in status["children"]] == ["names", "agents", "locks", "workers"]
 
 
 def test_status_without_a_daemon_exits_1(tmp_path):
@@ -255,3 +255,49 @@ def test_heartbeat_stops_claiming_running_when_the_accept_loop_is_gone(tmp_path,
     finally:
         daemon.stop()
     assert not socket_path.exists()
+
+
+def test_the_demo_uses_every_service_and_status_names_each_worker(tmp_path):
+    from actors.daemon._daemon import Daemon
+    from actors.daemon._status import render_status
+    from actors.demo._demo import start_demo_workers
+
+    daemon = Daemon(tmp_path / "state", heartbeat=1.0, tree_options={"idle_ttl": 0.3, "sweep_interval": 0.1})
+    daemon.start()
+    try:
+        keeper = start_demo_workers(daemon, workers=2, status_every=3600.0, keep_every=0.05, pace=0.2)
+        agents = daemon.tree.agents.proxy()
+        # Each worker's session is created while it works and evicted by TTL once it rests.
+        wait_until(lambda: keeper.snapshot()["created"] >= 3, timeout=30)
+        wait_until(lambda: agents.health().get(timeout=5)["evictions"]["ttl"] >= 2, timeout=30)
+        wait_until(lambda: keeper.snapshot()["disposed"] >= 2, timeout=30)
+        status = daemon.status()
+        workers = status["workers"]
+        assert [worker["id"] for worker in workers] == ["worker-1", "worker-2"]
+        text = render_status(status)
+        for section in ("tree:", "workers:", "names:", "held names:", "locks:", "agents:"):
+            assert f"\n{section}\n" in text
+        assert "{" not in text  # tables, no raw dict
+        for worker in workers:
+            if worker["pid"] is not None:
+                assert worker["name"] and f"{worker['name']}" in text and str(worker["pid"]) in text
+        for index in (1, 2):
+            assert str(daemon.state_dir / "workers" / f"w{index}") in text
+    finally:
+        daemon.stop()
+
+
+def test_a_demo_worker_crash_does_not_exit_a_daemon_whose_root_has_no_budget(tmp_path):
+    from actors.daemon._daemon import Daemon
+    from actors.demo._demo import start_demo_workers
+
+    daemon = Daemon(tmp_path / "state", heartbeat=1.0, tree_options={"max_restarts": 0})
+    daemon.start()
+    try:
+        start_demo_workers(daemon, workers=1, status_every=3600.0, pace=0.1)  # the one worker is flaky
+        workers = daemon.tree.workers
+        wait_until(lambda: workers.proxy().which_children().get(timeout=5)[0].restarts >= 1, timeout=30)
+        assert daemon.tree.supervisor.is_alive()
+        assert [info.restarts for info in daemon.tree.supervisor.proxy().which_children().get(timeout=5)] == [0] * 4
+    finally:
+        daemon.stop()

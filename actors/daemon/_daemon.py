@@ -134,13 +134,17 @@ class Daemon:
         return 0
 
     def stop(self) -> None:
-        """Graceful: stop accepting, stop the tree in reverse order, record running: false.
+        """Graceful: the worker processes first, while the socket still answers them; then
+        stop accepting, stop the rest of the tree in reverse order, record running: false.
 
         Each step runs whatever failed before it (and is logged if it fails itself).
         """
+        self.stopping.set()  # whatever waits on it (the demo's threads) ends too
         steps: list[tuple[str, Callable[[], Any]]] = []
         if self._timer is not None:
             steps.append(("stop the heartbeat", self._timer.cancel))
+        if self.tree is not None:
+            steps.append(("stop the workers", self._stop_workers))
         if self.gateway is not None:
             steps.append(("close the socket", self.gateway.stop))
         if self.tree is not None:
@@ -155,6 +159,13 @@ class Daemon:
         self.gateway = None
         self.tree = None
         self._timer = None
+
+    def _stop_workers(self) -> None:
+        """Stop the "workers" supervisor (each process gets SIGTERM, then SIGKILL), for good."""
+        assert self.tree is not None
+        root = self.tree.supervisor
+        if root.is_alive() and "workers" in root.proxy().child_ids().get(timeout=5):
+            root.proxy().terminate_child("workers").get(timeout=None)
 
     def status(self) -> dict[str, Any]:
         assert self.tree is not None

@@ -21,13 +21,15 @@ def _section(fetch: Any) -> Any:
 
 
 def collect_status(tree: Tree, *, timeout: float = 5.0, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The tree (child, state, restarts), name pool stats and holders, locks and agents."""
+    """The tree (child, state, restarts), its workers (name, pid), name pool stats and
+    holders, locks (by directory) and agents."""
     status: dict[str, Any] = dict(extra or {})
     status["children"] = _section(
         lambda: [to_wire(info) for info in tree.supervisor.proxy().which_children().get(timeout=timeout)]
     )
     status["names"] = _section(lambda: ask_method(tree.names, "pool_stats", timeout=timeout))
     status["held_names"] = _section(lambda: tree.names.ask(HOLDERS_REQUEST, timeout=timeout))
+    status["workers"] = _section(lambda: _worker_statuses(tree, timeout))
     status["locks"] = _section(lambda: _lock_statuses(tree, timeout))
     status["agents"] = _section(lambda: ask_method(tree.agents, "health", timeout=timeout))
     return status
@@ -44,44 +46,140 @@ def _lock_statuses(tree: Tree, timeout: float) -> list[dict[str, Any]]:
     return rows
 
 
+def _worker_statuses(tree: Tree, timeout: float) -> list[dict[str, Any]]:
+    """Each worker under "workers": its child id, state, restarts, name, pid and name key."""
+    workers = tree.workers.ref(timeout=timeout)
+    rows = []
+    for info in workers.proxy().which_children().get(timeout=timeout):
+        row: dict[str, Any] = {"id": info.id, "running": info.ref is not None, "restarts": info.restarts}
+        if info.ref is not None:
+            details = _section(lambda ref=info.ref: ask_method(ref, "info", timeout=timeout))
+            if isinstance(details, dict):
+                for field in ("name", "pid", "name_key", "state", "exit_status", "consecutive_crashes"):
+                    row[field] = details.get(field)
+            else:
+                row["error"] = details
+        rows.append(row)
+    return rows
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
+    """Rows under their headers, each column as wide as its widest cell, indented by two."""
+    cells = [[str(cell) for cell in headers]] + [[_cell(cell) for cell in row] for row in rows]
+    widths = [max(len(row[column]) for row in cells) for column in range(len(headers))]
+    return ["  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _error_of(section: Any) -> str | None:
+    if isinstance(section, dict) and set(section) == {"error"}:
+        return str(section["error"])
+    return None
+
+
+def _pairs(values: dict[str, Any]) -> list[list[Any]]:
+    """A flat map as (key, value) rows; a nested map's entries become `key.sub` rows."""
+    rows: list[list[Any]] = []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            if not value:
+                rows.append([key, "-"])
+            for sub, item in value.items():
+                rows.append([f"{key}.{sub}", item])
+        else:
+            rows.append([key, value])
+    return rows
+
+
 def render_status(status: dict[str, Any]) -> str:
-    """The status for people."""
+    """The status for people: a section per service, each a table with aligned columns."""
     lines: list[str] = []
     daemon = status.get("daemon")
     if isinstance(daemon, dict):
-        lines.append(f"daemon pid {daemon.get('pid')}  state dir {daemon.get('state_dir')}  up since {daemon.get('started_at')}")
-    lines.append("tree:")
-    children = status.get("children")
-    if isinstance(children, list):
-        for child in children:
-            state = "running" if child.get("running") else "stopped"
-            kind = " (supervisor)" if child.get("is_supervisor") else ""
-            lines.append(f"  {child.get('id'):<24} {state:<8} restarts={child.get('restarts')}{kind}")
-    else:
-        lines.append(f"  {children}")
-    names = status.get("names")
-    lines.append("names:")
-    if isinstance(names, dict) and "error" not in names:
-        lines.append("  " + "  ".join(f"{key}={value}" for key, value in names.items()))
-    else:
-        lines.append(f"  {names}")
-    held = status.get("held_names")
-    if isinstance(held, dict) and "error" not in held:
-        for name, owners in sorted(held.items()):
-            lines.append(f"  {name:<24} held by {', '.join(str(owner) for owner in owners) or 'nobody'}")
-    lines.append("locks:")
-    locks = status.get("locks")
-    if isinstance(locks, list):
-        if not locks:
-            lines.append("  (none)")
-        for lock in locks:
-            lines.append(f"  {lock.get('worker')}: {lock.get('status', 'not running')}")
-    else:
-        lines.append(f"  {locks}")
-    lines.append("agents:")
-    agents = status.get("agents")
-    if isinstance(agents, dict):
-        lines.append("  " + "  ".join(f"{key}={value}" for key, value in agents.items()))
-    else:
-        lines.append(f"  {agents}")
+        lines.append(
+            f"daemon pid {daemon.get('pid')}  state dir {daemon.get('state_dir')}  up since {daemon.get('started_at')}"
+        )
+
+    def section(title: str, value: Any, render: Any) -> None:
+        lines.append("")
+        lines.append(f"{title}:")
+        error = _error_of(value)
+        if error is not None or value is None:
+            lines.append(f"  unavailable: {error}")
+            return
+        try:
+            rendered = render(value)
+        except Exception as failure:  # a malformed section is shown, never raised
+            rendered = [f"  unreadable: {type(failure).__name__}: {failure}"]
+        lines.extend(rendered or ["  (none)"])
+
+    section(
+        "tree",
+        status.get("children"),
+        lambda children: _table(
+            ["child", "state", "restarts", "kind"],
+            [
+                [
+                    child.get("id"),
+                    "running" if child.get("running") else "stopped",
+                    child.get("restarts"),
+                    "supervisor" if child.get("is_supervisor") else "actor",
+                ]
+                for child in children
+            ],
+        ),
+    )
+    if "workers" in status:
+        section(
+            "workers",
+            status.get("workers"),
+            lambda workers: _table(
+                ["worker", "name", "pid", "state", "restarts", "last exit"],
+                [
+                    [
+                        worker.get("id"),
+                        worker.get("name"),
+                        worker.get("pid"),
+                        worker.get("state") if worker.get("running") else "stopped",
+                        worker.get("restarts"),
+                        worker.get("exit_status"),
+                    ]
+                    for worker in workers
+                ],
+            )
+            if workers
+            else [],
+        )
+    section("names", status.get("names"), lambda names: _table(["stat", "value"], _pairs(names)))
+    section(
+        "held names",
+        status.get("held_names"),
+        lambda held: _table(
+            ["name", "held by"],
+            [[name, ", ".join("anonymous" if owner is None else str(owner) for owner in owners) or "nobody"]
+             for name, owners in sorted(held.items())],
+        )
+        if held
+        else [],
+    )
+    section(
+        "locks",
+        status.get("locks"),
+        lambda locks: _table(
+            ["directory", "status", "restarts"],
+            [[lock.get("worker"), lock.get("status", "not running"), lock.get("restarts")] for lock in locks],
+        )
+        if locks
+        else [],
+    )
+    section("agents", status.get("agents"), lambda agents: _table(["stat", "value"], _pairs(agents)))
+    if "sessions" in status:
+        section("demo sessions", status.get("sessions"), lambda sessions: _table(["stat", "value"], _pairs(sessions)))
     return "\n".join(lines)

@@ -76,17 +76,89 @@ def run_demo(rounds: int = 3) -> int:
     return 0
 
 
-def start_demo_workers(daemon: Any, *, workers: int = 3, seconds: float = 0.0, status_every: float = 4.0) -> None:
-    """Add demo worker processes to a running daemon's root; one of them is flaky.
+#: What `serve --demo` should give the tree, so that an idle worker's session is evicted
+#: by TTL within the demo's minute: a short idle TTL, swept every second.
+DEMO_TREE_OPTIONS: dict[str, Any] = {"idle_ttl": 4.0, "sweep_interval": 1.0}
+#: The agent-pool key's second part for a demo worker's session (the first is its name).
+SESSION_AGENT = "session"
 
-    Every `status_every` seconds the status is written to stdout; with `seconds` > 0 the
-    daemon stops itself after that long (so the demo ends on its own).
+
+class DemoSession:
+    """A demo worker's warm "session" backend in the agent pool; counts its disposal."""
+
+    def __init__(self, name: str, counts: dict[str, int], lock: threading.Lock) -> None:
+        self.name = name
+        self._counts = counts
+        self._lock = lock
+
+    def dispose(self) -> None:
+        with self._lock:
+            self._counts["disposed"] += 1
+
+
+class SessionKeeper:
+    """Keeps each busy demo worker's session warm in the tree's agent pool.
+
+    A worker is busy while it holds its worker lock. At each `tick()` the keeper registers
+    a session for a busy worker that has none (counted in `created`) and marks an existing
+    one active; an idle worker's session is left alone, so the pool evicts it by TTL.
+    """
+
+    def __init__(self, tree: Any, worker_dirs: dict[str, str], *, timeout: float = 5.0) -> None:
+        self._tree = tree
+        self._worker_dirs = worker_dirs  # child id -> its worker directory
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self.counts = {"created": 0, "disposed": 0, "kept_warm": 0}
+
+    def tick(self) -> None:
+        agents = self._tree.agents.proxy()
+        for child_id, worker_dir in self._worker_dirs.items():
+            try:
+                info = Handle(self._tree.workers.ref(timeout=self._timeout), child_id).proxy().info().get(
+                    timeout=self._timeout
+                )
+                record = self._tree.locks.proxy().call_lock(worker_dir, "read").get(timeout=self._timeout)
+            except Exception:
+                continue  # restarting or stopping: next tick
+            name, pid = info.get("name"), info.get("pid")
+            if not name or pid is None or record is None or record.pid != pid:
+                continue  # idle (or not running): its session cools down
+            if agents.touch(name, SESSION_AGENT).get(timeout=self._timeout):
+                with self._lock:
+                    self.counts["kept_warm"] += 1
+                continue
+            agents.register(name, SESSION_AGENT, DemoSession(name, self.counts, self._lock)).get(timeout=self._timeout)
+            with self._lock:
+                self.counts["created"] += 1
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.counts)
+
+
+def start_demo_workers(
+    daemon: Any,
+    *,
+    workers: int = 3,
+    seconds: float = 0.0,
+    status_every: float = 4.0,
+    keep_every: float = 1.0,
+    pace: float = 1.0,
+) -> SessionKeeper:
+    """Add demo worker processes under the daemon's "workers" supervisor; one is flaky.
+
+    Each worker alternates work (holding its worker lock) and idleness; a `SessionKeeper`
+    keeps its session warm in the agent pool while it works. Every `status_every` seconds
+    the status is written to stdout; with `seconds` > 0 the daemon stops itself after
+    that long (so the demo ends on its own). `pace` scales the workers' durations.
     """
     from actors.daemon._client import SOCKET_NAME
     from actors.daemon._status import render_status
     from actors.workers._worker_process import Backoff, WorkerProcess
 
-    root = daemon.tree.supervisor
+    tree = daemon.tree
+    worker_dirs: dict[str, str] = {}
     for index in range(1, workers + 1):
         worker_dir = daemon.state_dir / "workers" / f"w{index}"
         worker_dir.mkdir(parents=True, exist_ok=True)
@@ -94,25 +166,39 @@ def start_demo_workers(daemon: Any, *, workers: int = 3, seconds: float = 0.0, s
         flaky = index == workers
         if flaky:
             argv.append("--flaky")
+        if pace != 1.0:
+            argv += ["--pace", repr(float(pace))]
+        child_id = f"worker-{index}"
         spec = ChildSpec(
-            f"worker-{index}",
+            child_id,
             WorkerProcess,
             kwargs={
                 "argv": argv,
-                "names": daemon.tree.names,
+                "names": tree.names,
                 "socket_path": str(daemon.state_dir / SOCKET_NAME),
                 "term_timeout": 2.0,
                 "backoff": Backoff(0.5, 4.0) if flaky else None,
+                "name_key": f"workers/{child_id}",
             },
         )
-        root.proxy().start_child(spec).get(timeout=10)
+        tree.workers.proxy().start_child(spec).get(timeout=10)
+        worker_dirs[child_id] = str(worker_dir)
+    keeper = SessionKeeper(tree, worker_dirs)
+
+    def keep() -> None:
+        while not daemon.stopping.wait(keep_every):
+            keeper.tick()
 
     def report() -> None:
         started = time.monotonic()
         while not daemon.stopping.wait(status_every):
-            _say("\n" + render_status(daemon.status()))
+            status = daemon.status()
+            status["sessions"] = keeper.snapshot()
+            _say("\n" + render_status(status))
             if seconds and time.monotonic() - started >= seconds:
                 _say(f"\ndemo ran {seconds:.0f}s; stopping the daemon")
                 daemon.request_stop()
 
-    threading.Thread(target=report, name="demo-status", daemon=True).start()
+    threading.Thread(target=keep, name=f"demo-sessions-{id(keeper):x}", daemon=True).start()
+    threading.Thread(target=report, name=f"demo-status-{id(keeper):x}", daemon=True).start()
+    return keeper

@@ -72,7 +72,7 @@ from supervision import (
 from supervision import _events
 from supervision._errors import describe
 
-__all__ = ["HOLDERS_REQUEST", "NamePool", "NameSource", "PeerCall"]
+__all__ = ["HOLDERS_REQUEST", "KeyCheckout", "NamePool", "NameSource", "PeerCall"]
 
 #: `source(count, used) -> list[str]`: the "nomenclater" a pool asks for new names.
 NameSource = Callable[[int, frozenset[str]], Iterable[str]]
@@ -88,6 +88,15 @@ _LOGGED_PEER_METHODS = {
     "associate_name": "associated with",
     "dissociate": "dissociated from",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class KeyCheckout:
+    """`pool_ref.ask(KeyCheckout(name_key, owner))`: a `WorkerProcess`'s checkout, answered
+    with the last name of `name_key` whenever no one outside the key holds it (a str)."""
+
+    name_key: str
+    owner: Owner
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +176,7 @@ class _Waiter:
     owner: Owner
     start_time: Start
     reply: DeferredReply
+    name_key: str | None = None
 
 
 @dataclass(slots=True)
@@ -274,6 +284,7 @@ class NamePool(SupervisedActor):
             _ChunkTimeout: self._on_chunk_timeout,
             _StorageFailed: self._on_storage_failed,
             PeerCall: self._on_peer_call,
+            KeyCheckout: self._checkout_for_key,
         }
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -347,6 +358,30 @@ class NamePool(SupervisedActor):
         if self._chunk is None:
             self._request_chunk()
         self._note_change()  # a reused pid may have lost its old name meanwhile
+        return reply
+
+    def _checkout_for_key(self, request: KeyCheckout) -> str | DeferredReply:
+        """`checkout_name(owner)` for a `WorkerProcess`: the last name of its key if it can.
+
+        The key's last name is remembered durably; it comes back unless someone outside
+        the key took it. Its earlier owners' processes are checked at this moment, so a
+        restarted daemon never waits for a reap tick. An ask, not a public method: the
+        socket does not serve it.
+        """
+        name_key, owner = request.name_key, validate_owner(request.owner)
+        if type(name_key) is not str or not name_key:
+            raise BadCall(f"name_key must be a non-empty str, not {describe(name_key)}")
+        start_time = _process_start(owner) if type(owner) is int else None
+        self._ensure_writable()
+        name = self._state.checkout_for_key(name_key, owner, start_time, _liveness)
+        if name is not None:
+            self._note_change()
+            return self._answer(name)
+        reply = DeferredReply()
+        self._waiters.append(_Waiter(owner, start_time, reply, name_key))
+        if self._chunk is None:
+            self._request_chunk()
+        self._note_change()
         return reply
 
     def checkin_name(self, name: str) -> DeferredReply | None:
@@ -760,7 +795,10 @@ class NamePool(SupervisedActor):
             return
         served = 0
         for waiter in self._waiters:
-            name = self._state.checkout(waiter.owner, waiter.start_time)
+            if waiter.name_key is None:
+                name = self._state.checkout(waiter.owner, waiter.start_time)
+            else:
+                name = self._state.checkout_for_key(waiter.name_key, waiter.owner, waiter.start_time, _liveness)
             if name is None:
                 break
             if _events._subscribers:

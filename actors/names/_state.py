@@ -167,6 +167,11 @@ class NameState:
         self._owner_names: dict[int | str, str] = {}
         # int owner -> when its process started (None: unknown), to tell a reused pid.
         self._start_times: dict[int, Start] = {}
+        # Durable memory of the last name of each worker key (`checkout_for_key`), one
+        # name per key and one key per name. A name leaves its key when anyone else takes
+        # it off the stack.
+        self._key_names: dict[str, str] = {}
+        self._name_keys: dict[str, str] = {}
         self._revision = 0
         #: Whether primitive changes are kept for `take_changes()` (a durable pool's journal).
         self.is_recording = False
@@ -220,6 +225,14 @@ class NameState:
         """Available names, bottom of the stack first (the last one is handed out next)."""
         return list(self._available)
 
+    def last_name_of_key(self, key: str) -> str | None:
+        """The name `key` last got from `checkout_for_key`, while it is still that key's."""
+        return self._key_names.get(key)
+
+    def key_names(self) -> dict[str, str]:
+        """Worker key -> the last name it got (and still may get back)."""
+        return dict(self._key_names)
+
     def holders(self) -> dict[str, list[Owner]]:
         """Checked-out name -> its owners (None for an anonymous holder), in check-out order."""
         return {name: list(owners) for name, owners in self._holders.items()}
@@ -269,6 +282,8 @@ class NameState:
         twin._holders = {name: dict(owners) for name, owners in self._holders.items()}
         twin._owner_names = dict(self._owner_names)
         twin._start_times = dict(self._start_times)
+        twin._key_names = dict(self._key_names)
+        twin._name_keys = dict(self._name_keys)
         twin._revision = self._revision
         return twin
 
@@ -296,11 +311,57 @@ class NameState:
             if name is not None:
                 if type(owner) is not int or self._refresh_process(owner, start):
                     return name
-        if not self._available:
+        name = self._pick_available()
+        if name is None:
             return None
-        name = next(reversed(self._available))
         self._take(name)
         self._hold(name, owner, start)
+        return name
+
+    def checkout_for_key(
+        self,
+        key: str,
+        owner: object,
+        start_time: Start = None,
+        judge: Callable[[int, Start], object] | None = None,
+    ) -> str | None:
+        """Check out a name for `owner` on behalf of worker `key`: its last name if it can.
+
+        The key's last name comes back when no process holds it any more: it is available,
+        or held only by the key's earlier processes that `judge(pid, start)` proves dead at
+        this moment (they leave first; only `DEAD` frees, `UNKNOWN` keeps them) and by str
+        owners (an earlier incarnation's URN, shared). A live process, even one the key
+        left behind, is never joined: then a fresh name, which becomes the key's. Anyone
+        else taking the name off the stack makes it leave its key. None: a chunk is needed.
+        Raises `InvalidOwner`, and `ValueError` for a key that is not a non-empty str.
+        """
+        if type(key) is not str or not key:
+            raise ValueError(f"a worker key must be a non-empty str, not {describe(key)}")
+        owner = validate_owner(owner)
+        start = _normalise_start_time(start_time)
+        name = self._key_names.get(key)
+        if name is not None and name in self._holders and judge is not None:
+            dead = [
+                (pid, self._start_times[pid])
+                for pid in self._holders[name]
+                if type(pid) is int and _is_dead(judge(pid, self._start_times[pid]))
+            ]
+            self.remove_dead_owners(dead)
+        if name is not None and any(type(holder) is not str for holder in self._holders.get(name, ())):
+            name = None  # a live (or unknown) process or an anonymous holder has it: never shared
+        if owner is not None and owner in self._owner_names and self._owner_names[owner] != name:
+            self._drop(self._owner_names[owner], owner)
+        if name is not None:
+            if name in self._available:
+                self._take(name)  # which makes it nobody's: remembered again below
+            owners = self._holders.get(name)
+            if owners is None or owner not in owners:
+                self._hold(name, owner, start)
+            self._remember(key, name)
+            return name
+        name = self.checkout(owner, start)
+        if name is not None:
+            self._remember(key, name)
         return name
 
     def accept_chunk(self, names: object) -> list[str]:
@@ -487,9 +548,35 @@ class NameState:
         self._record(("push", name))
 
     def _take(self, name: str) -> None:
-        """An available name leaves the stack (from wherever it is)."""
+        """An available name leaves the stack (from wherever it is), and leaves its key."""
         del self._available[name]
+        key = self._name_keys.pop(name, None)
+        if key is not None:
+            del self._key_names[key]
         self._record(("take", name))
+
+    def _remember(self, key: str, name: str) -> None:
+        """`name` is now `key`'s last name (each of them leaves its previous partner)."""
+        if self._key_names.get(key) == name:
+            return
+        previous = self._key_names.pop(key, None)
+        if previous is not None:
+            del self._name_keys[previous]
+        other = self._name_keys.pop(name, None)
+        if other is not None:
+            del self._key_names[other]
+        self._key_names[key] = name
+        self._name_keys[name] = key
+        self._record(("key", key, name))
+
+    def _pick_available(self) -> str | None:
+        """The top of the stack, skipping names remembered for a worker key if it can."""
+        if not self._name_keys:
+            return next(reversed(self._available), None)
+        for name in reversed(self._available):
+            if name not in self._name_keys:
+                return name
+        return next(reversed(self._available), None)
 
     def _under(self, names: list[str]) -> None:
         """New names go under the stack, the first of them handed out first."""
@@ -548,6 +635,8 @@ class NameState:
         self._holders.clear()
         self._owner_names.clear()
         self._start_times.clear()
+        self._key_names.clear()
+        self._name_keys.clear()
         self._record(("reset",))
 
     def _refresh_process(self, pid: int, start: Start) -> bool:
@@ -594,6 +683,11 @@ class NameState:
                     self._pin(fields[0], _decode_start(fields[1]))
                 elif kind == "reset":
                     self._clear()
+                elif kind == "key" and type(fields[0]) is str and fields[0]:
+                    name = _checked_name(fields[1])
+                    if name not in self._available and name not in self._holders:
+                        raise ValueError(f"key {fields[0]!r} names an unknown name")
+                    self._remember(fields[0], name)
                 else:
                     raise ValueError("unknown change or one that does not fit the state")
             except (KeyError, IndexError, TypeError, ValueError) as error:
@@ -610,13 +704,16 @@ class NameState:
         start_time, start_ticks, boot_id]`. Order is kept, so a round trip through
         `from_snapshot` is exact.
         """
-        return {
+        snapshot: dict[str, Any] = {
             "version": SNAPSHOT_VERSION,
             "available": list(self._available),
             "holders": [
                 [name, [self._encode_owner(owner) for owner in owners]] for name, owners in self._holders.items()
             ],
         }
+        if self._key_names:
+            snapshot["keys"] = [[key, name] for key, name in self._key_names.items()]
+        return snapshot
 
     @classmethod
     def from_snapshot(
@@ -666,9 +763,25 @@ class NameState:
                 owners[owner] = None
             state._holders[name] = owners
 
+        for entry in _sequence(data.get("keys", []), "keys"):
+            pair = _sequence(entry, "keys entry")
+            if len(pair) != 2 or type(pair[0]) is not str or not pair[0]:
+                raise ValueError(f"keys entry must be [key, name], not {entry!r}")
+            key, name = pair
+            _check_snapshot_name(name, "keys")
+            if name not in state._available and name not in state._holders:
+                raise ValueError(f"key {key!r} names {name!r}, which the pool does not know")
+            if key in state._key_names or name in state._name_keys:
+                raise ValueError(f"key {key!r} or name {name!r} is twice in 'keys'")
+            state._key_names[key] = name
+            state._name_keys[name] = key
+
         # A default name that the file knows (the configuration changed) must never be
         # handed out: drop it, and the associations to it.
         state._available.pop(state._default_name, None)
+        key = state._name_keys.pop(state._default_name, None)
+        if key is not None:
+            del state._key_names[key]
         if state._default_name in state._holders:
             for owner in state._holders.pop(state._default_name):
                 if owner is not None:

@@ -14,23 +14,30 @@
 
 The process's exit status decides how its actor ends: 0 is a normal exit, anything else
 (a signal included) is a crash (`WorkerExited`), so the supervisor's restart type and
-intensity apply to the process itself. However the actor ends, the process does not
-outlive it: SIGTERM to its process group, `term_timeout` real seconds, SIGKILL to what
-is left of the group, reaped. (What a process that exited on its own left behind is
-not signalled: it keeps running, and keeps the name it inherited.)
+intensity apply to the process itself. The process runs in a process group of its own,
+and nothing of the group outlives the actor: however the actor ends, and whenever the
+process dies (SIGKILL included), the group gets SIGTERM, `term_timeout` real seconds,
+then SIGKILL. Only a descendant that left the group on purpose (`os.setsid()`) stays.
 
-Names: the actor checks a name out for its own URN, spawns the process with `AGENT_NAME`
-(and `ACTORS_SOCKET`), hands the name to the process's pid and lets the URN go. When the
-process is gone its pid lets go too, so the name stays with live processes that inherited
-it and otherwise returns to the pool (on top of its LIFO stack: a restarted worker usually
-gets its old name back).
+Names: the actor checks out the last name of its `name_key` (default: the child's path in
+the tree) for its own URN, spawns the process with `AGENT_NAME` (and `ACTORS_SOCKET`), hands
+the name to the process's pid and lets the URN go. The pool remembers each key's last name
+durably, so a restarted worker gets its name back, across restarts of the daemon too,
+unless a live process outside its key took it meanwhile (then a fresh one, never a
+duplicate).
+
+Output: the process's stdout and stderr are captured, and each line is logged (INFO for
+stdout, WARNING for stderr) bound to `agent_name` and `pid`, by one relay thread per
+process that ends with it.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import random as _random
+import selectors
 import signal
 import subprocess
 import threading
@@ -53,6 +60,7 @@ from supervision import (
     UnknownMessage,
     send_after,
 )
+from supervision._events import emit
 
 __all__ = [
     "KILL_WAIT",
@@ -82,6 +90,7 @@ _RELEASE_TIMEOUT = 30.0
 _IDENTITY_VARIABLES = ("AGENT_NAME", "ACTORS_SOCKET")
 
 _log = logger.bind(component="worker_process")
+_release_numbers = itertools.count()  # thread names stay unique within the process
 
 
 def _seconds(what: str, value: object) -> float:
@@ -215,7 +224,8 @@ class WorkerProcess(SupervisedActor):
     """Runs one OS process; its exit is the actor's exit (0: normal, else a crash).
 
     `WorkerProcess.start(argv, *, env=None, cwd=None, names=None, socket_path=None,
-    term_timeout=5.0, backoff=None, clock=None)`. `env` is added to this process's
+    term_timeout=5.0, backoff=None, clock=None, name_key=None)`. `name_key` is what its
+    stable name is remembered by (default: its supervisor's path and child id). `env` is added to this process's
     environment (minus its own `AGENT_NAME`/`ACTORS_SOCKET`, which describe the
     daemon, not the worker); `names` is a `Handle` to a `NamePool`; `socket_path` is
     passed as `ACTORS_SOCKET` for `inherit_identity`; `backoff` delays the spawn on
@@ -235,6 +245,7 @@ class WorkerProcess(SupervisedActor):
         term_timeout: float = 5.0,
         backoff: Backoff | None = None,
         clock: Clock | None = None,
+        name_key: str | None = None,
     ) -> None:
         if not isinstance(argv, list | tuple) or not argv:
             raise TypeError(f"argv must be a non-empty list of str, not {argv!r}")
@@ -255,8 +266,11 @@ class WorkerProcess(SupervisedActor):
             raise TypeError(f"backoff must be a Backoff or None, not {type(backoff).__name__}")
         if clock is not None and not isinstance(clock, Clock):
             raise TypeError(f"clock must be a supervision Clock, not {type(clock).__name__}")
+        if name_key is not None and (not isinstance(name_key, str) or not name_key):
+            raise TypeError(f"name_key must be a non-empty str or None, not {name_key!r}")
         self._term_timeout = _seconds("term_timeout", term_timeout)
         super().__init__()
+        self._name_key = name_key
         self._argv = list(argv)
         self._env = dict(env) if env is not None else None
         self._cwd = os.fspath(cwd) if cwd is not None else None
@@ -272,6 +286,8 @@ class WorkerProcess(SupervisedActor):
         self._urn_holds_name = False  # our URN is still one of the name's owners
         self._pid_holds_name = False  # the process's pid is still one of the name's owners
         self._started_at: float | None = None
+        self._relay: _OutputRelay | None = None
+        self._is_exit_reported = False
 
     @classmethod
     def default_shutdown(cls, args: Iterable[Any], kwargs: dict[str, Any]) -> float:
@@ -332,6 +348,7 @@ class WorkerProcess(SupervisedActor):
             state = "exited"
         return {
             "argv": list(self._argv),
+            "name_key": self.name_key,
             "cwd": self._cwd,
             "pid": self.process_pid(),
             "name": self._name,
@@ -351,6 +368,15 @@ class WorkerProcess(SupervisedActor):
     def _program(self) -> str:
         return self._argv[0]
 
+    @property
+    def name_key(self) -> str:
+        """What the pool remembers this worker's name by: `name_key`, or its place in the tree."""
+        if self._name_key is not None:
+            return self._name_key
+        runtime = self._supervision_
+        path = getattr(runtime, "path", None)  # set by supervisors that record children's paths
+        return path or runtime.child_id or self.actor_urn
+
     def _spawn(self) -> None:
         if self._process is not None:
             return
@@ -358,7 +384,9 @@ class WorkerProcess(SupervisedActor):
         if self._names is not None:
             # The pool is another actor, so a bounded wait here cannot deadlock us.
             self._urn_holds_name = True  # from the moment it is asked: a late answer still counts
-            self._name = self._names.proxy().checkout_name(self.actor_urn).get(timeout=NAMES_TIMEOUT)
+            self._name = self._checkout(self._names)
+            # Every record of this incarnation names its worker, its crash report included.
+            self._supervision_.log = self._supervision_.log.bind(agent_name=self._name)
         if self.actor_stopped.is_set():
             self._log.warning("abandoned while checking out a name; {} not spawned", self._program)
             return  # on_receive gives the name back
@@ -372,13 +400,21 @@ class WorkerProcess(SupervisedActor):
         # never reach it. No stdin: it would compete with the daemon's terminal.
         try:
             process = subprocess.Popen(
-                self._argv, env=environment, cwd=self._cwd, stdin=subprocess.DEVNULL, start_new_session=True
+                self._argv,
+                env=environment,
+                cwd=self._cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
             )
         except OSError as error:  # a crash like any other; say what could not be run
             error.add_note(f"spawning {self._argv!r} in {self._cwd or os.getcwd()!r}")
             raise
         self._process = process
         self._started_at = self._clock.time()
+        self._relay = _OutputRelay(process, self._log.bind(pid=process.pid))
+        self._relay.start()
         threading.Thread(
             target=_wait_for_exit,
             args=(process, self._exited, self.actor_ref),
@@ -391,8 +427,18 @@ class WorkerProcess(SupervisedActor):
             process.pid,
             "" if self._name is None else f" as {self._name!r}",
         )
+        emit("worker_spawned", self.name_key, self._name, pid=process.pid)
         if self._names is not None and self._name is not None:
             self._hand_name_to_process(self._names, self._name, process.pid)
+
+    def _checkout(self, names: Handle) -> str:
+        """The key's last name if the pool can give it back; any pool's name otherwise."""
+        from actors.names._pool import KeyCheckout, NamePool  # the pool imports nothing of ours
+
+        if issubclass(names.ref(timeout=NAMES_TIMEOUT).actor_class, NamePool):
+            return names.ask(KeyCheckout(self.name_key, self.actor_urn), timeout=NAMES_TIMEOUT)
+        # A pool without key memory (a stand-in): the plain checkout.
+        return names.proxy().checkout_name(self.actor_urn).get(timeout=NAMES_TIMEOUT)
 
     def _hand_name_to_process(self, names: Handle, name: str, pid: int) -> None:
         try:
@@ -412,8 +458,12 @@ class WorkerProcess(SupervisedActor):
         process = self._process
         if process is None or process.pid != exited.pid:
             return
+        # What it left in its group dies with it: nothing keeps running with its name and
+        # no one to supervise it.
+        self._end_group(process.pid)
+        self._report_exit(process)
         # Before the crash is reported: the supervisor's next incarnation then checks out
-        # after the pool has the name back, and LIFO hands it the same name.
+        # after the pool has the name back.
         self._release_names()
         if exited.returncode == 0:
             self._log.info("{} (pid {}) exited with status 0", self._program, exited.pid)
@@ -432,9 +482,9 @@ class WorkerProcess(SupervisedActor):
             self._signal(process, signal.SIGTERM)
             self._exited.wait(self._term_timeout)
             # What it started in its group gets the same time to finish as it did.
-            while self._exited.is_set() and _group_exists(process.pid) and time.monotonic() < deadline:
+            while self._exited.is_set() and _group_members(process.pid) and time.monotonic() < deadline:
                 time.sleep(_GROUP_POLL)
-            if not self._exited.is_set() or _group_exists(process.pid):
+            if not self._exited.is_set() or _group_members(process.pid):
                 self._log.warning(
                     "{} (pid {}) or its process group still runs {}s after SIGTERM; sending SIGKILL",
                     self._program,
@@ -448,7 +498,37 @@ class WorkerProcess(SupervisedActor):
             if self._exited.is_set() and process.returncode is not None:
                 how = _describe_exit(process.returncode)
                 self._log.info("stopped {} (pid {}): it {}", self._program, process.pid, how)
+        elif process is not None:
+            self._end_group(process.pid)  # it died first: what it left behind goes now
+        if process is not None and self._exited.is_set():
+            self._report_exit(process)
+        if self._relay is not None:
+            self._relay.close()
         self._release_names()
+
+    def _end_group(self, group_id: int) -> None:
+        """SIGTERM to what is left of process group `group_id`, `term_timeout`, SIGKILL."""
+        if not _group_members(group_id):
+            if self._relay is not None:
+                self._relay.close()
+            return
+        self._log.info("process {} is gone; ending what it left in its process group", group_id)
+        _signal_group(group_id, signal.SIGTERM)
+        deadline = time.monotonic() + self._term_timeout
+        while _group_members(group_id) and time.monotonic() < deadline:
+            time.sleep(_GROUP_POLL)
+        left = _group_members(group_id)
+        if left:
+            self._log.warning("pids {} of process group {} still run after SIGTERM; sending SIGKILL", left, group_id)
+            _signal_group(group_id, signal.SIGKILL)
+        if self._relay is not None:
+            self._relay.close()
+
+    def _report_exit(self, process: subprocess.Popen[bytes]) -> None:
+        if self._is_exit_reported or process.returncode is None:
+            return
+        self._is_exit_reported = True
+        emit("worker_exited", self.name_key, self._name, pid=process.pid, status=process.returncode)
 
     def _signal(self, process: subprocess.Popen[bytes], signal_number: signal.Signals) -> None:
         # The group id stays taken while any member lives, so it is safe to use even
@@ -505,11 +585,42 @@ class WorkerProcess(SupervisedActor):
             level = "DEBUG" if names.is_gone() else "WARNING"
             log.log(level, "could not dissociate {!r} from its name: {!r}", owner, last_error)
 
-        threading.Thread(target=wait, name="name-release", daemon=True).start()
+        threading.Thread(target=wait, name=f"name-release-{owner}-{next(_release_numbers)}", daemon=True).start()
 
 
-def _group_exists(group_id: int) -> bool:
-    """True while process group `group_id` has a member (zombies included)."""
+def _signal_group(group_id: int, signal_number: signal.Signals) -> None:
+    try:
+        os.killpg(group_id, signal_number)
+    except (ProcessLookupError, PermissionError):
+        pass  # no one left in it
+
+
+def _group_members(group_id: int) -> list[int]:
+    """The live (not zombie) pids of process group `group_id`, from /proc.
+
+    Zombies are left out: an orphan's zombie waits for init to reap it, and an init that
+    never reaps (as in some containers) must not make us wait for the dead.
+    """
+    members = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return [group_id] if _group_signalable(group_id) else []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as file:
+                stat = file.read()
+        except OSError:
+            continue  # gone meanwhile
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 2 and fields[0] != b"Z" and fields[2] == str(group_id).encode():
+            members.append(int(entry))
+    return members
+
+
+def _group_signalable(group_id: int) -> bool:
     try:
         os.killpg(group_id, 0)
     except ProcessLookupError:
@@ -517,6 +628,95 @@ def _group_exists(group_id: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+#: Longest line relayed as one record; a longer one is cut into pieces of this size.
+_MAX_LINE = 64 * 1024
+#: Reads after `close()` at most: a detached descendant that keeps writing is not followed.
+_DRAIN_PASSES = 64
+
+
+class _OutputRelay:
+    """Logs each line a process writes: stdout at INFO, stderr at WARNING, on one thread.
+
+    The thread ends at end of file on both pipes, or soon after `close()` (called once the
+    process and its group are gone: a descendant that detached keeps the pipes open, and
+    must not keep the thread alive).
+    """
+
+    def __init__(self, process: subprocess.Popen[bytes], log: Any) -> None:
+        assert process.stdout is not None and process.stderr is not None
+        self._log = log
+        self._streams = {process.stdout.fileno(): ("INFO", "stdout"), process.stderr.fileno(): ("WARNING", "stderr")}
+        self._files = (process.stdout, process.stderr)
+        self._wake_read, self._wake_write = os.pipe()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=f"output-{process.pid}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop once what is already written is read (idempotent); wait for it, briefly."""
+        if not self._closed:
+            self._closed = True
+            try:
+                os.write(self._wake_write, b"x")
+            except OSError:
+                pass  # the thread ended already and closed its end
+            os.close(self._wake_write)
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(KILL_WAIT)
+
+    def _emit(self, fd: int, line: bytes) -> None:
+        level, stream = self._streams[fd]
+        text = line.decode("utf-8", "replace").rstrip("\r\n")
+        self._log.bind(stream=stream).log(level, "{}", text)
+
+    def _run(self) -> None:
+        pending = {fd: b"" for fd in self._streams}
+        selector = selectors.DefaultSelector()
+        try:
+            for fd in pending:
+                selector.register(fd, selectors.EVENT_READ)
+            selector.register(self._wake_read, selectors.EVENT_READ)
+            open_fds = set(pending)
+            drain_passes = 0  # after close(): read what is there, never wait for more
+            while open_fds and drain_passes < _DRAIN_PASSES:
+                if drain_passes:
+                    drain_passes += 1
+                events = selector.select(timeout=0 if drain_passes else None)
+                if not events and drain_passes:
+                    break
+                for key, _ in events:
+                    fd = key.fd
+                    if fd == self._wake_read:
+                        selector.unregister(fd)
+                        drain_passes = 1
+                        continue
+                    data = os.read(fd, 65536)
+                    if not data:
+                        selector.unregister(fd)
+                        open_fds.discard(fd)
+                        continue
+                    buffer = pending[fd] + data
+                    *lines, buffer = buffer.split(b"\n")
+                    for line in lines:
+                        self._emit(fd, line)
+                    while len(buffer) >= _MAX_LINE:
+                        self._emit(fd, buffer[:_MAX_LINE])
+                        buffer = buffer[_MAX_LINE:]
+                    pending[fd] = buffer
+            for fd, rest in pending.items():
+                if rest:
+                    self._emit(fd, rest)
+        except Exception:
+            self._log.exception("relaying the output of a worker process failed")
+        finally:
+            selector.close()
+            for file in self._files:
+                file.close()
+            os.close(self._wake_read)
 
 
 def _wait_for_exit(process: subprocess.Popen[bytes], exited: threading.Event, ref: pykka.ActorRef[Any]) -> None:
