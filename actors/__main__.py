@@ -130,7 +130,9 @@ def _serve(args: Any) -> int:
     }
     on_started = None
     if args.demo:
-        from actors.demo._demo import start_demo_workers
+        from actors.demo._demo import DEMO_TREE_OPTIONS, start_demo_workers
+
+        options.update(DEMO_TREE_OPTIONS)
 
         def on_started(daemon: Any) -> None:
             start_demo_workers(daemon, seconds=args.demo_seconds)

@@ -242,6 +242,7 @@ class _Runtime:
         "exit_reason",
         "incarnation",
         "log",
+        "path",
         "pending_replies",
         "started",
         "started_ok",
@@ -258,6 +259,7 @@ class _Runtime:
         self.pending_replies: set[pykka.Future[Any]] = set()
         self.thread: threading.Thread | None = None
         self.child_id: str | None = None
+        self.path = ""  # the supervisor path and child id ("workers/w1"), set by its supervisor
         self.incarnation = 0
         self.log: Any = logger
 

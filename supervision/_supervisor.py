@@ -195,6 +195,7 @@ class Supervisor(SupervisedActor):
         self_ref = self.actor_ref
         directory = self._directory
         path = self._child_path(spec.id)
+        actor._supervision_.path = path
         if isinstance(actor, Supervisor):
             actor._tree_path = path
 

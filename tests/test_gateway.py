@@ -132,11 +132,11 @@ def test_agents_ops(client):
 
 def test_tree_which_children_and_status(client):
     children = client.call("tree.which_children")
-    assert [child["id"] for child in children] == ["names", "agents", "locks"]
+    assert [child["id"] for child in children] == ["names", "agents", "locks", "workers"]
     assert set(children[0]) == {"id", "running", "restarts", "is_supervisor"}
     status = client.call("tree.status")
     assert status["names"]["chunk_size"] == 12
-    assert [child["id"] for child in status["children"]] == ["names", "agents", "locks"]
+    assert [child["id"] for child in status["children"]] == ["names", "agents", "locks", "workers"]
 
 
 def test_tree_restart_and_terminate_child(served, client):
@@ -331,7 +331,7 @@ def test_fuzz_requests_are_answered_or_refused_never_crash(served, op, args):
             assert not isinstance(error, ConnectionError)
     assert tree.supervisor.is_alive()
     restarts = {child.id: child.restarts for child in tree.supervisor.proxy().which_children().get(timeout=5)}
-    assert restarts == {"names": 0, "agents": 0, "locks": 0}
+    assert restarts == {"names": 0, "agents": 0, "locks": 0, "workers": 0}
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a peer as another uid")

@@ -839,7 +839,7 @@ def test_fuzz_request_maps_get_one_reply_each_and_the_daemon_keeps_serving(serve
             assert reply["error"]["type"] not in BROKEN_TYPES, (request, reply)
             seen_types.add(reply["error"]["type"])
         assert tree.supervisor.is_alive()
-        assert root_restarts(tree) == {"names": 0, "agents": 0, "locks": 0}, request
+        assert root_restarts(tree) == {"names": 0, "agents": 0, "locks": 0, "workers": 0}, request
 
     try:
         check()
@@ -869,7 +869,7 @@ def test_private_and_unserved_ops_are_unknown(served, op):
     finally:
         connection.close()
     assert reply["id"] == 1 and reply["error"]["type"] == "UnknownMessage"
-    assert root_restarts(tree) == {"names": 0, "agents": 0, "locks": 0}
+    assert root_restarts(tree) == {"names": 0, "agents": 0, "locks": 0, "workers": 0}
 
 
 @pytest.mark.parametrize(("op", "depth"), [("names.checkin_name", 1000), ("names.reconcile", 1000),
@@ -884,7 +884,7 @@ def test_deeply_nested_request_is_refused_without_a_restart(served, op, depth):
     finally:
         connection.close()
     assert reply["id"] == 1 and reply["error"]["type"] not in BROKEN_TYPES
-    assert root_restarts(tree) == {"names": 0, "agents": 0, "locks": 0}
+    assert root_restarts(tree) == {"names": 0, "agents": 0, "locks": 0, "workers": 0}
 
 
 def test_a_few_deep_requests_cannot_stop_the_tree(served):

@@ -374,8 +374,7 @@ class WorkerProcess(SupervisedActor):
         if self._name_key is not None:
             return self._name_key
         runtime = self._supervision_
-        path = getattr(runtime, "path", None)  # set by supervisors that record children's paths
-        return path or runtime.child_id or self.actor_urn
+        return runtime.path or runtime.child_id or self.actor_urn
 
     def _spawn(self) -> None:
         if self._process is not None:
