@@ -7,10 +7,13 @@ daemon, client or sleeper outlives its test.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+import msgpack
 
 from actors import RemoteError, connect
 from supervision.testing import wait_until
@@ -70,3 +73,24 @@ def start_daemon(
         stderr = process.stderr.read() if options["stderr"] is subprocess.PIPE else "(not captured)"
         raise AssertionError(f"the daemon exited with {process.returncode}: {stderr}")
     return process
+
+
+def daemon_state(state_dir: Path) -> dict[str, Any]:
+    return msgpack.unpackb((state_dir / "daemon.state").read_bytes(), raw=False)
+
+
+def stop(process: subprocess.Popen) -> int:
+    """SIGTERM, then the exit status (SIGKILL after 30 s)."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait(10)
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "actors", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )

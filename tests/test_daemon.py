@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-from pathlib import Path
 
-import msgpack
 import pytest
-from _daemons import ROOT, cleanup, start_daemon
+from _daemons import ROOT, cleanup, daemon_state, run_cli, start_daemon, stop
 
 from actors import NotPermitted, RemoteError, connect
 from supervision.testing import wait_until
@@ -19,31 +16,11 @@ from supervision.testing import wait_until
 pytestmark = pytest.mark.slow
 
 
-def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "actors", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
-    )
-
-
 @pytest.fixture(autouse=True)
 def _no_daemon_outlives_its_test():
     """Whatever happens in a test, no daemon it started keeps running."""
     yield
     cleanup()
-
-
-def daemon_state(state_dir: Path) -> dict:
-    return msgpack.unpackb((state_dir / "daemon.state").read_bytes(), raw=False)
-
-
-def stop(process: subprocess.Popen) -> int:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    try:
-        return process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        return process.wait(10)
 
 
 CLIENT_SCRIPT = """

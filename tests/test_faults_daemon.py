@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import resource
 import select
-import signal
 import socket
 import struct
 import subprocess
@@ -25,7 +24,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from _daemons import ROOT, cleanup, spawn, start_daemon
+from _daemons import ROOT, cleanup, daemon_state, run_cli, spawn, start_daemon, stop
 
 from actors import Client, ConnectionLost, StateDirInUse, connect, start_tree
 from supervision.testing import wait_until
@@ -40,25 +39,6 @@ MiB = 1024 * 1024
 def _no_daemon_outlives_its_test():
     yield
     cleanup()
-
-
-def daemon_state(state_dir: Path) -> dict:
-    return msgpack.unpackb((state_dir / "daemon.state").read_bytes(), raw=False)
-
-
-def stop(process: subprocess.Popen) -> int:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    try:
-        return process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        return process.wait(10)
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "actors", *args], capture_output=True, text=True, timeout=60,
-                          cwd=ROOT)
 
 
 def raw_connection(path: Path, *, timeout: float = 10.0) -> socket.socket:

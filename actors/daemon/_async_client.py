@@ -179,12 +179,7 @@ class AsyncClient:
                 await task
             except BaseException:
                 pass
-        if writer is not None:
-            writer.close()
-            try:
-                await writer.wait_closed()
-            except OSError:
-                pass
+        await _close_writer(writer)
 
     async def __aenter__(self) -> AsyncClient:
         return await self.connect()
@@ -267,12 +262,7 @@ class EventStream:
     async def aclose(self) -> None:
         self._closed = True
         writer, self._writer = self._writer, None
-        if writer is not None:
-            writer.close()
-            try:
-                await writer.wait_closed()
-            except OSError:
-                pass
+        await _close_writer(writer)
 
     async def __aenter__(self) -> EventStream:
         return await self.start()
@@ -284,3 +274,12 @@ class EventStream:
 async def aconnect(state_dir: str | os.PathLike[str], *, timeout: float | None = 30.0) -> AsyncClient:
     """An `AsyncClient` connected to the daemon serving `state_dir` (an error names the socket)."""
     return await AsyncClient(Path(state_dir) / SOCKET_NAME, timeout=timeout).connect()
+
+
+async def _close_writer(writer: asyncio.StreamWriter | None) -> None:
+    if writer is not None:
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except OSError:
+            pass  # the peer went first
