@@ -601,3 +601,23 @@ def test_inherit_identity_through_a_running_daemon(tmp_path: Path) -> None:
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(timeout=15)
+
+
+def test_inherit_identity_passes_the_daemons_refusal_through(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A refusal is the daemon's answer, not a lost daemon: `NotPermitted` as it is (before,
+    every OSError — NotPermitted and StorageError included — became "did not answer")."""
+    from actors import NotPermitted, start_tree
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        with start_tree(tmp_path / "state", serve=True) as tree:
+            name = tree.names.proxy().checkout_name(holder.pid).get(timeout=10)  # not our ancestor
+            monkeypatch.setenv("AGENT_NAME", name)
+            monkeypatch.setenv("ACTORS_SOCKET", str(tmp_path / "state" / "tree.sock"))
+            with pytest.raises(NotPermitted):
+                inherit_identity()
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)

@@ -52,9 +52,11 @@ from loguru import logger
 from actors.daemon._client import Client
 from supervision import (
     ActorCrashed,
+    ClientError,
     Clock,
     Handle,
     SupervisedActor,
+    StorageError,
     SystemClock,
     Timer,
     UnknownMessage,
@@ -757,8 +759,8 @@ def inherit_identity() -> str | None:
     with client:
         try:
             client.call("names.associate_name", name)  # owner omitted: this process (SO_PEERCRED)
-        except ConnectionError:
-            raise
+        except (ConnectionError, StorageError, ClientError):
+            raise  # the daemon's own answer (a full disk, NotPermitted, ...): as it is
         except OSError as error:  # a timeout or reset mid-call
             raise ConnectionError(f"the actors daemon at {socket_path!r} did not answer: {error}") from error
     return name
