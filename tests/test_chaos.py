@@ -9,7 +9,6 @@ many faults it managed to inject is only asserted to be more than none.
 from __future__ import annotations
 
 import importlib.util
-import os
 import subprocess
 import sys
 import threading
@@ -91,39 +90,6 @@ def test_a_short_chaos_run_keeps_every_invariant(report):
 def test_after_the_chaos_and_tree_stop_nothing_is_left_behind(report):
     for label in HYGIENE:
         assert report.value(label) == 0, f"{label}\n{report.table()}"
-
-
-@pytest.fixture(scope="module")
-def fault_report(tmp_path_factory):
-    """The fault mode (`chaos.py --faults`): hostile peers, descriptor exhaustion, a full
-    state tmpfs (as root) and wall-clock steps, on top of the kills."""
-    config = chaos.ChaosConfig(
-        seconds=6.0,
-        seed=5,
-        name_threads=2,
-        lock_threads=2,
-        agent_threads=1,
-        clients=2,
-        workers=2,
-        fault_pause=(0.05, 0.2),
-        call_timeout=10.0,
-        run_dir=tmp_path_factory.mktemp("chaos-faults"),
-        faults=True,
-    )
-    return chaos.run_chaos(config)
-
-
-@pytest.mark.slow
-def test_a_short_fault_mode_run_keeps_every_invariant(fault_report):
-    report = fault_report
-    for label in (*INVARIANTS, *HYGIENE, "hostile requests served",
-                  "daemon down after the faults (root failed or socket not answering)"):
-        assert report.value(label) == 0, f"{label}\n{report.table()}"
-    assert report.value("  hostile requests refused") > 0
-    for fault in ("descriptor exhaustion", "wall-clock steps"):
-        assert report.value(f"  faults: {fault}") > 0, report.table()
-    if os.geteuid() == 0:
-        assert report.value("  faults: state filesystem full") > 0, report.table()
 
 
 # -- the checkers themselves ---------------------------------------------------------------------

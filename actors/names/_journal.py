@@ -314,8 +314,8 @@ class Journal:
                 failure = StorageError(errno.EIO, f"name pool journal writer failed: {error!r}", str(self.journal_path))
                 with self._lock:
                     self._broken, self._broken_epoch = failure, self._epoch
-                _fail(batches, failure)
                 self._on_failure(failure, self._epoch)
+                _fail(batches, failure)
             finally:
                 self._completed += len(batches)
             for item in items:
@@ -363,8 +363,10 @@ class Journal:
                     with self._lock:
                         self._broken, self._broken_epoch = failure, epoch
                         self._sequence = sequence  # never reuse a number that may be on disk
-                    _fail(live, failure)
+                    # The pool hears first: its rollback is then queued ahead of anything
+                    # the refused callers send next (a read must not see the lost change).
                     self._on_failure(failure, epoch)
+                    _fail(live, failure)
                     return
             with self._lock:
                 if self._is_abandoned:
