@@ -173,8 +173,16 @@ def _events(args: Any) -> int:
     from actors.daemon._client import SOCKET_NAME
 
     async def follow() -> int:
+        import signal
         from pathlib import Path
 
+        # Ctrl-C or SIGTERM ends the stream from inside the loop: the wait is cancelled at
+        # once, whatever the task is doing when the signal arrives.
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, task.cancel)
         client = AsyncClient(Path(args.state_dir) / SOCKET_NAME, timeout=10.0)
         try:
             stream = await client.events(kinds=args.kinds).start()
@@ -182,12 +190,17 @@ def _events(args: Any) -> int:
             sys.stdout.write(f"no daemon answers at {args.state_dir}: {error}\n")
             return 1
         reported = 0
-        async for event in stream:
-            if stream.dropped > reported:
-                _print_event({"dropped": stream.dropped - reported}, args.json)
-                reported = stream.dropped
-            _print_event(event, args.json)
-        await client.close()
+        try:
+            async for event in stream:
+                if stream.dropped > reported:
+                    _print_event({"dropped": stream.dropped - reported}, args.json)
+                    reported = stream.dropped
+                _print_event(event, args.json)
+        except asyncio.CancelledError:
+            pass  # asked to stop
+        finally:
+            await stream.aclose()
+            await client.close()
         return 0
 
     try:
