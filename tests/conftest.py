@@ -1,3 +1,7 @@
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+
 import pytest
 
 pytest_plugins = ["supervision.testing"]
@@ -7,3 +11,19 @@ pytest_plugins = ["supervision.testing"]
 def _cleanup_actors(actor_cleanup):
     """Every test of ours stops what it started, and fails if something will not stop."""
     yield
+
+
+@pytest.fixture
+def spawn_sleeper() -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
+    """Start idle child processes (live pids to own names and locks); all are reaped afterwards."""
+    children: list[subprocess.Popen[bytes]] = []
+
+    def spawn() -> subprocess.Popen[bytes]:
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+        children.append(child)
+        return child
+
+    yield spawn
+    for child in children:
+        child.kill()
+        child.wait()

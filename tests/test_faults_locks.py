@@ -9,7 +9,6 @@ import builtins
 import errno
 import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,22 +30,6 @@ from supervision.testing import wait_until
 T = 10.0
 CHECK = 5.0
 MY_PID = os.getpid()
-
-
-@pytest.fixture
-def spawn_holder() -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
-    """Idle child processes to own locks; all are reaped afterwards."""
-    children: list[subprocess.Popen[bytes]] = []
-
-    def spawn() -> subprocess.Popen[bytes]:
-        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-        children.append(child)
-        return child
-
-    yield spawn
-    for child in children:
-        child.kill()
-        child.wait()
 
 
 @pytest.fixture
@@ -81,11 +64,11 @@ def warnings_about(log_records: list[dict[str, Any]], text: str) -> list[str]:
 def test_an_owner_whose_liveness_cannot_be_read_keeps_the_lock_and_is_logged_once(
     tmp_path: Path,
     manual_clock: ManualClock,
-    spawn_holder: Callable[[], subprocess.Popen[bytes]],
+    spawn_sleeper: Callable[[], subprocess.Popen[bytes]],
     monkeypatch: pytest.MonkeyPatch,
     log_records: list[dict[str, Any]],
 ) -> None:
-    holder = spawn_holder()
+    holder = spawn_sleeper()
     (tmp_path / "w").mkdir()
     lock = WorkerLock.start(tmp_path / "w", clock=manual_clock, check_interval=CHECK).proxy()
     lock.acquire("%h", holder.pid).get(timeout=T)
@@ -134,10 +117,10 @@ def step_wall_clock(monkeypatch: pytest.MonkeyPatch) -> Callable[[float], None]:
 def test_a_forward_step_larger_than_the_uptime_leaves_a_live_holders_lock_held(
     tmp_path: Path,
     manual_clock: ManualClock,
-    spawn_holder: Callable[[], subprocess.Popen[bytes]],
+    spawn_sleeper: Callable[[], subprocess.Popen[bytes]],
     step_wall_clock: Callable[[float], None],
 ) -> None:
-    holder = spawn_holder()
+    holder = spawn_sleeper()
     (tmp_path / "w").mkdir()
     lock = WorkerLock.start(tmp_path / "w", clock=manual_clock, check_interval=CHECK).proxy()
     lock.acquire("%h", holder.pid).get(timeout=T)
@@ -158,12 +141,12 @@ def test_a_small_step_then_a_restart_of_the_locks_never_frees_a_live_holders_loc
     tmp_path: Path,
     root_with_locks: Callable[..., tuple[pykka.ActorRef[Any], Any]],
     manual_clock: ManualClock,
-    spawn_holder: Callable[[], subprocess.Popen[bytes]],
+    spawn_sleeper: Callable[[], subprocess.Popen[bytes]],
     step_wall_clock: Callable[[float], None],
     seconds: float,
 ) -> None:
-    holder = spawn_holder()
-    other = spawn_holder()
+    holder = spawn_sleeper()
+    other = spawn_sleeper()
     (tmp_path / "w").mkdir()
     root, locks = root_with_locks()
 

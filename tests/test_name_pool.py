@@ -990,19 +990,27 @@ def test_a_snapshot_with_invalid_names_is_quarantined(
     assert any("a/b" in message for message in messages(log_records, "ERROR"))
 
 
-def test_a_damaged_journal_frame_falls_back_to_the_frame_before(
-    start_pool: Callable[..., Any], tmp_path: Path, log_records: list[dict[str, Any]]
-) -> None:
-    path = tmp_path / "names.state"
-    pool = start_pool(state_path=path)
-    first = pool.checkout_name("urn:a").get(timeout=TIMEOUT)
-    pool.checkout_name("urn:b").get(timeout=TIMEOUT)
+def killed_pool_journal(pool: Any, path: Path, owners: list[str]) -> tuple[str, Path, bytearray, list[int]]:
+    """Check a name out for each owner (one frame each), kill the pool: the first name, the
+    journal, its bytes and where each frame starts."""
+    first = pool.checkout_name(owners[0]).get(timeout=TIMEOUT)
+    for owner in owners[1:]:
+        pool.checkout_name(owner).get(timeout=TIMEOUT)
     kill(pool.actor_ref)
     wait_until(lambda: not pool.actor_ref.is_alive())
     journal = path.with_name("names.state.journal")
     content = bytearray(journal.read_bytes())
     frames = [index for index in range(len(content)) if content.startswith(b"NPJ3", index)]
-    assert len(frames) == 2
+    assert len(frames) == len(owners)
+    return first, journal, content, frames
+
+
+def test_a_damaged_journal_frame_falls_back_to_the_frame_before(
+    start_pool: Callable[..., Any], tmp_path: Path, log_records: list[dict[str, Any]]
+) -> None:
+    path = tmp_path / "names.state"
+    pool = start_pool(state_path=path)
+    first, journal, content, frames = killed_pool_journal(pool, path, ["urn:a", "urn:b"])
     content[frames[1] + 30] ^= 0xFF  # a write cut short: the second frame is damaged
     journal.write_bytes(bytes(content))
     again = start_pool(state_path=path)
@@ -1017,15 +1025,7 @@ def test_a_damaged_frame_in_the_middle_of_the_journal_is_quarantined(
     """Not a torn tail: intact frames follow the damaged one, so the journal is corrupt."""
     path = tmp_path / "names.state"
     pool = start_pool(state_path=path)
-    first = pool.checkout_name("urn:a").get(timeout=TIMEOUT)
-    pool.checkout_name("urn:b").get(timeout=TIMEOUT)
-    pool.checkout_name("urn:c").get(timeout=TIMEOUT)
-    kill(pool.actor_ref)
-    wait_until(lambda: not pool.actor_ref.is_alive())
-    journal = path.with_name("names.state.journal")
-    content = bytearray(journal.read_bytes())
-    frames = [index for index in range(len(content)) if content.startswith(b"NPJ3", index)]
-    assert len(frames) == 3
+    first, journal, content, frames = killed_pool_journal(pool, path, ["urn:a", "urn:b", "urn:c"])
     content[frames[1] + 30] ^= 0xFF
     journal.write_bytes(bytes(content))
     again = start_pool(state_path=path)
@@ -1042,15 +1042,7 @@ def test_a_missing_frame_is_corruption_not_a_gap_to_skip(
     """Frames are changes: one lost means the later ones cannot be applied."""
     path = tmp_path / "names.state"
     pool = start_pool(state_path=path)
-    first = pool.checkout_name("urn:a").get(timeout=TIMEOUT)
-    pool.checkout_name("urn:b").get(timeout=TIMEOUT)
-    pool.checkout_name("urn:c").get(timeout=TIMEOUT)
-    kill(pool.actor_ref)
-    wait_until(lambda: not pool.actor_ref.is_alive())
-    journal = path.with_name("names.state.journal")
-    content = journal.read_bytes()
-    frames = [index for index in range(len(content)) if content.startswith(b"NPJ3", index)]
-    assert len(frames) == 3
+    first, journal, content, frames = killed_pool_journal(pool, path, ["urn:a", "urn:b", "urn:c"])
     journal.write_bytes(content[: frames[1]] + content[frames[2] :])  # frame 2 is gone
     again = start_pool(state_path=path)
     assert again.get_name_by_pid("urn:a").get(timeout=TIMEOUT) == first

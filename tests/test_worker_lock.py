@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,22 +66,6 @@ def lock_ref(worker_dir: Path, manual_clock: ManualClock) -> pykka.ActorRef[Work
 @pytest.fixture
 def lock(lock_ref: pykka.ActorRef[WorkerLock]) -> Any:
     return lock_ref.proxy()
-
-
-@pytest.fixture
-def spawn_sleeper() -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
-    """Start idle child processes (live pids to own locks); all are reaped afterwards."""
-    children: list[subprocess.Popen[bytes]] = []
-
-    def spawn() -> subprocess.Popen[bytes]:
-        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-        children.append(child)
-        return child
-
-    yield spawn
-    for child in children:
-        child.kill()
-        child.wait()
 
 
 def record_path(worker_dir: Path) -> Path:

@@ -21,6 +21,7 @@ from typing import Any
 import psutil
 import pykka
 import pytest
+from _worker_records import child_argv, records
 
 from actors.workers._worker_process import Backoff, WorkerExited, WorkerProcess, inherit_identity
 from supervision import (
@@ -34,7 +35,6 @@ from supervision import (
 )
 from supervision.testing import wait_until
 
-CHILD = str(Path(__file__).with_name("_worker_child.py"))
 TIMEOUT = 5.0
 
 
@@ -93,23 +93,6 @@ class SlowNames(FakeNames):
     def checkout_name(self, owner: Any = None) -> str:
         self._release.wait(TIMEOUT)
         return super().checkout_name(owner)
-
-
-def child_argv(record: Path, label: str, *options: str) -> list[str]:
-    return [sys.executable, CHILD, str(record), label, *options]
-
-
-def records(path: Path, event: str | None = None, label: str | None = None) -> list[dict[str, Any]]:
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return []
-    lines = [json.loads(line) for line in text.split("\n")[:-1]]  # complete lines only
-    return [
-        line
-        for line in lines
-        if (event is None or line["event"] == event) and (label is None or line["label"] == label)
-    ]
 
 
 def wait_records(path: Path, count: int, event: str = "start", label: str | None = None) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ from typing import Any
 
 import psutil
 import pytest
+from _worker_records import child_argv, records
 from loguru import logger
 
 from actors import start_tree
@@ -30,28 +31,10 @@ from supervision import ChildSpec, Handle, ManualClock, kill, subscribe
 from supervision.testing import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
-CHILD = str(Path(__file__).with_name("_worker_child.py"))
 TIMEOUT = 10.0
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-def child_argv(record: Path, label: str, *options: str) -> list[str]:
-    return [sys.executable, CHILD, str(record), label, *options]
-
-
-def records(path: Path, event: str | None = "start", label: str | None = None) -> list[dict[str, Any]]:
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return []
-    lines = [json.loads(line) for line in text.split("\n")[:-1]]  # complete lines only
-    return [
-        line
-        for line in lines
-        if (event is None or line["event"] == event) and (label is None or line["label"] == label)
-    ]
 
 
 def wait_records(path: Path, count: int, label: str, event: str = "start") -> list[dict[str, Any]]:
@@ -123,14 +106,14 @@ def test_a_crash_looping_worker_escalates_to_workers_and_spares_the_other_servic
         add_worker(tree, "looper", child_argv(record, "looper", "--exit", "1"))
         # 5 restarts fit the workers' budget; the 6th crash makes "workers" give up.
         wait_until(lambda: restarts_of(tree.supervisor, "workers") == 1, timeout=TIMEOUT)
-        assert len(records(record, label="looper")) == 6
+        assert len(records(record, "start", label="looper")) == 6
         assert tree.supervisor.is_alive()
         for child_id, ref in services.items():
             assert Handle(tree.supervisor, child_id).ref() is ref, child_id
             assert restarts_of(tree.supervisor, child_id) == 0
         # Restarted empty: the crash loop is over.
         assert tree.workers.proxy().which_children().get(timeout=TIMEOUT) == []
-        for line in records(record, label="looper"):
+        for line in records(record, "start", label="looper"):
             assert is_dead(line["pid"])
     finally:
         tree.stop(timeout=30)
@@ -268,10 +251,10 @@ def test_names_survive_graceful_restarts_and_a_sigkill_of_the_daemon(tmp_path: P
             elif round_number < 5:
                 assert stop_daemon(process) == 0, log.read_text()
         for label in workers:
-            starts = records(record, label=label)
+            starts = records(record, "start", label=label)
             assert len(starts) == 5
             assert len({line["env"]["AGENT_NAME"] for line in starts}) == 1, (label, starts)
-        names = [records(record, label=label)[0]["env"]["AGENT_NAME"] for label in workers]
+        names = [records(record, "start", label=label)[0]["env"]["AGENT_NAME"] for label in workers]
         assert len(set(names)) == len(names)  # no two workers share or swap
         assert stop_daemon(process) == 0, log.read_text()
     finally:
