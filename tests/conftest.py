@@ -1,3 +1,5 @@
+from __future__ import annotations
+
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -27,3 +29,15 @@ def spawn_sleeper() -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
     for child in children:
         child.kill()
         child.wait()
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator["RedisServer"]:
+    """A real redis-server of this test's own (Unix socket, appendfsync always), stopped by pid."""
+    from tests._redis import RedisServer
+
+    server = RedisServer.start(tmp_path_factory.mktemp("redis"))
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,1 @@
+"""The fleet: names and worker locks shared by daemons on many hosts through Redis (contract §7)."""
