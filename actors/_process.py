@@ -18,6 +18,8 @@ from __future__ import annotations
 import enum
 import errno
 import os
+import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import psutil
@@ -28,9 +30,12 @@ __all__ = [
     "Liveness",
     "ProcessIdentity",
     "boot_time",
+    "forget_spawned",
     "identify",
     "liveness",
     "liveness_by_start_time",
+    "note_spawned",
+    "spawned_name",
     "ticks_to_epoch",
 ]
 
@@ -165,17 +170,33 @@ def _psutil_start_ticks(pid: int) -> int | None:
         raise PermissionError(errno.EACCES, f"cannot inspect pid {pid}") from error
 
 
-# -- v2 helpers, kept only until the name pool and the locks use `liveness` (to be removed) --
+# -- children this daemon spawned with a name --------------------------------------------------
+
+_spawned_lock = threading.Lock()
+_spawned: dict[int, str] = {}
 
 
-def process_start_time(pid: int) -> float | None:
-    """Epoch creation time of live `pid`, or None (also when it cannot tell)."""
-    try:
-        current = identify(pid)
-    except OSError:
-        return None
-    return None if current is None else current.start_time
+def note_spawned(pid: int, name: str) -> None:
+    """Child `pid` was started by this process as `name` (a `WorkerProcess`); until reaped.
+
+    Its pid cannot be reused before `forget_spawned` (the child is not reaped yet), so the
+    entry names that very process.
+    """
+    with _spawned_lock:
+        _spawned[pid] = name
 
 
-def is_same_process_alive(pid: int, start_time: float | None) -> bool:
-    return liveness_by_start_time(pid, start_time) is Liveness.ALIVE
+def forget_spawned(pid: int) -> None:
+    """Child `pid` was reaped: its pid may now name another process."""
+    with _spawned_lock:
+        _spawned.pop(pid, None)
+
+
+def spawned_name(pids: Iterable[int]) -> str | None:
+    """The name this process gave the first of `pids` it spawned and has not reaped, or None."""
+    with _spawned_lock:
+        for pid in pids:
+            name = _spawned.get(pid)
+            if name is not None:
+                return name
+    return None

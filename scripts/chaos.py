@@ -811,6 +811,7 @@ def client_main(socket_path: str, ledger_dir: str, lock_dirs: list[str], seed: i
     logger.remove()
     from actors import Client, Locked, NameSourceError, NotLocked, RemoteError
     from supervision import ActorCrashed as Crashed
+    from supervision import ClientError
     from supervision import Undelivered
 
     parent = os.getppid()
@@ -937,6 +938,11 @@ def client_main(socket_path: str, ledger_dir: str, lock_dirs: list[str], seed: i
                         ledger.write(k="name+", n=held, t=now())
                     stop.wait(0.01)
                     continue
+                if isinstance(error, ClientError):  # an answer (e.g. NotPermitted), not a hang
+                    ledger.count("unexpected errors")
+                    ledger.write(k="problem", text=f"client {os.getpid()}: {error!r}")
+                    stop.wait(0.01)
+                    continue
                 if isinstance(error, ConnectionError):
                     ledger.write(k="problem", text=f"client {os.getpid()} lost the daemon: {error!r}")
                     ledger.count("unexpected errors")
@@ -992,7 +998,7 @@ def worker_main(ledger_dir: str, deadline: float) -> int:
 
     logger.remove()
     from actors import Client, inherit_identity
-    from supervision import ActorCrashed
+    from supervision import ActorCrashed, ClientError
 
     parent = os.getppid()
     ledger = _Ledger(Path(ledger_dir) / f"worker-{os.getpid()}.jsonl")
@@ -1025,6 +1031,11 @@ def worker_main(ledger_dir: str, deadline: float) -> int:
                 label = expected_under_faults(error) if os.environ.get(FAULTS_ENV) == "1" else None
                 if label is not None:
                     ledger.count(label)
+                    time.sleep(0.05)  # pacing, not synchronisation
+                    continue
+                if isinstance(error, ClientError):  # an answer (e.g. NotPermitted), not a hang
+                    ledger.count("unexpected errors")
+                    ledger.write(k="problem", text=f"worker {os.getpid()}: {error!r}")
                     time.sleep(0.05)  # pacing, not synchronisation
                     continue
                 ledger.count("hung calls")

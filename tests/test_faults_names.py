@@ -28,6 +28,7 @@ import pytest
 from _disks import fill, small_tmpfs
 
 import actors._process as process_module
+from actors._process import forget_spawned, note_spawned
 from actors import NotPermitted, start_tree
 from actors.daemon._client import Client
 from actors.daemon._gateway import Gateway
@@ -398,6 +399,37 @@ def test_a_child_process_inherits_its_parents_name_and_a_stranger_cannot(socket_
     finally:
         holder.close()
         stranger.close()
+
+
+def test_a_spawned_worker_claims_its_name_before_its_worker_process_associated_it(tmp_path: Path) -> None:
+    """Old code: when the WorkerProcess's `associate_name(name, pid)` had not landed (the pool
+    restarting, a full disk), the worker's own `inherit_identity` was refused NotPermitted: the
+    name was held by the actor's URN, which is neither the worker nor an ancestor (chaos, CI)."""
+    tree = start_tree(tmp_path / "state", reap_interval=3600, check_interval=3600, sweep_interval=3600)
+    gateway = Gateway(tree, tmp_path / "state" / "tree.sock")
+    gateway.start()
+    names = tree.names.proxy()
+    actor_urn = "urn:uuid:a-worker-process-incarnation"
+    spawned, stranger = Worker(tmp_path / "state" / "tree.sock"), Worker(tmp_path / "state" / "tree.sock")
+    try:
+        name = names.checkout_name(actor_urn).get(timeout=TIMEOUT)  # as WorkerProcess._checkout does
+        note_spawned(spawned.pid, name)  # as WorkerProcess._spawn does right after Popen
+        assert stranger.call("names.associate_name", name)["error"] == "NotPermitted"
+        assert spawned.call("names.associate_name", name) == {"ok": None}
+        assert names.get_name_by_pid(spawned.pid).get(timeout=TIMEOUT) == name
+        assert names.get_name_by_pid(actor_urn).get(timeout=TIMEOUT) == name  # shared, not moved
+        # Any other name the daemon holds for someone else stays refused to it.
+        other = names.checkout_name("urn:uuid:someone-else").get(timeout=TIMEOUT)
+        assert spawned.call("names.associate_name", other)["error"] == "NotPermitted"
+        forget_spawned(spawned.pid)  # reaped: its pid may name another process now
+        assert spawned.call("names.dissociate") == {"ok": None}
+        assert spawned.call("names.associate_name", name)["error"] == "NotPermitted"
+    finally:
+        forget_spawned(spawned.pid)
+        spawned.close()
+        stranger.close()
+        gateway.stop()
+        tree.stop()
 
 
 # -- a crash while a change is being written -----------------------------------------------------

@@ -39,6 +39,7 @@ import pykka
 from loguru import logger
 
 from actors._errors import NotPermitted
+from actors._process import spawned_name
 from actors.daemon._protocol import (
     FrameError,
     FrameReader,
@@ -536,7 +537,8 @@ class Gateway:
         if method in UNSERVED_NAME_METHODS:
             raise UnknownMessage(f"names.{method} is an operator's act and is not served on the socket")
         ancestors = _ancestors(peer.pid) if method == "associate_name" else ()
-        call = PeerCall(peer.pid, method, tuple(args), dict(kwargs), ancestors)
+        spawned_as = spawned_name((peer.pid, *ancestors)) if method == "associate_name" else None
+        call = PeerCall(peer.pid, method, tuple(args), dict(kwargs), ancestors, spawned_as)
         return self.tree.names.ask(call, timeout=self._call_timeout)
 
     def _call(self, target: Handle | pykka.ActorRef[Any], method: str, args: list[Any], kwargs: dict[str, Any]) -> Any:

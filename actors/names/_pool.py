@@ -103,8 +103,10 @@ class KeyCheckout:
 class PeerCall:
     """`names.<method>` from a socket peer: acts only for process `pid` (the gateway's ask).
 
-    `ancestors` are the peer's ancestor pids (for `associate_name`). The ownership check
-    and the change happen in one handler of the pool, so nothing slips between them.
+    `ancestors` are the peer's ancestor pids (for `associate_name`); `spawned_as` is the
+    name this daemon gave the peer (or an ancestor) when it spawned it, if it did. The
+    ownership check and the change happen in one handler of the pool, so nothing slips
+    between them.
     """
 
     pid: int
@@ -112,6 +114,7 @@ class PeerCall:
     args: tuple[Any, ...] = ()
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     ancestors: tuple[int, ...] = ()
+    spawned_as: str | None = None
 
 
 # Methods a peer may call, and the position of their `owner` argument (None: no owner).
@@ -585,6 +588,10 @@ class NamePool(SupervisedActor):
             return  # restoring an identity
         if any(self._holds_now(pid, name) for pid in (call.pid, *call.ancestors)):
             return  # its own, or inherited from an ancestor process
+        if name == call.spawned_as:
+            # Handed to it at spawn by its WorkerProcess, whose own association of the pid
+            # may not have landed yet (the pool restarting, a full disk): still its own.
+            return
         raise NotPermitted(
             f"names.associate_name: {name!r} is held by another process, not by the caller (pid {call.pid}) "
             "or one of its ancestors"

@@ -49,6 +49,7 @@ from typing import Any
 import pykka
 from loguru import logger
 
+from actors._process import forget_spawned, note_spawned
 from actors.daemon._client import Client
 from supervision import (
     ActorCrashed,
@@ -87,6 +88,9 @@ SHUTDOWN_MARGIN = 2.0
 _GROUP_POLL = 0.02
 #: Real seconds a background hand-back of a name (dissociate) may wait for the pool.
 _RELEASE_TIMEOUT = 30.0
+#: Between attempts to dissociate a URN while the pool's storage refuses changes.
+_RELEASE_PAUSE = 0.05
+_RELEASE_PAUSE_MAX = 2.0
 
 # Describe the daemon's own identity, not a worker's: never passed on implicitly.
 _IDENTITY_VARIABLES = ("AGENT_NAME", "ACTORS_SOCKET")
@@ -413,6 +417,8 @@ class WorkerProcess(SupervisedActor):
             error.add_note(f"spawning {self._argv!r} in {self._cwd or os.getcwd()!r}")
             raise
         self._process = process
+        if self._name is not None:
+            note_spawned(process.pid, self._name)  # its inherit_identity may beat our associate
         self._started_at = self._clock.time()
         self._relay = _OutputRelay(process, self._log.bind(pid=process.pid))
         self._relay.start()
@@ -442,16 +448,28 @@ class WorkerProcess(SupervisedActor):
         return names.proxy().checkout_name(self.actor_urn).get(timeout=NAMES_TIMEOUT)
 
     def _hand_name_to_process(self, names: Handle, name: str, pid: int) -> None:
-        try:
-            names.proxy().associate_name(name, pid).get(timeout=NAMES_TIMEOUT)
-        except Exception as error:
-            # The URN keeps the name for now, so it cannot go to someone else while the
-            # process uses it; the URN lets go when this incarnation ends.
-            self._log.warning("could not associate {!r} with pid {}: {!r}; the actor keeps it", name, pid, error)
-            return
+        deadline = time.monotonic() + NAMES_TIMEOUT
+        while True:
+            try:
+                names.proxy().associate_name(name, pid).get(timeout=max(0.0, deadline - time.monotonic()))
+                break
+            except (ActorCrashed, pykka.ActorDeadError) as error:
+                # Cut off by a crash of the pool: it did not happen; its next incarnation.
+                if names.is_gone() or time.monotonic() >= deadline:
+                    self._keep_name(name, pid, error)
+                    return
+            except Exception as error:
+                self._keep_name(name, pid, error)
+                return
         self._pid_holds_name = True
         self._urn_holds_name = False
         self._release(self.actor_urn)
+
+    def _keep_name(self, name: str, pid: int, error: Exception) -> None:
+        # The URN keeps the name, so it cannot go to someone else while the process uses
+        # it; the process can still claim it (inherit_identity: the daemon knows it spawned
+        # it as `name`); the URN lets go when this incarnation ends.
+        self._log.warning("could not associate {!r} with pid {}: {!r}; the actor keeps it", name, pid, error)
 
     # -- ending -------------------------------------------------------------------------------
 
@@ -567,6 +585,7 @@ class WorkerProcess(SupervisedActor):
         def wait() -> None:
             deadline = time.monotonic() + _RELEASE_TIMEOUT
             attempt = future
+            pause = _RELEASE_PAUSE
             while True:
                 try:
                     attempt.get(timeout=max(0.0, deadline - time.monotonic()))
@@ -578,10 +597,21 @@ class WorkerProcess(SupervisedActor):
                     if names.is_gone() or time.monotonic() >= deadline:
                         last_error: Exception = error
                         break
-                    attempt = names.proxy().dissociate(owner)
+                except StorageError as error:
+                    # Refused, nothing changed (a full disk): a pid is reaped anyway, but a
+                    # URN only leaves by this call, so it keeps asking while the pool lives.
+                    if type(owner) is int or names.is_gone():
+                        last_error = error
+                        break
+                    if pause == _RELEASE_PAUSE:
+                        log.warning("could not dissociate {!r} yet: {!r}; asking again until it can", owner, error)
+                    time.sleep(pause)  # pacing while storage fails, not synchronisation
+                    pause = min(pause * 2, _RELEASE_PAUSE_MAX)
+                    deadline = time.monotonic() + _RELEASE_TIMEOUT
                 except Exception as error:
                     last_error = error
                     break
+                attempt = names.proxy().dissociate(owner)
             # A pool whose tree is stopping keeps nothing to give back: not worth a warning.
             level = "DEBUG" if names.is_gone() else "WARNING"
             log.log(level, "could not dissociate {!r} from its name: {!r}", owner, last_error)
@@ -725,6 +755,7 @@ def _wait_for_exit(process: subprocess.Popen[bytes], exited: threading.Event, re
     try:
         returncode = process.wait()
     finally:
+        forget_spawned(process.pid)
         exited.set()
     try:
         ref.tell(_Exited(process.pid, returncode))
