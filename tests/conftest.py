@@ -3,8 +3,12 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests._redis import RedisServer
 
 pytest_plugins = ["supervision.testing"]
 

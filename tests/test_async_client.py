@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import actors
-from actors import AsyncClient, ConnectionLost, InvalidName, Locked, aconnect, start_tree
+from actors import AsyncClient, ConnectionLost, InvalidName, aconnect, start_tree
 from supervision import BadCall, Event, UnknownMessage
 from supervision.testing import wait_until
 

@@ -20,7 +20,6 @@ import supervision._events as events_module
 from actors import start_tree
 from actors.locks._worker_lock import lock_child_id
 from supervision import Event, ManualClock, StorageError, Subscription, subscribe
-from supervision.testing import wait_until
 
 TIMEOUT = 10.0
 DOMAIN_KINDS = {

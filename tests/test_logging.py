@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from loguru import logger
 
 import actors
 from actors import start_tree
