@@ -32,7 +32,8 @@ from actors._process import forget_spawned, note_spawned
 from actors import NotPermitted, start_tree
 from actors.daemon._client import Client
 from actors.daemon._gateway import Gateway
-from actors.names._pool import NamePool
+from actors.names._journal import Journal
+from actors.names._pool import NamePool, PeerCall
 from supervision import ManualClock, StorageError, UnknownMessage, kill
 from supervision.testing import wait_until
 
@@ -284,6 +285,48 @@ def test_a_full_disk_refuses_changes_keeps_the_tree_and_resumes_when_freed(
     assert again.get_name_by_pid("urn:after").get(timeout=TIMEOUT) == after
     assert again.get_name_by_pid("urn:refused-0").get(timeout=TIMEOUT) is None
     assert {owner: again.get_name_by_pid(owner).get(timeout=TIMEOUT) for owner in answered} == answered
+
+
+def test_a_pool_that_cannot_read_its_state_answers_no_read_until_it_can(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, owner: subprocess.Popen[bytes]
+) -> None:
+    """Old code: a restart that could not read its state (EMFILE while the daemon was out of
+    descriptors) started empty and answered reads from that: a live holder's name was "None",
+    and its own checkin was refused as "not held by the caller" (chaos --faults)."""
+    state = tmp_path / "names.state"
+    first = NamePool.start(state_path=state, reap_interval=3600)
+    name = first.proxy().checkout_name(owner.pid).get(timeout=TIMEOUT)
+    first.stop()
+    real_load = Journal.load
+    refusing = threading.Event()
+    refusing.set()
+
+    def load(self: Journal, chunk_size: int, default_name: str) -> Any:
+        if refusing.is_set():
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_load(self, chunk_size, default_name)
+
+    monkeypatch.setattr(Journal, "load", load)
+    pool = NamePool.start(state_path=state, reap_interval=3600)
+    names = pool.proxy()
+    for call in (
+        lambda: names.get_name_by_pid(owner.pid),
+        lambda: names.checkin_name(name),
+        lambda: names.dissociate(owner.pid),
+        lambda: names.pool_stats(),
+        lambda: names.checkout_name(),
+        lambda: pool.ask(PeerCall(owner.pid, "checkin_name", (name,)), block=False),
+    ):
+        with pytest.raises(StorageError) as raised:
+            call().get(timeout=TIMEOUT)
+        assert raised.value.errno == errno.EMFILE
+    refusing.clear()  # descriptors again: the first call reads the state and answers the truth
+    assert names.get_name_by_pid(owner.pid).get(timeout=TIMEOUT) == name
+    assert names.pool_stats().get(timeout=TIMEOUT)["checked_out_count"] == 1
+    assert names.checkout_name().get(timeout=TIMEOUT) != name
+    assert pool.ask(PeerCall(owner.pid, "checkin_name", (name,)), timeout=TIMEOUT) is None
+    assert names.get_name_by_pid(owner.pid).get(timeout=TIMEOUT) is None
+    pool.stop()
 
 
 # -- owners over the socket -------------------------------------------------------------------------

@@ -329,6 +329,7 @@ class NamePool(SupervisedActor):
         if message == HOLDERS_REQUEST:
             # For `python -m actors status`; an ask, not a public method, so that the
             # socket does not serve it as `names.holders`.
+            self._ensure_loaded()
             return self._answer(self._state.holders())
         raise UnknownMessage(f"NamePool does not handle {describe(message)}")
 
@@ -389,6 +390,7 @@ class NamePool(SupervisedActor):
 
     def checkin_name(self, name: str) -> DeferredReply | None:
         """Return `name` to the pool (LIFO); a name not checked out only logs a warning."""
+        self._ensure_loaded()
         if self._storage_error is not None:
             name = validate_name(name)
             if self._state.is_checked_out(name):
@@ -422,6 +424,7 @@ class NamePool(SupervisedActor):
     def dissociate(self, owner: Owner) -> DeferredReply | None:
         """End `owner`'s hold; the name returns to the pool once no owner is left."""
         owner = validate_owner(owner)
+        self._ensure_loaded()
         if owner is not None and self._state.name_of(owner) is not None:
             self._ensure_writable()
         returned = self._state.dissociate(owner)
@@ -434,11 +437,13 @@ class NamePool(SupervisedActor):
 
     def get_name_by_pid(self, owner: Owner) -> str | DeferredReply | None:
         """The name `owner` holds or is associated with, or None."""
+        self._ensure_loaded()
         start_time = _process_start(owner) if type(owner) is int and owner > 0 else None
         return self._answer(self._state.name_of(owner, start_time))
 
     def pool_stats(self) -> dict[str, Any] | DeferredReply:
         """`available_count`, `checked_out_count`, `all_used_count`, `chunk_size`, and more."""
+        self._ensure_loaded()
         return self._answer(self._stats())
 
     def _stats(self) -> dict[str, Any]:
@@ -511,6 +516,7 @@ class NamePool(SupervisedActor):
     def _on_peer_call(self, call: PeerCall) -> Any:
         """A `names.*` call over the socket: the peer acts only for itself (CONTRACT §5 "Owners")."""
         method = call.method
+        self._ensure_loaded()  # its checks read the state
         if method not in _PEER_METHODS:
             raise UnknownMessage(f"names.{describe(method)} is not served on the socket")
         bound = getattr(self, method)
@@ -652,19 +658,32 @@ class NamePool(SupervisedActor):
             _events.emit("storage_failed", self._path, error=str(error), file=str(getattr(self._journal, "path", "")))
         self._storage_error = error
 
+    def _ensure_loaded(self) -> None:
+        """Raise `StorageError` while the saved state cannot be read (trying once more first).
+
+        Until it is read the pool knows nothing, so it answers nothing: an empty state's
+        "nobody holds that" would be a lie about a live holder's name.
+        """
+        if not self._is_load_pending:
+            return
+        assert self._journal is not None
+        try:
+            state = self._journal.load(self._chunk_size, self._default_name)
+        except OSError as error:
+            self._storage_error = _as_storage_error(error, self._journal.path)
+            raise self._storage_error from None
+        state.is_recording = True
+        self._state, self._is_load_pending = state, False
+        self._log.info("name pool read its state: {} names checked out", state.stats()["checked_out_count"])
+
     def _ensure_writable(self) -> None:
         """Raise `StorageError` while the state cannot be written (trying once more first)."""
         if self._storage_error is None:
             return
         assert self._journal is not None
+        self._ensure_loaded()
         try:
-            if self._is_load_pending:
-                state = self._journal.load(self._chunk_size, self._default_name)
-                state.is_recording = True
-                self._journal.checkpoint(state)
-                self._state, self._is_load_pending = state, False
-            else:
-                self._journal.checkpoint(self._state)
+            self._journal.checkpoint(self._state)
         except OSError as error:  # StorageError, SnapshotError: still no way to write
             self._storage_error = _as_storage_error(error, self._journal.path)
             raise self._storage_error from None
