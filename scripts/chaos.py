@@ -462,14 +462,18 @@ def _name_thread(run: _Run, index: int, seed: int) -> None:
 
     def resync() -> None:
         nonlocal held, since
-        for _ in range(20):
+        for _ in range(100):
             try:
                 held = run.get(names.get_name_by_pid(owner), f"get_name_by_pid({owner})")
                 since = now()
                 return
             except ActorCrashed:
                 run.count("calls cut off by a crash")
-        raise Hung(f"resync of {owner} failed 20 times")
+            except StorageError as error:
+                # The pool cannot read its state yet (out of descriptors): it answers nothing.
+                run.unexpected(f"name thread {index}", error)  # expected only in fault mode
+                run.stopping.wait(0.05)  # pacing, not synchronisation
+        raise Hung(f"resync of {owner} failed 100 times")
 
     def retire_owner() -> None:
         """Leave this owner's names to be let go at the end; go on as a new owner."""
@@ -964,6 +968,11 @@ def client_main(socket_path: str, ledger_dir: str, lock_dirs: list[str], seed: i
                     except Crashed:
                         ledger.count("calls cut off by a crash")
                     except (TimeoutError, OSError) as error:
+                        label = expected_under_faults(error) if faults else None
+                        if label is not None:  # refused (its state unreadable): ask again
+                            ledger.count(label)
+                            stop.wait(0.05)
+                            continue
                         held = None
                         return hung(repr(error))
                 else:

@@ -241,8 +241,10 @@ def hostile_main(socket_path: str, ledger_path: str, lock_dirs: list[str], seed:
         held = status.get("held_names") if isinstance(status, dict) else None
         if not isinstance(held, dict):
             return {}
+        # {"error": "..."} when the pool cannot answer (its state unreadable): no names.
         return {name: owners for name, owners in held.items()
-                if me not in owners and not (set(o for o in owners if isinstance(o, int)) & ancestors)}
+                if isinstance(owners, list) and me not in owners
+                and not (set(o for o in owners if isinstance(o, int)) & ancestors)}
 
     def must_refuse(op: str, *args: Any, **kwargs: Any) -> None:
         try:
