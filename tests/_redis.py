@@ -1,125 +1,20 @@
-"""A real `redis-server` for the fleet tests: started on a Unix socket of its own, stopped by pid.
-
-    server = RedisServer.start(tmp_path)     # appendonly yes, appendfsync always, --save ''
-    server.url                               # 'unix:///tmp/.../redis.sock'
-    server.pause(); server.resume()          # SIGSTOP / SIGCONT: a partition, as clients see it
-    server.kill(); server.restart()          # SIGKILL, then the same data dir again
-    server.stop()
-
-The binary is `$ACTORS_TEST_REDIS_SERVER` or `redis-server` on PATH (scripts/test.sh
-installs Debian's package when it runs as root). Never port 6379: no TCP port at all.
-"""
+"""The fleet tests' redis-server: the one `scripts/_redis_server.py` defines (chaos and the demo use it too)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import subprocess
-import time
-from dataclasses import dataclass, field
+import importlib.util
+import sys
 from pathlib import Path
 
-import redis
+_PATH = Path(__file__).resolve().parent.parent / "scripts" / "_redis_server.py"
+_spec = importlib.util.spec_from_file_location("_redis_server", _PATH)
+assert _spec is not None and _spec.loader is not None
+_module = sys.modules.get("_redis_server") or importlib.util.module_from_spec(_spec)
+if "_redis_server" not in sys.modules:
+    sys.modules["_redis_server"] = _module
+    _spec.loader.exec_module(_module)
 
-START_TIMEOUT = 10.0
+RedisServer = _module.RedisServer
+redis_binary = _module.redis_binary
 
-
-def redis_binary() -> str:
-    binary = os.environ.get("ACTORS_TEST_REDIS_SERVER") or shutil.which("redis-server") or shutil.which("valkey-server")
-    if binary is None:
-        raise RuntimeError(
-            "no redis-server for the fleet tests: run scripts/test.sh as root (it installs Debian's package), "
-            "`apt install redis-server`, or set ACTORS_TEST_REDIS_SERVER to a redis-server/valkey-server binary"
-        )
-    return binary
-
-
-@dataclass
-class RedisServer:
-    directory: Path
-    process: subprocess.Popen[bytes] | None = field(default=None)
-
-    @property
-    def socket_path(self) -> str:
-        return str(self.directory / "redis.sock")
-
-    @property
-    def url(self) -> str:
-        return f"unix://{self.socket_path}"
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None, "the server is not running"
-        return self.process.pid
-
-    @classmethod
-    def start(cls, directory: Path) -> RedisServer:
-        directory.mkdir(parents=True, exist_ok=True)
-        server = cls(directory)
-        server._launch()
-        return server
-
-    def _launch(self) -> None:
-        argv = [
-            redis_binary(),
-            "--port", "0",
-            "--unixsocket", self.socket_path,
-            "--unixsocketperm", "700",
-            "--dir", str(self.directory),
-            "--save", "",
-            "--appendonly", "yes",
-            "--appendfsync", "always",
-            "--daemonize", "no",
-            "--loglevel", "warning",
-            "--logfile", str(self.directory / "redis.log"),
-        ]  # fmt: skip
-        self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:  # a bounded wait on a condition: the server answers PING
-            if self.process.poll() is not None:
-                log = (self.directory / "redis.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"redis-server exited with {self.process.returncode}: {log}")
-            try:
-                with redis.Redis(unix_socket_path=self.socket_path, socket_timeout=1.0) as client:
-                    if client.ping():
-                        return
-            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"redis-server did not answer on {self.socket_path} within {START_TIMEOUT}s")
-            time.sleep(0.01)
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(unix_socket_path=self.socket_path, socket_timeout=5.0)
-
-    def pause(self) -> None:
-        os.kill(self.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        os.kill(self.pid, signal.SIGCONT)
-
-    def kill(self) -> None:
-        """SIGKILL, reaped; what `appendfsync always` wrote survives a `restart()`."""
-        if self.process is not None and self.process.poll() is None:
-            os.kill(self.pid, signal.SIGCONT)
-            self.process.kill()
-            self.process.wait(START_TIMEOUT)
-
-    def restart(self) -> None:
-        self.kill()
-        self._launch()
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            os.kill(self.pid, signal.SIGCONT)
-            self.process.terminate()
-            try:
-                self.process.wait(START_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(START_TIMEOUT)
-        self.process = None
+__all__ = ["RedisServer", "redis_binary"]
