@@ -328,3 +328,32 @@ def _succeeds(call: Callable[[], Any]) -> Any:
         return call()
     except FleetUnavailable:
         return None
+
+
+def test_a_cut_off_host_refuses_name_changes_at_once_and_rejoins_with_a_new_epoch(
+    redis_server: RedisServer,
+) -> None:
+    now = [1000.0]
+    settings = FleetSettings.parse(redis_server.url, host_id="host-a", host_lease=6.0, fleet_timeout=FLEET_TIMEOUT)
+    host = FleetHost(settings, monotonic=lambda: now[0])  # the holder's own clock, advanced by hand
+    host.start()
+    ref = NamePool.start(fleet=host, clock=ManualClock())
+    try:
+        pool = ref.proxy()
+        name = pool.checkout_name("urn:w").get(timeout=TIMEOUT)
+        epoch = host.epoch
+        with _events.subscribe(kinds={"storage_failed", "storage_recovered"}) as events:
+            now[0] += 6.0 - 2.0 + 0.01  # no renewal confirmed by host_lease - 2 s on its own clock
+            started = time.monotonic()
+            with pytest.raises(FleetUnavailable, match="cut off"):
+                pool.checkin_name(name).get(timeout=TIMEOUT)
+            assert time.monotonic() - started < FLEET_TIMEOUT
+            assert events.get(timeout=TIMEOUT).kind == "storage_failed"
+            assert events.get(timeout=TIMEOUT).kind == "storage_recovered"  # the renewal thread rejoined
+        assert host.epoch is not None and epoch is not None and host.epoch > epoch
+        assert pool.get_name_by_pid("urn:w").get(timeout=TIMEOUT) == name  # no one took it meanwhile
+        pool.checkin_name(name).get(timeout=TIMEOUT)
+        assert ref.is_alive()
+    finally:
+        ref.stop()
+        host.stop()

@@ -148,6 +148,17 @@ class FleetHost:
         assert epoch is not None
         return epoch
 
+    def raise_if_down(self) -> None:
+        """`FleetUnavailable` at once while a failure of the store is not yet followed by a renewal."""
+        down = self._down
+        if down is not None:
+            raise down
+
+    @property
+    def is_down(self) -> bool:
+        """True during a `storage_failed` episode (a failed call or renewal, or cut off)."""
+        return self._down is not None
+
     def note_failure(self, error: FleetUnavailable) -> None:
         """A call of the pool failed: refuse the next ones at once until a renewal gets through."""
         if isinstance(error, StaleEpoch):

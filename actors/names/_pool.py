@@ -981,8 +981,7 @@ class NamePool(SupervisedActor):
     def _fleet_read(self, read: Callable[[], _T]) -> _T:
         """A read of the store (no epoch needed); fails at once while the store is known down."""
         host = self._fleet_host
-        if host._down is not None:
-            raise host._down
+        host.raise_if_down()
         try:
             return read()
         except FleetUnavailable as error:
@@ -1140,7 +1139,7 @@ class NamePool(SupervisedActor):
     def _fleet_reap(self) -> None:
         """This host's int owners proven dead lose their names (other hosts reap their own)."""
         host = self._fleet_host
-        if host.is_cut_off() or host._down is not None:
+        if host.is_cut_off() or host.is_down:
             return  # freeing a name is a change: not before the store takes changes again
         try:
             held = self._fleet_names.host_names(host.id)
