@@ -9,12 +9,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from actors import connect
+from actors._errors import FleetUnavailable, StateDirInUse
+from actors.names._pool import HOLDERS_REQUEST
+from actors.names._source import ThemedSource
 from tests import _daemons
 from tests._daemons import run_cli, start_daemon, stop
 from tests._redis import RedisServer
@@ -100,3 +104,60 @@ def test_an_unreachable_fleet_store_exits_2_with_one_line(tmp_path: Path) -> Non
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("actors: cannot join the fleet at")
     bad = run_cli("serve", "--state-dir", str(tmp_path / "a"), "--fleet", "http://nowhere")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--fleet" in bad.stderr
+
+
+def test_three_trees_in_one_fleet_hammering_checkout_never_hand_out_a_name_twice(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    from actors import start_tree
+
+    source = ThemedSource("minerals", names=["jade", "onyx"])
+    trees = [
+        start_tree(tmp_path / f"tree-{index}", fleet=redis_server.url, host_id=f"host-{index}", name_source=source,
+                   chunk_size=3, fleet_timeout=1.0)
+        for index in range(3)
+    ]
+    try:
+        got: list[str] = []
+        errors: list[BaseException] = []
+        lock = threading.Lock()
+
+        def hammer(index: int) -> None:
+            names = trees[index % 3].names.proxy()
+            try:
+                for round_ in range(10):
+                    name = names.checkout_name(f"urn:{index}:{round_}").get(timeout=10)
+                    with lock:
+                        got.append(name)
+            except BaseException as error:  # reported below
+                errors.append(error)
+
+        threads = [threading.Thread(target=hammer, args=(index,)) for index in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert not errors
+        assert len(got) == 60 and len(set(got)) == 60, "a name was handed to two holders"
+        assert trees[0].fleet is not None and trees[0].fleet.id == "host-0"
+        with pytest.raises(StateDirInUse, match="host-1"):  # a second live tree with that host id
+            start_tree(tmp_path / "again", fleet=redis_server.url, host_id="host-1")
+    finally:
+        for tree in trees:
+            tree.stop()
+    restarted = start_tree(tmp_path / "tree-1", fleet=redis_server.url, host_id="host-1")  # left: free again
+    try:
+        held = restarted.names.ask(HOLDERS_REQUEST, timeout=10)
+        assert len(held) == 20 and "urn:1:0" in {owner for owners in held.values() for owner in owners}
+    finally:
+        restarted.stop()
+
+
+def test_start_tree_refuses_a_bad_or_unreachable_fleet(tmp_path: Path) -> None:
+    from actors import start_tree
+
+    with pytest.raises(ValueError, match="fleet URL"):
+        start_tree(tmp_path / "a", fleet="http://nowhere")
+    with pytest.raises(FleetUnavailable):
+        start_tree(tmp_path / "a", fleet=f"unix://{tmp_path}/none.sock", fleet_timeout=0.2)
+    start_tree(tmp_path / "a").stop()  # the state dir was let go
