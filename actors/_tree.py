@@ -242,7 +242,9 @@ def start_tree(
                 kwargs={"idle_ttl": idle_ttl, "max_live": max_live, "sweep_interval": sweep_interval, "clock": clock,
                         "factory": agent_factory},
             ),
-            ChildSpec("locks", LockSupervisor, kwargs={"check_interval": check_interval, "clock": clock, **locks_options}),
+            ChildSpec(
+                "locks", LockSupervisor, kwargs={"check_interval": check_interval, "clock": clock, **locks_options}
+            ),
             ChildSpec(
                 "workers",
                 Supervisor,

@@ -90,7 +90,8 @@ def test_two_daemons_share_one_fleet_with_names_unique_across_both(
 
 def test_a_second_live_daemon_with_the_same_host_id_exits_3(tmp_path: Path, redis_server: RedisServer) -> None:
     first = _fleet_daemon(tmp_path / "a", redis_server.url, "host-a")
-    result = run_cli("serve", "--state-dir", str(tmp_path / "other"), "--fleet", redis_server.url, "--host-id", "host-a")
+    other = str(tmp_path / "other")
+    result = run_cli("serve", "--state-dir", other, "--fleet", redis_server.url, "--host-id", "host-a")
     assert result.returncode == 3
     assert result.stderr.count("\n") == 1 and "host id 'host-a' is in use" in result.stderr
     assert first.poll() is None

@@ -40,7 +40,7 @@ from actors.fleet._names import FleetNames, StaleEpoch, store_call
 from actors.fleet._scripts import as_list
 from supervision import _events
 
-__all__ = ["CONFLICT_EVENT", "FleetHost", "TOKEN_NAME", "fleet_status", "load_token"]
+__all__ = ["CONFLICT_EVENT", "TOKEN_NAME", "FleetHost", "fleet_status", "load_token"]
 
 #: The event a host emits for each of its names another host got while it was cut off.
 #: `Event.name` is the name; `data`: `host`, `held_by`, `owners` (the owners this host

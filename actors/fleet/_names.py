@@ -19,7 +19,7 @@ from __future__ import annotations
 import errno
 import json
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import redis
 
@@ -159,7 +159,9 @@ class FleetNames:
     def reset(self, host: str, epoch: int) -> None:
         self._run("reset", host, epoch)
 
-    def reconcile(self, host: str, epoch: int, listed: list[str], live: dict[str, list[int]]) -> tuple[list[str], list[str]]:
+    def reconcile(
+        self, host: str, epoch: int, listed: list[str], live: dict[str, list[int]]
+    ) -> tuple[list[str], list[str]]:
         """(names kept for live owners, listed names another host holds)."""
         result = self._run("reconcile", host, epoch, json.dumps(listed), json.dumps(live))
         return as_list(result.get("kept")), as_list(result.get("refused"))
@@ -185,7 +187,7 @@ class FleetNames:
 
     def _held_record(self, name: str) -> dict[str, Any] | None:
         raw = store_call(self.settings, lambda: self.client.hget(self.settings.key("names", "held"), name))
-        return json.loads(raw) if raw else None
+        return json.loads(cast("bytes", raw)) if raw else None
 
     def is_held(self, name: str) -> bool:
         """True when some host holds `name` (or keeps it in quarantine)."""
@@ -196,7 +198,7 @@ class FleetNames:
         name = store_call(self.settings, lambda: self.client.hget(self.settings.key("names", "keys"), f"{host}:{key}"))
         if not name:
             return []
-        record = self._held_record(name.decode() if isinstance(name, bytes) else name)
+        record = self._held_record(name.decode() if isinstance(name, bytes) else cast("str", name))
         if record is None or record.get("h") != host:
             return []
         return [(int(entry[1]), decode_start(entry[2])) for entry in as_list(record.get("o")) if entry[0] == "p"]
@@ -213,7 +215,7 @@ class FleetNames:
     def known(self) -> frozenset[str]:
         """Every name the fleet ever accepted (the source's `used`). O(n): per chunk only."""
         key = self.settings.key("names", "known")
-        members = store_call(self.settings, lambda: self.client.smembers(key))
+        members = cast("set[bytes]", store_call(self.settings, lambda: self.client.smembers(key)))
         return frozenset(member.decode() if isinstance(member, bytes) else member for member in members)
 
     def fleet(self) -> dict[str, Any]:

@@ -432,7 +432,8 @@ class NamePool(SupervisedActor):
     def checkin_name(self, name: str) -> DeferredReply | None:
         """Return `name` to the pool (LIFO); a name not checked out only logs a warning."""
         if self._fleet_names is not None:
-            return self._fleet_checkin(name)
+            self._fleet_checkin(name)
+            return None
         if self._storage_error is not None:
             name = validate_name(name)
             if self._state.is_checked_out(name):
@@ -454,7 +455,8 @@ class NamePool(SupervisedActor):
             validate_name(name)
         start_time = _process_start(owner) if type(owner) is int else None
         if self._fleet_names is not None:
-            return self._fleet_associate(name, owner, start_time)
+            self._fleet_associate(name, owner, start_time)
+            return None
         if name is not None:
             self._ensure_writable()
         is_restored = bool(_events._subscribers) and name is not None and not self._state.is_checked_out(name)
@@ -469,7 +471,8 @@ class NamePool(SupervisedActor):
         """End `owner`'s hold; the name returns to the pool once no owner is left."""
         owner = validate_owner(owner)
         if self._fleet_names is not None:
-            return self._fleet_dissociate(owner)
+            self._fleet_dissociate(owner)
+            return None
         if owner is not None and self._state.name_of(owner) is not None:
             self._ensure_writable()
         returned = self._state.dissociate(owner)
@@ -493,11 +496,13 @@ class NamePool(SupervisedActor):
 
     def _stats(self) -> dict[str, Any]:
         if self._fleet_names is not None:
-            stats = {**self._fleet_read(self._fleet_names.stats), "chunk_size": self._chunk_size}
-            stats["fleet_host"] = self._fleet_host.id
-            stats["waiting_count"] = len(self._waiters)
-            stats["is_generating"] = self._chunk is not None
-            return stats
+            return {
+                **self._fleet_read(self._fleet_names.stats),
+                "chunk_size": self._chunk_size,
+                "fleet_host": self._fleet_host.id,
+                "waiting_count": len(self._waiters),
+                "is_generating": self._chunk is not None,
+            }
         stats: dict[str, Any] = self._state.stats()
         stats["waiting_count"] = len(self._waiters)
         stats["is_generating"] = self._chunk is not None
@@ -556,7 +561,8 @@ class NamePool(SupervisedActor):
     def reconcile(self, names_in_use: list[str]) -> DeferredReply | None:
         """Make exactly `names_in_use` checked out (names held by live pids stay held)."""
         if self._fleet_names is not None:
-            return self._fleet_reconcile(names_in_use)
+            self._fleet_reconcile(names_in_use)
+            return None
         self._ensure_writable()
         kept = self._state.reconcile(names_in_use, _liveness)
         for name in kept:
@@ -1066,36 +1072,33 @@ class NamePool(SupervisedActor):
     def _fleet_checkin(self, name: Any) -> None:
         name = validate_name(name)
         if name == self._default_name:
-            return None
+            return
         returned = self._fleet_write(lambda host, epoch: self._fleet_names.checkin(host, epoch, name))
         if not returned:
             self._log.warning("checkin of {!r}, which is not checked out: ignored", name)
-            return None
+            return
         if _events._subscribers:
             _events.emit("name_checked_in", self._path, name)
         self._fleet_serve_waiters()
-        return None
 
     def _fleet_associate(self, name: str | None, owner: Owner, start_time: Start) -> None:
         if name is None or name == self._default_name:
-            return None
+            return
         restored = self._fleet_write(
             lambda host, epoch: self._fleet_names.associate(host, epoch, name, owner, start_time)
         )
         if restored and _events._subscribers:
             _events.emit("name_checked_out", self._path, name, owner=owner)
         self._fleet_serve_waiters()  # the owner's previous name may have come free
-        return None
 
     def _fleet_dissociate(self, owner: Owner) -> None:
         if owner is None:
-            return None
+            return
         name, returned = self._fleet_write(lambda host, epoch: self._fleet_names.dissociate(host, epoch, owner))
         if returned:
             if _events._subscribers:
                 _events.emit("name_checked_in", self._path, name, owner=owner)
             self._fleet_serve_waiters()
-        return None
 
     def _fleet_name_of(self, owner: Owner, start_time: Start) -> str | None:
         return self._fleet_read(lambda: self._fleet_names.name_of(self._fleet_host.id, owner, start_time))
@@ -1122,7 +1125,9 @@ class NamePool(SupervisedActor):
         listed = list(dict.fromkeys(name for name in listed if name != self._default_name))
         held = self._fleet_read(lambda: self._fleet_names.host_names(self._fleet_host.id))
         live = {
-            name: [owner for owner, start in owners if type(owner) is int and _liveness(owner, start) is not Liveness.DEAD]
+            name: [
+                owner for owner, start in owners if type(owner) is int and _liveness(owner, start) is not Liveness.DEAD
+            ]
             for name, owners in held.items()
             if name not in listed
         }
@@ -1134,7 +1139,6 @@ class NamePool(SupervisedActor):
         for name in refused:
             self._log.warning("reconcile: {!r} is held by another host of the fleet: not checked out here", name)
         self._fleet_serve_waiters()
-        return None
 
     def _fleet_reap(self) -> None:
         """This host's int owners proven dead lose their names (other hosts reap their own)."""
