@@ -57,13 +57,18 @@ def load_token(state_dir: str | os.PathLike[str]) -> str:
     """This state dir's fleet token (created on first use, 0600): the same daemon across restarts."""
     path = Path(state_dir) / TOKEN_NAME
     try:
-        text = path.read_text().strip()
-        if text:
-            return text
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         pass
+    else:
+        try:
+            text = os.read(fd, 256).decode("ascii", "replace").strip()
+        finally:
+            os.close(fd)
+        if text:
+            return text
     token = secrets.token_hex(16)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         os.write(fd, (token + "\n").encode())
         os.fsync(fd)

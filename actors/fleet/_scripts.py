@@ -167,11 +167,12 @@ local function release_quarantine()
   end
 end
 
--- a host whose lease ran out is gone: its names are kept from everyone for one more lease
+-- a host whose lease ran out is gone: its names are kept from everyone for one more lease,
+-- counted from when the fleet notices (a store that was down itself gives the host that time)
 local function expire_host(host, hrec)
   hrec.state = 'gone'
   redis.call('HSET', HOSTS, host, cjson.encode(hrec))
-  local until_ms = hrec.expires + hrec.lease
+  local until_ms = math.max(hrec.expires, NOW) + hrec.lease
   local all = redis.call('HGETALL', HELD)
   for i = 1, #all, 2 do
     local name = all[i]
