@@ -139,7 +139,7 @@ def test_a_failed_call_refuses_the_next_at_once_until_a_renewal_gets_through(
 
 
 def test_a_host_that_stops_renewing_loses_its_names_to_quarantine_then_to_others_and_learns_the_conflict(
-    make_host: Callable[..., FleetHost], spawn_sleeper: Any
+    make_host: Callable[..., FleetHost], spawn_sleeper: Any, log_records: list[dict[str, Any]]
 ) -> None:
     zombie = make_host("host-a")  # joins, then never renews (its thread is never started)
     zombie.join()
@@ -166,6 +166,8 @@ def test_a_host_that_stops_renewing_loses_its_names_to_quarantine_then_to_others
         conflicts = zombie.join()  # the zombie gets through again: a new epoch
         event = events.get(timeout=5)
     assert [conflict["name"] for conflict in conflicts] == ["taken"]
+    errors = [record for record in log_records if record["level"].name == "ERROR"]
+    assert any("'taken'" in record["message"] and "host-b" in record["message"] for record in errors)
     assert event.name == "taken" and event.path == "names"
     assert event.data == {"host": "host-a", "held_by": "host-b", "owners": [worker], "epoch": zombie.epoch}
     assert zombie.names.name_of(zombie.id, worker, start) is None  # its worker must take another name
