@@ -858,7 +858,7 @@ class NamePool(SupervisedActor):
             return
         chunk.watchdog.cancel()
         self._chunk = None
-        if isinstance(message.error, FleetUnavailable):
+        if self._fleet_names is not None and isinstance(message.error, FleetUnavailable):
             self._fail_waiters(f"the fleet store could not be read: {message.error}", message.error)
             return
         if message.error is not None:
