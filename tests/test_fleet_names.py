@@ -357,3 +357,21 @@ def test_a_cut_off_host_refuses_name_changes_at_once_and_rejoins_with_a_new_epoc
     finally:
         ref.stop()
         host.stop()
+
+
+def test_a_pool_started_alone_joins_with_a_url_and_leaves_when_it_stops(redis_server: RedisServer) -> None:
+    ref = NamePool.start(fleet=redis_server.url + "?namespace=alone", clock=ManualClock())
+    try:
+        name = ref.proxy().checkout_name("urn:alone").get(timeout=TIMEOUT)
+        hosts = ref.ask(FLEET_REQUEST, timeout=TIMEOUT)["hosts"]
+        assert [host["state"] for host in hosts] == ["live"]
+        assert ref.ask(FLEET_REQUEST, timeout=TIMEOUT)["namespace"] == "alone"
+    finally:
+        ref.stop()
+    with pytest.raises(TypeError, match="fleet must be"):
+        NamePool(fleet=42)
+    again = NamePool.start(fleet=redis_server.url + "?namespace=alone", clock=ManualClock())
+    try:  # the same host (the hostname) is back within its quarantine: its name with it
+        assert again.proxy().get_name_by_pid("urn:alone").get(timeout=TIMEOUT) == name
+    finally:
+        again.stop()

@@ -36,6 +36,11 @@ How it works:
 - **Owners watched.** Every `reap_interval` on the clock, int owners proven dead (pid
   plus start ticks and boot id; zombies count as dead) lose their names. An owner whose
   liveness cannot be read (out of descriptors, ...) keeps its name until the next tick.
+- **In a fleet** (`fleet=`, contract §7) there is no `NameState` and no journal: every
+  change is one script in the fleet's store (`actors.fleet._names`), applied before it is
+  answered, with this host's epoch; the source still runs off the thread, with the
+  fleet's names as `used`. A store that fails, or a host cut off from its lease
+  (`actors.fleet._hosts`), answers `FleetUnavailable` and the pool keeps running.
 """
 
 from __future__ import annotations
@@ -233,8 +238,10 @@ class NamePool(SupervisedActor):
     """Hands out unique worker names, reuses them LIFO, and keeps them across crashes.
 
     Start with `NamePool.start(*, source=None, chunk_size=12, state_path=None,
-    default_name="Nameless Agent", clock=None, reap_interval=5.0, source_timeout=30.0)`;
-    invalid settings raise `ValueError`/`TypeError` before anything starts. The rules
+    default_name="Nameless Agent", clock=None, reap_interval=5.0, source_timeout=30.0,
+    fleet=None)`; invalid settings raise `ValueError`/`TypeError` before anything starts.
+    With `fleet` (a URL, a `FleetSettings` or a tree's `FleetHost`) the state lives in the
+    fleet's store instead of `state_path` (contract §7; see `actors.fleet._names`). The rules
     live in `NameState`; names come from `source` (default `ThemedSource()`); owners
     are None, an int pid or a str (see `actors.names._state`).
     """
@@ -271,12 +278,14 @@ class NamePool(SupervisedActor):
             from actors.fleet._connection import FleetSettings
             from actors.fleet._hosts import FleetHost
 
+            if isinstance(fleet, str):
+                fleet = FleetSettings.parse(fleet)  # a URL: this host's id is the hostname
             if isinstance(fleet, FleetSettings):
                 self._fleet_settings = fleet
             elif isinstance(fleet, FleetHost):
                 self._fleet_host = fleet
             else:
-                raise TypeError(f"fleet must be a FleetSettings or a FleetHost, not {type(fleet).__name__}")
+                raise TypeError(f"fleet must be a URL, a FleetSettings or a FleetHost, not {type(fleet).__name__}")
         super().__init__()
         self._source: NameSource = ThemedSource() if source is None else source
         self._chunk_attempts = 0  # fleet: chunks in a row that another host's chunk outran
