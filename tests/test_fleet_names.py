@@ -375,3 +375,30 @@ def test_a_pool_started_alone_joins_with_a_url_and_leaves_when_it_stops(redis_se
         assert again.proxy().get_name_by_pid("urn:alone").get(timeout=TIMEOUT) == name
     finally:
         again.stop()
+
+
+def test_a_store_paused_past_the_lease_cuts_the_host_off_and_it_rejoins_with_its_names(
+    start_pool: Callable[..., Any], redis_server: RedisServer
+) -> None:
+    ref = start_pool("host-a", host_lease=3.0)
+    pool = ref.proxy()
+    name = pool.checkout_name("urn:kept").get(timeout=TIMEOUT)
+    host = ref._actor_weakref()._fleet_host
+    epoch = host.epoch
+    redis_server.pause()
+    try:
+        wait_until(host.is_cut_off, timeout=TIMEOUT)  # 3 - 2 s after the last confirmed renewal
+        started = time.monotonic()
+        with pytest.raises(FleetUnavailable):
+            pool.checkin_name(name).get(timeout=TIMEOUT)
+        assert time.monotonic() - started < FLEET_TIMEOUT
+        deadline = host.deadline
+        # past the server's expiry too (processing time of that renewal + 3 s)
+        wait_until(lambda: time.monotonic() > deadline + 2.1, timeout=TIMEOUT, interval=0.05)
+    finally:
+        redis_server.resume()
+    wait_until(lambda: not host.is_cut_off() and not host.is_down, timeout=TIMEOUT)
+    assert host.epoch > epoch
+    assert pool.get_name_by_pid("urn:kept").get(timeout=TIMEOUT) == name  # quarantined, then taken back
+    assert host.conflicts == []
+    assert ref.is_alive()
