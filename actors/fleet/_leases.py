@@ -20,19 +20,22 @@ Why the holder's deadline is safe: docs/design-fleet-locks.md.
 from __future__ import annotations
 
 import json
+import queue
 import re
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import redis
+from loguru import logger
 
 from actors._errors import FleetUnavailable, LockLost, Locked
 from actors.fleet._connection import FleetSettings
 from supervision import BadCall
 
-__all__ = ["Lease", "WorkerLeases", "list_worker_leases", "owner_key"]
+__all__ = ["Lease", "Renewer", "WorkerLeases", "list_worker_leases", "owner_key"]
 
 # KEYS[1] lease, KEYS[2] fence; ARGV owner, lease_ms, host, pid, session, acquired_at.
 # A taken lease answers {0, host, pid, session, fence, pttl}; ours {1, fence, session}.
@@ -290,3 +293,45 @@ def list_worker_leases(settings: FleetSettings, client: redis.Redis | None = Non
         if own_client:
             store.close()
     return leases
+
+
+class Renewer:
+    """One thread that sends one daemon's lease renewals, in the order they were asked for.
+
+    The lock actors never wait for the store on a timer tick: a renewal runs here and its
+    outcome comes back to the actor as a message, so a paused store cannot delay the
+    actor's own deadline. One thread keeps renewals and the release after a loss in order.
+    """
+
+    def __init__(self, name: str = "lease-renewer") -> None:
+        self._name = name
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Run `job` on the renewer's thread (started on first use); RuntimeError if closed or
+        if no thread can be started."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the lease renewer is closed")
+            if self._thread is None:
+                thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                thread.start()  # RuntimeError when out of threads: the caller reports it
+                self._thread = thread
+        self._jobs.put(job)
+
+    def close(self) -> None:
+        """Stop after the jobs already submitted (never waits for them)."""
+        with self._lock:
+            self._closed = True
+            if self._thread is not None:
+                self._jobs.put(None)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                job()
+            except Exception:  # a job reports its own outcome; this is a bug, never a dead renewer
+                logger.exception("lease renewal job failed")
