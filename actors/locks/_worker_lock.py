@@ -340,7 +340,8 @@ class WorkerLock(SupervisedActor):
             self._hold(info, sent_at)
         if before is not None and (before.state is LockState.STALE or (
                 before.state is LockState.FOREIGN and info.refreshed_at is None)):
-            reason = before.reason if before.state is LockState.STALE else f"the lease of {before.reason} ran out"
+            reason = before.reason if before.state is LockState.STALE else (
+                f"the lease of host {before.info.hostname if before.info else '?'} ran out")
             self._emit("lock_broken", previous=_holder(before.info), reason=reason)
         if info.refreshed_at is None:  # taken now, not refreshed by its holder
             fence = {} if self._fleet is None else {"fence": info.fence}
