@@ -495,3 +495,26 @@ def test_list_worker_leases_shows_each_hosts_leases_with_fences(
     assert all(0 < lease["expires_in"] <= LEASE for lease in leases)
     assert list_worker_leases(settings(redis_server.url + "?namespace=other", "x")) == []
     assert isinstance(LockInfo, type)
+
+
+def test_a_restarted_daemon_renews_its_hosts_leases_without_being_asked(
+    start_host: Callable[..., Any], redis_server: RedisServer, worker: Path, spawn_sleeper: Callable[[], Any],
+) -> None:
+    owner = spawn_sleeper()
+    first = start_host("host-a", clock=ManualClock())
+    fence = lock_of(first, worker).proxy().acquire("s", owner.pid).get(timeout=T).fence
+    first.stop()  # the daemon goes; its worker (the owner) and its lease stay
+    clock = ManualClock()
+    second = start_host("host-a", clock=clock)
+    child_id = lock_child_id(str(worker.resolve()))
+    wait_until(lambda: any(child.id == child_id for child in second.proxy().which_children().get(timeout=T)),
+               timeout=T)
+    lock = lock_of(second, worker)
+    # It renewed at once (its last confirmation is unknown to it), and keeps renewing.
+    wait_until(lambda: (lease_of(lock) or {}).get("deadline_in") == pytest.approx(LEASE - 2.0), timeout=T)
+    clock.advance(LEASE / 3)
+    wait_until(lambda: lease_of(lock)["deadline_in"] == pytest.approx(LEASE - 2.0), timeout=T)
+    assert store_lease(redis_server, worker)[1] > (LEASE - 1.0) * 1000
+    assert lease_of(lock)["fence"] == fence
+    lock.proxy().release(owner.pid).get(timeout=T)
+    assert store_lease(redis_server, worker)[0] == {}

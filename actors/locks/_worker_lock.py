@@ -25,7 +25,7 @@ import math
 import os
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pykka
@@ -35,7 +35,7 @@ from pykka._envelope import Envelope
 from actors._errors import FleetUnavailable, InvalidOwner, InvalidWorkerDir, Locked, LockLost, TooManyLocks
 from actors._process import Liveness, ProcessIdentity
 from actors.fleet._connection import FleetSettings
-from actors.fleet._leases import Renewer, WorkerLeases, owner_key
+from actors.fleet._leases import Renewer, WorkerLeases, list_worker_leases, owner_key
 from actors.locks._lock_file import LockFile, LockInfo, LockState, _is_same_owner, own_identity, record_liveness
 from supervision import (
     BadCall,
@@ -58,7 +58,15 @@ from supervision import (
 from supervision import _events
 from supervision._errors import describe
 
-__all__ = ["LEASE_QUERY", "LOCK_OPERATIONS", "FleetLocks", "InvalidWorkerDir", "LockSupervisor", "WorkerLock", "lock_child_id"]
+__all__ = [
+    "LEASE_QUERY",
+    "LOCK_OPERATIONS",
+    "FleetLocks",
+    "InvalidWorkerDir",
+    "LockSupervisor",
+    "WorkerLock",
+    "lock_child_id",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +105,13 @@ class _LeaseQuery:
     """`lock_ref.ask(LEASE_QUERY)`: the fleet lease a lock renews (for tests and operators)."""
 
 
+@dataclass(frozen=True, slots=True)
+class _AdoptLeases:
+    """A `LockSupervisor` in a fleet, just started: start the locks of this host's leases."""
+
+
 LEASE_QUERY = _LeaseQuery()
+_ADOPT_LEASES = _AdoptLeases()
 _CHECK = _Check()  # shared instances: a thousand locks need no thousand messages
 _RETIRE = _Retire()
 _RENEW = _Renew()
@@ -848,7 +862,33 @@ class LockSupervisor(Supervisor):
         if record is not None and record.ref is None and not exited.reason.is_crash:
             self._forget(exited.child_id)  # retired (or stopped by another): started afresh on demand
 
+    def on_start(self) -> None:
+        super().on_start()
+        if self._fleet is not None:
+            self.actor_ref.tell(_ADOPT_LEASES)  # after the start: the store may be slow to answer
+
+    def _adopt_leases(self) -> None:
+        """Start the lock of each lease this host holds, so it is renewed (or found lost)
+        even if nobody calls for it: a daemon restarted under its workers carries on."""
+        assert self._fleet is not None
+        settings = self._fleet.settings
+        try:
+            leases = list_worker_leases(settings, self._fleet.leases.client)
+        except FleetUnavailable as error:
+            self._log.error("cannot look up this host's worker leases; their locks start on first use: {}", error)
+            return
+        for lease in leases:
+            if lease["host"] != settings.host_id or lock_child_id(lease["path"]) in self._records:
+                continue
+            try:
+                self._lock_for_path(self._resolve(lease["path"]), None)
+            except ClientError as error:  # outside root, gone, too many locks: it expires
+                self._log.warning("not renewing the lease of {}: {}", lease["path"], error)
+
     def on_receive(self, message: Any) -> Any:
+        if isinstance(message, _AdoptLeases):
+            self._adopt_leases()
+            return None
         result = super().on_receive(message)
         if self._awaiting_exit:
             waiting, self._awaiting_exit = self._awaiting_exit, {}
