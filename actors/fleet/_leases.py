@@ -31,7 +31,7 @@ from typing import Any
 import redis
 from loguru import logger
 
-from actors._errors import FleetUnavailable, LockLost, Locked
+from actors._errors import FleetUnavailable, Locked, LockLost
 from actors.fleet._connection import FleetSettings
 from supervision import BadCall
 

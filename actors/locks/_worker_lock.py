@@ -16,6 +16,17 @@ of idle locks, and supervision::
 A `WorkerLock` keeps nothing in memory that matters: the record on disk decides, so a
 restarted lock carries on where the old one stopped, a retired one is simply started
 again, and a lock that holds nothing keeps no file descriptor open.
+
+In a fleet (contract §7) each lock is also a lease in the store, keyed by the resolved
+directory and fenced (`LockInfo.fence`); the actor renews it every third of `lock_lease`
+and, if no renewal is confirmed by `lock_lease - 2 s`, reports it lost (`lock_lost`,
+ERROR, SIGTERM of the owner) before any other host can take it::
+
+    fleet = FleetSettings.parse("unix:///run/redis.sock", host_id="host-a")
+    locks = LockSupervisor.start(fleet=fleet)
+    info = locks.proxy().call_lock("/srv/tree/w1", "acquire", ["%4"], {}).get()   # info.fence
+
+Design notes: docs/design-fleet-locks.md.
 """
 
 from __future__ import annotations
@@ -52,10 +63,10 @@ from supervision import (
     Timer,
     Undelivered,
     UnknownMessage,
+    _events,
     send_after,
     send_interval,
 )
-from supervision import _events
 from supervision._errors import describe
 
 __all__ = [
@@ -256,8 +267,10 @@ class WorkerLock(SupervisedActor):
     seconds on `clock` it removes the record of an owner that died. With `idle_retire`
     (as `LockSupervisor` starts it), it stops after that many seconds without a call
     while no live owner here holds the lock. Errors are `ClientError`s (`Locked`,
-    `NotLocked`, `InvalidLock`, `InvalidOwner`, `InvalidWorkerDir`) or `StorageError`:
-    the caller gets them and the lock keeps running.
+    `NotLocked`, `InvalidLock`, `InvalidOwner`, `InvalidWorkerDir`, `LockLost`) or
+    `StorageError` (`FleetUnavailable` included): the caller gets them and the lock keeps
+    running. `fleet` (a `FleetSettings`, or the `FleetLocks` its supervisor shares) makes
+    the lock a fleet lease as well (see the module docstring).
     """
 
     def __init__(
@@ -715,7 +728,9 @@ class LockSupervisor(Supervisor):
     `lock_child_id(resolved directory)`, so `Handle(locks_ref, lock_child_id(path))`
     reaches it across restarts. Locks are transient: a crash restarts one, an idle one
     retires and is forgotten, and `lock_for` starts it again on demand (it re-reads its
-    record). More than `max_locks` live locks raise `TooManyLocks`.
+    record). More than `max_locks` live locks raise `TooManyLocks`. With `fleet` (a
+    `FleetSettings`) every lock is also a fleet lease; once started, the supervisor starts
+    the lock of each lease its host already holds, so those are renewed.
     """
 
     def __init__(
@@ -792,8 +807,8 @@ class LockSupervisor(Supervisor):
         if record is not None and record.ref is not None and record.ref.is_alive():
             return _forward(record.ref, method, args, kwargs)
         if method in _READ_ONLY:
-            lock_file = LockFile(path, wall_time=self._clock.time, **(
-                {} if self._fleet is None else {"hostname": self._fleet.settings.host_id}))
+            hostname = None if self._fleet is None else self._fleet.settings.host_id
+            lock_file = LockFile(path, hostname=hostname, wall_time=self._clock.time)
             return _answer_from_files(lock_file, self._fleet, method, args, kwargs)
         found = self._lock_for_path(path, None)
         if isinstance(found, pykka.ActorRef):
