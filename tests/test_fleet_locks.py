@@ -517,3 +517,32 @@ def test_a_restarted_daemon_renews_its_hosts_leases_without_being_asked(
     assert lease_of(lock)["fence"] == fence
     lock.proxy().release(owner.pid).get(timeout=T)
     assert store_lease(redis_server, worker)[0] == {}
+
+
+def test_of_many_racing_acquires_on_two_hosts_exactly_one_wins(
+    start_host: Callable[..., Any], redis_server: RedisServer, worker: Path, spawn_sleeper: Callable[[], Any],
+) -> None:
+    hosts = [start_host("host-a", clock=ManualClock()), start_host("host-b", clock=ManualClock())]
+    locks = [lock_of(host, worker) for host in hosts]
+    owners = [spawn_sleeper().pid for _ in range(6)]
+    barrier = threading.Barrier(len(owners))
+    won: list[tuple[int, int]] = []
+    refused: list[str] = []
+
+    def race(index: int) -> None:
+        lock = locks[index % 2].proxy()
+        barrier.wait()
+        try:
+            won.append((owners[index], lock.acquire(f"s{index}", owners[index]).get(timeout=T).fence))
+        except Locked as error:
+            refused.append(str(error))
+
+    threads = [threading.Thread(target=race, args=(index,)) for index in range(len(owners))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(T)
+    assert len(won) == 1 and len(refused) == len(owners) - 1
+    (owner, fence), = won
+    hash_, _ = store_lease(redis_server, worker)
+    assert (int(hash_[b"pid"]), int(hash_[b"fence"]), fence) == (owner, 1, 1)
