@@ -24,7 +24,7 @@ import pytest
 
 from actors._errors import FleetUnavailable, InvalidWorkerDir, Locked, LockLost, NotLocked
 from actors.fleet._connection import FleetSettings
-from actors.fleet._leases import WorkerLeases, list_worker_leases, owner_key
+from actors.fleet._leases import RenewalJob, Renewer, WorkerLeases, list_worker_leases, owner_key
 from actors.locks._lock_file import LockInfo
 from actors.locks._worker_lock import LEASE_QUERY, LockSupervisor, lock_child_id
 from supervision import ClientError, Event, ManualClock, subscribe
@@ -214,6 +214,41 @@ def test_release_by_a_non_owner_or_after_expiry_is_refused_with_a_clear_error(
         (path, "host-b", 2)]
     leases.close()
     leases_b.close()
+
+
+def test_renewals_waiting_together_go_in_one_pipeline_and_a_paused_store_fails_them_within_one_timeout(
+    redis_server: RedisServer,
+) -> None:
+    leases = WorkerLeases(settings(redis_server.url, "host-a"))
+    owner = owner_key("host-a", 1, 1, "b")
+    paths = [f"/srv/tree/w{index}" for index in range(200)]
+    fences = {path: leases.acquire(path, owner, pid=1).fence for path in paths}
+    outcomes = leases.renew_many([(path, owner, fences[path]) for path in paths] + [
+        ("/srv/tree/w0", owner, fences["/srv/tree/w0"] + 1), ("/srv/tree/never", owner, 1)])
+    assert outcomes[:200] == [("renewed", "")] * 200
+    assert [outcome for outcome, _ in outcomes[200:]] == ["refused", "refused"]
+    renewer = Renewer(leases)
+    answers: list[tuple[str, str]] = []
+    answered = threading.Event()
+
+    def done(sent_at: float, outcome: str, detail: str) -> None:
+        answers.append((outcome, detail))
+        if len(answers) == len(paths):
+            answered.set()
+
+    redis_server.pause()
+    try:
+        started = time.monotonic()
+        for path in paths:
+            renewer.submit(RenewalJob(path, owner, fences[path], time.monotonic, done))
+        assert answered.wait(T)
+        elapsed = time.monotonic() - started
+    finally:
+        redis_server.resume()
+        renewer.close()
+    assert {outcome for outcome, _ in answers} == {"unavailable"}
+    assert elapsed < 3 * TIMEOUT + 1.0  # a few batches, each one timeout: never 200 timeouts in a row
+    leases.close()
 
 
 def test_bad_paths_and_wrong_types_are_client_errors_and_the_lock_stays_alive(

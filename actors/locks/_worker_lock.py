@@ -46,7 +46,7 @@ from pykka._envelope import Envelope
 from actors._errors import FleetUnavailable, InvalidOwner, InvalidWorkerDir, Locked, LockLost, TooManyLocks
 from actors._process import Liveness, ProcessIdentity
 from actors.fleet._connection import FleetSettings
-from actors.fleet._leases import Renewer, WorkerLeases, list_worker_leases, owner_key
+from actors.fleet._leases import RenewalJob, Renewer, WorkerLeases, list_worker_leases, owner_key
 from actors.locks._lock_file import LockFile, LockInfo, LockState, _is_same_owner, own_identity, record_liveness
 from supervision import (
     BadCall,
@@ -140,7 +140,7 @@ class FleetLocks:
             raise TypeError(f"fleet must be a FleetSettings or None, not {type(settings).__name__}")
         self.settings = settings
         self.leases = WorkerLeases(settings)
-        self.renewer = Renewer(f"lease-renewer:{settings.host_id}")
+        self.renewer = Renewer(self.leases, f"lease-renewer:{settings.host_id}")
 
     @property
     def renew_interval(self) -> float:
@@ -579,25 +579,16 @@ class WorkerLock(SupervisedActor):
         if held.is_renewing:
             return  # one renewal in flight per lease: a paused store gets no queue of them
         assert self._fleet is not None
-        leases, clock, ref = self._fleet.leases, self._clock, self.actor_ref
-        path, owner, fence = self._lock_file.worker_dir, held.owner, held.info.fence
+        ref, owner, fence = self.actor_ref, held.owner, held.info.fence
 
-        def renew() -> None:  # on the renewer's thread
-            sent_at = clock.monotonic()
+        def done(sent_at: float, outcome: str, detail: str) -> None:  # on the renewer's thread
             try:
-                renewed, why = leases.renew(path, owner, fence)
-                outcome = "renewed" if renewed else "refused"
-            except FleetUnavailable as error:
-                outcome, why = "unavailable", str(error)
-            except Exception as error:  # a bug must not silence renewals: reported as unavailable
-                outcome, why = "unavailable", repr(error)
-            try:
-                ref.tell(_Renewed(owner, fence, sent_at, outcome, why))
+                ref.tell(_Renewed(owner, fence, sent_at, outcome, detail))
             except pykka.ActorDeadError:
                 pass  # the lock stopped meanwhile; a restarted one adopts the lease itself
 
         try:
-            self._fleet.renewer.submit(renew)
+            self._fleet.renewer.submit(RenewalJob(self._lock_file.worker_dir, owner, fence, self._clock.monotonic, done))
         except RuntimeError as error:  # no thread: as if the store did not answer
             self._report_renewal_problem(f"cannot send the renewal: {error}")
             return
