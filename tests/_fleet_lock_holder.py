@@ -11,12 +11,16 @@ from __future__ import annotations
 import sys
 import threading
 
+from loguru import logger
+
 from actors.fleet._connection import FleetSettings
 from actors.locks._worker_lock import LockSupervisor
 
 
 def main() -> None:
     url, worker_dir, lease = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    logger.remove()
+    logger.add(sys.stderr, level="INFO")  # the test reads stderr only at the end: keep it short
     fleet = FleetSettings.parse(url, host_id="host-a", lock_lease=lease, fleet_timeout=0.3, on_lock_lost="terminate")
     locks = LockSupervisor.start(fleet=fleet)
     lock = locks.proxy().lock_for(worker_dir).get(timeout=10)
