@@ -274,7 +274,7 @@ def test_bad_paths_and_wrong_types_are_client_errors_and_the_lock_stays_alive(
         missing.proxy().acquire("s").get(timeout=T)
     assert store_lease(redis_server, worker / "missing")[0] == {}  # no lease for a directory it cannot use
     lock = lock_of(host, worker)
-    for args in ((5,), ("s", "not a pid"), ("s", -1)):
+    for args in ((5,), ("s", "not a pid"), ("s", -1), ("\udcff",)):
         with pytest.raises(ClientError):
             lock.proxy().acquire(*args).get(timeout=T)
     with pytest.raises(ClientError):
@@ -518,13 +518,17 @@ def test_list_worker_leases_shows_each_hosts_leases_with_fences(
 ) -> None:
     (tmp_path / "w1").mkdir()
     (tmp_path / "w*2").mkdir()  # a glob character in a path is matched literally
+    not_utf8 = tmp_path / os.fsdecode(b"w\xff3")  # a name that is not UTF-8 is still one worker
+    not_utf8.mkdir()
     host_a, host_b = start_host("host-a", clock=ManualClock()), start_host("host-b", clock=ManualClock())
     lock_of(host_a, tmp_path / "w1").proxy().acquire("one").get(timeout=T)
     lock_of(host_b, tmp_path / "w*2").proxy().acquire("two").get(timeout=T)
+    lock_of(host_b, not_utf8).proxy().acquire("three").get(timeout=T)
     leases = list_worker_leases(settings(redis_server.url, "anyone"))
     assert [(lease["path"], lease["host"], lease["pid"], lease["session"], lease["fence"]) for lease in leases] == [
         (str(tmp_path / "w*2"), "host-b", os.getpid(), "two", 1),
         (str(tmp_path / "w1"), "host-a", os.getpid(), "one", 1),
+        (str(not_utf8), "host-b", os.getpid(), "three", 1),
     ]
     assert all(0 < lease["expires_in"] <= LEASE for lease in leases)
     assert list_worker_leases(settings(redis_server.url + "?namespace=other", "x")) == []

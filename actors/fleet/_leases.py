@@ -20,6 +20,7 @@ Why the holder's deadline is safe: docs/design-fleet-locks.md.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import re
 import threading
@@ -133,6 +134,12 @@ def _int(value: Any) -> int:
         return 0
 
 
+def _path_key(settings: FleetSettings, kind: str, path: str) -> bytes:
+    """`ns:kind:<path>` with the path's bytes as the filesystem has them (a name that is not
+    UTF-8 is still one worker, and one key)."""
+    return settings.key(kind, "").encode() + os.fsencode(path)
+
+
 def _check_path(path: object) -> str:
     if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
         raise BadCall(f"a worker lease is keyed by a resolved absolute path, not {path!r}")
@@ -184,11 +191,11 @@ class WorkerLeases:
     def close(self) -> None:
         self.client.close()
 
-    def lease_key(self, path: str) -> str:
-        return self.settings.key("lock", path)
+    def lease_key(self, path: str) -> bytes:
+        return _path_key(self.settings, "lock", path)
 
-    def fence_key(self, path: str) -> str:
-        return self.settings.key("fence", path)
+    def fence_key(self, path: str) -> bytes:
+        return _path_key(self.settings, "fence", path)
 
     def acquire(self, path: str, owner: str, *, pid: int, session_id: str = "", acquired_at: str = "") -> Lease:
         """Take (or, for its own owner, take again) the lease of `path`; `Locked` if another holds it."""
@@ -197,6 +204,10 @@ class WorkerLeases:
             raise BadCall(f"pid must be a positive int, not {pid!r}")
         if not isinstance(session_id, str) or len(session_id) > _MAX_SESSION_ID_LENGTH:
             raise BadCall(f"session_id must be a str of at most {_MAX_SESSION_ID_LENGTH} characters")
+        try:
+            session_id.encode()
+        except UnicodeEncodeError:
+            raise BadCall(f"session_id {session_id!r} cannot be encoded as UTF-8") from None
         with _answered(self.settings, f"the acquire of {path}"):
             reply = self._acquire(
                 keys=[self.lease_key(path), self.fence_key(path)],
@@ -291,8 +302,8 @@ def list_worker_leases(settings: FleetSettings, client: redis.Redis | None = Non
     store does not answer."""
     own_client = client is None
     store = settings.connect() if client is None else client
-    prefix = settings.key("lock", "")
-    pattern = re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + "*"
+    prefix = settings.key("lock", "").encode()
+    pattern = re.sub(rb"([*?\[\]\\])", rb"\\\1", prefix) + b"*"
     leases: list[dict[str, Any]] = []
     try:
         with _answered(settings, "the list of worker leases"):
@@ -306,7 +317,7 @@ def list_worker_leases(settings: FleetSettings, client: redis.Redis | None = Non
             fields, pttl = replies[2 * index], replies[2 * index + 1]
             if not fields or pttl == -2:
                 continue  # expired between the scan and the read
-            lease = _lease_from_fields(_text(key)[len(prefix):], [item for pair in fields.items() for item in pair],
+            lease = _lease_from_fields(os.fsdecode(key[len(prefix):]), [item for pair in fields.items() for item in pair],
                                        _int(pttl))
             leases.append({"path": lease.path, "host": lease.host, "pid": lease.pid, "session": lease.session_id,
                            "fence": lease.fence, "expires_in": lease.expires_in})
