@@ -139,7 +139,8 @@ def main() -> None:
         return
     verdict = "PASS" if figures["fleet_locks_pass"] else "FAIL"
     print(f"fleet lock acquire+release: {figures['fleet_lock_cycles_per_s']:.0f}/s "
-          f"({figures['fleet_lock_cycle_s'] * 1e6:.0f} µs) vs redis-py Lock {figures['redis_py_lock_cycles_per_s']:.0f}/s "
+          f"({figures['fleet_lock_cycle_s'] * 1e6:.0f} µs) vs "
+          f"redis-py Lock {figures['redis_py_lock_cycles_per_s']:.0f}/s "
           f"({figures['redis_py_lock_cycle_s'] * 1e6:.0f} µs)")
     print(f"ratio {figures['fleet_locks_ratio']:.2f} (rounds {figures['fleet_locks_ratio_min']:.2f}-"
           f"{figures['fleet_locks_ratio_max']:.2f}), target >= {FLEET_LOCKS_TARGET}: {verdict}  [{figures['layout']}]")

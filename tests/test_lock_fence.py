@@ -31,7 +31,9 @@ def worker(tmp_path: Path) -> Path:
     return path
 
 
-def test_the_fence_counts_new_acquisitions_across_releases_and_restarts(worker: Path, manual_clock: ManualClock) -> None:
+def test_the_fence_counts_new_acquisitions_across_releases_and_restarts(
+    worker: Path, manual_clock: ManualClock,
+) -> None:
     lock = WorkerLock.start(worker, clock=manual_clock)
     assert lock.proxy().acquire("s1").get(timeout=T).fence == 1
     assert lock.proxy().acquire("s1b").get(timeout=T).fence == 1  # a refresh by its holder: the same

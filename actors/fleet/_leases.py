@@ -317,7 +317,8 @@ def list_worker_leases(settings: FleetSettings, client: redis.Redis | None = Non
             fields, pttl = replies[2 * index], replies[2 * index + 1]
             if not fields or pttl == -2:
                 continue  # expired between the scan and the read
-            lease = _lease_from_fields(os.fsdecode(key[len(prefix):]), [item for pair in fields.items() for item in pair],
+            flat = [item for pair in fields.items() for item in pair]
+            lease = _lease_from_fields(os.fsdecode(key[len(prefix):]), flat,
                                        _int(pttl))
             leases.append({"path": lease.path, "host": lease.host, "pid": lease.pid, "session": lease.session_id,
                            "fence": lease.fence, "expires_in": lease.expires_in})

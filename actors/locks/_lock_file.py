@@ -197,7 +197,8 @@ def parse_record(data: bytes) -> LockInfo:
         value = obj.get(key)
         if not (check(value) or (optional and value is None)):
             raise ValueError(f"{key} is {reprlib.repr(value)}, not {what}")
-    fields = {key: obj.get(key) for key in _CHECKS} | {"start_time": float(obj["start_time"]), "fence": obj.get("fence") or 0}
+    fields = {key: obj.get(key) for key in _CHECKS}
+    fields |= {"start_time": float(obj["start_time"]), "fence": obj.get("fence") or 0}
     return LockInfo(**fields)  # type: ignore[arg-type]
 
 

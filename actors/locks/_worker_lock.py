@@ -588,7 +588,8 @@ class WorkerLock(SupervisedActor):
                 pass  # the lock stopped meanwhile; a restarted one adopts the lease itself
 
         try:
-            self._fleet.renewer.submit(RenewalJob(self._lock_file.worker_dir, owner, fence, self._clock.monotonic, done))
+            job = RenewalJob(self._lock_file.worker_dir, owner, fence, self._clock.monotonic, done)
+            self._fleet.renewer.submit(job)
         except RuntimeError as error:  # no thread: as if the store did not answer
             self._report_renewal_problem(f"cannot send the renewal: {error}")
             return
@@ -614,8 +615,9 @@ class WorkerLock(SupervisedActor):
     def _report_renewal_problem(self, problem: str) -> None:
         if self._renewal_problem is None:
             held = self._held
-            left = "" if held is None else f"; lost in {held.deadline - self._clock.monotonic():.1f}s unless one succeeds"
-            self._log.warning("renewal of the fleet lease of {} failed{}: {}", self._lock_file.worker_dir, left, problem)
+            left = "" if held is None else f"; lost in {held.deadline - self._clock.monotonic():.1f}s unless one works"
+            self._log.warning("renewal of the fleet lease of {} failed{}: {}", self._lock_file.worker_dir, left,
+                              problem)
         self._renewal_problem = problem
 
     def _lose(self, reason: str) -> None:
