@@ -463,9 +463,15 @@ def test_the_server_killed_and_restarted_keeps_leases_and_fences_and_scripts_are
     start_host: Callable[..., Any], redis_server: RedisServer, worker: Path,
 ) -> None:
     clock = ManualClock()
-    lock = lock_of(start_host("host-a", clock=clock), worker)
+    host = start_host("host-a", clock=clock)
+    lock = lock_of(host, worker)
     assert lock.proxy().acquire("s").get(timeout=T).fence == 1
-    redis_server.restart()  # SIGKILL: only what appendfsync always wrote survives
+    redis_server.kill()  # SIGKILL: only what appendfsync always wrote survives
+    other = lock_of(host, worker.parent)
+    with pytest.raises(FleetUnavailable):  # a store that is down: an error at once, no crash
+        other.proxy().acquire("s").get(timeout=T)
+    assert other.proxy().status().get(timeout=T) == "unlocked" and other.is_alive()
+    redis_server.restart()
     hash_, pttl = store_lease(redis_server, worker)
     assert hash_[b"fence"] == b"1" and pttl > 0
     with redis_server.client() as client:
