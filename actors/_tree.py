@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import inspect
 import os
 import stat
 import threading
@@ -218,8 +217,7 @@ def start_tree(
     path = prepare_state_dir(state_dir)
     names_options: dict[str, Any] = {}
     locks_options: dict[str, Any] = {}
-    if settings is not None and "fleet" in inspect.signature(LockSupervisor.__init__).parameters:
-        # Only in a fleet, and only to a LockSupervisor that takes it (fleet-locks' branch).
+    if settings is not None:
         locks_options["fleet"] = settings
 
     def children() -> list[ChildSpec]:

@@ -15,7 +15,8 @@ import pytest
 
 from actors._errors import FleetUnavailable, StateDirInUse
 from actors.fleet._connection import FleetSettings
-from actors.fleet._hosts import CONFLICT_EVENT, SAFETY_MARGIN, FleetHost, fleet_status, load_token, renew_interval
+from actors.fleet._connection import SAFETY_MARGIN, renew_interval
+from actors.fleet._hosts import CONFLICT_EVENT, FleetHost, fleet_status, load_token
 from actors.fleet._names import StaleEpoch
 from actors.names._state import ProcessStart
 from supervision import _events

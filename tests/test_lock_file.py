@@ -302,6 +302,7 @@ def test_lock_info_has_the_record_fields() -> None:
         "refreshed_at",
         "start_ticks",
         "boot_id",
+        "fence",
     ]
 
 

@@ -20,10 +20,17 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-__all__ = ["DEFAULT_NAMESPACE", "FleetSettings", "OnLockLost"]
+__all__ = ["DEFAULT_NAMESPACE", "SAFETY_MARGIN", "FleetSettings", "OnLockLost", "renew_interval"]
 
 DEFAULT_NAMESPACE = "actors"
 OnLockLost = Literal["terminate", "notify"]
+#: How long before the server's expiry a holder stops trusting its lease (contract §7).
+SAFETY_MARGIN = 2.0
+
+
+def renew_interval(lease: float) -> float:
+    """Every third of a lease, and at least twice before the holder's own deadline."""
+    return min(lease / 3.0, (lease - SAFETY_MARGIN) / 2.0)
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from typing import Any
 from loguru import logger
 
 from actors._errors import FleetUnavailable, StateDirInUse
-from actors.fleet._connection import FleetSettings
+from actors.fleet._connection import SAFETY_MARGIN, FleetSettings, renew_interval
 from actors.fleet._names import FleetNames, StaleEpoch, store_call
 from actors.fleet._scripts import as_list
 from supervision import _events
@@ -47,8 +47,6 @@ __all__ = ["CONFLICT_EVENT", "TOKEN_NAME", "FleetHost", "fleet_status", "load_to
 #: had recorded: pids of this host, str owners), `epoch` (this host's new epoch).
 CONFLICT_EVENT = "name_conflict"
 TOKEN_NAME = "fleet.token"
-#: How long before the server's expiry a holder stops trusting its lease (contract §7).
-SAFETY_MARGIN = 2.0
 _RETRY_DELAY = 0.2  # after a failed renewal: the store may be back any moment
 _MAX_CONFLICTS = 100  # the most recent conflicts kept for `status`
 
@@ -75,11 +73,6 @@ def load_token(state_dir: str | os.PathLike[str]) -> str:
     finally:
         os.close(fd)
     return token
-
-
-def renew_interval(host_lease: float) -> float:
-    """Every third of the lease, and at least twice before the holder's own deadline."""
-    return min(host_lease / 3.0, (host_lease - SAFETY_MARGIN) / 2.0)
 
 
 class FleetHost:

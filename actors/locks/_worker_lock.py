@@ -45,7 +45,7 @@ from pykka._envelope import Envelope
 
 from actors._errors import FleetUnavailable, InvalidOwner, InvalidWorkerDir, Locked, LockLost, TooManyLocks
 from actors._process import Liveness, ProcessIdentity
-from actors.fleet._connection import FleetSettings
+from actors.fleet._connection import SAFETY_MARGIN, FleetSettings, renew_interval
 from actors.fleet._leases import RenewalJob, Renewer, WorkerLeases, list_worker_leases, owner_key
 from actors.locks._lock_file import LockFile, LockInfo, LockState, _is_same_owner, own_identity, record_liveness
 from supervision import (
@@ -129,7 +129,7 @@ _RENEW = _Renew()
 _LEASE_DEADLINE = _LeaseDeadline()
 
 #: A holder gives up this long before its lease could end on the server (contract §7).
-LEASE_MARGIN = 2.0
+LEASE_MARGIN = SAFETY_MARGIN
 
 
 class FleetLocks:
@@ -144,7 +144,7 @@ class FleetLocks:
 
     @property
     def renew_interval(self) -> float:
-        return self.settings.lock_lease / 3
+        return renew_interval(self.settings.lock_lease)
 
     @property
     def holding_time(self) -> float:
