@@ -32,7 +32,7 @@ import pykka
 from loguru import logger
 
 from actors._errors import FleetUnavailable, StateDirInUse
-from supervision import ChildSpec, Clock, Handle, StartError, Strategy, Supervisor, make_private_directory
+from supervision import ChildSpec, Clock, Handle, StartError, Strategy, Supervisor, kill, make_private_directory
 
 __all__ = ["LOCK_NAME", "NAMES_STATE", "StateDirClaim", "Tree", "prepare_state_dir", "start_tree"]
 
@@ -41,6 +41,8 @@ NAMES_STATE = "names.state"
 WORKERS_MAX_RESTARTS = 5
 WORKERS_MAX_SECONDS = 60.0
 LOCK_NAME = "daemon.lock"
+#: Seconds to wait for "workers" and each worker when restarting those whose name another host took.
+_CONFLICT_TIMEOUT = 5.0
 
 # The trees of this process and their claims, so that a tree whose root has ended (failed,
 # or stopped without `Tree.stop()`) does not keep its state dir from a new one.
@@ -280,9 +282,41 @@ def start_tree(
             raise
         _claims[path] = (claim, root, host)
     tree = Tree(root, path, claim, fleet=host)
+    if host is not None:
+        host.on_conflicts.append(lambda conflicts: _restart_conflicted_workers(tree, conflicts))
     if serve:
         _serve(tree)
     return tree
+
+
+def _restart_conflicted_workers(tree: Tree, conflicts: list[dict[str, Any]]) -> None:
+    """A name of ours another host got while we were cut off: its worker restarts under a fresh one.
+
+    Called on the fleet's renewal thread, so the asks happen on a thread of their own.
+    The store already dropped our owners of that name, so the restarted worker's
+    checkout cannot get it back (contract §7).
+    """
+    taken = {conflict["name"]: conflict.get("held_by") for conflict in conflicts}
+
+    def restart() -> None:
+        try:
+            children = tree.workers.proxy().which_children().get(timeout=_CONFLICT_TIMEOUT)
+        except Exception as error:  # the tree stopping, or "workers" restarting: nothing to do
+            logger.warning("could not look for workers holding names another host took ({!r})", error)
+            return
+        for info in children:
+            if info.ref is None:
+                continue
+            try:
+                name = info.ref.proxy().info().get(timeout=_CONFLICT_TIMEOUT).get("name")
+            except Exception:  # it ended meanwhile: its next incarnation checks out anew
+                continue
+            if name in taken:
+                reason = f"its name {name!r} went to host {taken[name]!r} while this host was cut off"
+                logger.bind(agent_name=name).error("restarting worker {} under a fresh name: {}", info.id, reason)
+                kill(info.ref, reason)
+
+    threading.Thread(target=restart, name="fleet-conflicts", daemon=True).start()
 
 
 def _serve(tree: Tree) -> None:
