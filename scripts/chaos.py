@@ -1490,6 +1490,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "--hostile":
         socket_path, ledger_path, lock_dirs, seed, deadline = argv[1:6]
         return hostile_main(socket_path, ledger_path, json.loads(lock_dirs), int(seed), float(deadline))
+    if "--fleet" in argv:  # the fleet mode: several daemons sharing one redis-server
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import chaos_fleet
+
+        return int(chaos_fleet.main([arg for arg in argv if arg != "--fleet"]))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the load (default 60)")
     parser.add_argument("--seed", type=int, default=1)
@@ -1498,6 +1503,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fault-pause", type=float, nargs=2, default=(0.05, 0.35), metavar=("MIN", "MAX"),
                         help="seconds between faults, drawn uniformly (default 0.05 0.35)")
     parser.add_argument("--keep", action="store_true", help="keep the run directory (ledgers, chaos.log)")
+    parser.add_argument("--fleet", action="store_true",
+                        help="the fleet mode instead: daemons sharing a redis-server (scripts/chaos_fleet.py --help)")
     parser.add_argument("--faults", action="store_true",
                         help="also hostile peers, descriptor exhaustion, a full state filesystem, clock steps")
     args = parser.parse_args(argv)
