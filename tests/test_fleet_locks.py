@@ -150,6 +150,19 @@ def partition(redis_server: RedisServer, tmp_path: Path) -> Iterator[Partition]:
 # -- the store's scripts ----------------------------------------------------------------------
 
 
+
+def acquires(lock: Any, session: str) -> Callable[[], bool]:
+    """A condition for `wait_until`: `lock` acquired for `session` (False while another holds it)."""
+
+    def attempt() -> bool:
+        try:
+            lock.proxy().acquire(session).get(timeout=T)
+            return True
+        except Locked:
+            return False
+
+    return attempt
+
 def test_an_acquire_whose_reply_was_lost_is_retried_and_gets_the_same_lease_and_fence(
     redis_server: RedisServer, worker: Path,
 ) -> None:
@@ -300,15 +313,7 @@ def test_another_hosts_live_lease_is_locked_and_a_host_that_stops_renewing_lets_
     assert lock_b.proxy().status().get(timeout=T) == "held on host host-a"
     # Host a never advances its clock: it stops renewing; its lease runs out on the server.
     with subscribe(kinds={"lock_lost", "lock_broken"}) as events:
-
-        def b_acquires() -> bool:
-            try:
-                lock_b.proxy().acquire("sb").get(timeout=T)
-                return True
-            except Locked:
-                return False
-
-        wait_until(b_acquires, timeout=LEASE + 5)
+        wait_until(acquires(lock_b, "sb"), timeout=LEASE + 5)
         successor = lock_b.proxy().read().get(timeout=T)
         assert (successor.hostname, successor.pid, successor.fence) == ("host-b", os.getpid(), 2)
         (broken,) = events_of(events)
@@ -339,14 +344,7 @@ def test_a_holder_cut_off_learns_it_lost_the_lock_and_terminates_its_owner_befor
         fence = taken.fence
         partition.cut()
 
-        def b_acquires() -> bool:
-            try:
-                lock_b.proxy().acquire("b1").get(timeout=T)
-                return True
-            except Locked:
-                return False
-
-        wait_until(b_acquires, timeout=LEASE + 5, interval=0.05)
+        wait_until(acquires(lock_b, "b1"), timeout=LEASE + 5, interval=0.05)
         owner_status = owner.poll()  # at the moment the successor holds the lock
         order = [(event.kind, event.path.split("/")[0], event.data.get("fence")) for event in events_of(events)]
     assert owner_status == -signal.SIGTERM
@@ -380,14 +378,7 @@ def test_a_sigstopped_holder_process_is_fenced_out_and_learns_it_lost_the_lock_w
         os.kill(holder.pid, signal.SIGSTOP)
         lock_b = lock_of(start_host("host-b"), worker)
 
-        def b_acquires() -> bool:
-            try:
-                lock_b.proxy().acquire("b1").get(timeout=T)
-                return True
-            except Locked:
-                return False
-
-        wait_until(b_acquires, timeout=LEASE + 5, interval=0.05)
+        wait_until(acquires(lock_b, "b1"), timeout=LEASE + 5, interval=0.05)
         assert lock_b.proxy().read().get(timeout=T).fence == fence + 1
         os.kill(holder.pid, signal.SIGCONT)  # its deadline has passed: it SIGTERMs its owner, itself
         _, stderr = holder.communicate(timeout=T)

@@ -985,16 +985,7 @@ class NamePool(SupervisedActor):
         returned = self._state.reap(judge)
         for pid, start in upgrades.items():
             self._state.pin_start(pid, start)
-        if unknown and not self._is_liveness_unknown:
-            self._log.warning(
-                "cannot tell whether {} owner processes are alive (e.g. pid {}): their names stay held; "
-                "checked again at every tick",
-                len(unknown),
-                unknown[0],
-            )
-        elif not unknown and self._is_liveness_unknown:
-            self._log.info("owner processes can be checked again")
-        self._is_liveness_unknown = bool(unknown)
+        self._note_liveness_unknown(unknown)
         if returned:
             self._log.info("owners gone: {} back in the pool", ", ".join(repr(name) for name in returned))
             self._serve_waiters()
@@ -1198,16 +1189,7 @@ class NamePool(SupervisedActor):
                     dead.append((owner, start))
                 elif verdict is Liveness.UNKNOWN:
                     unknown.append(owner)
-        if unknown and not self._is_liveness_unknown:
-            self._log.warning(
-                "cannot tell whether {} owner processes are alive (e.g. pid {}): their names stay held; "
-                "checked again at every tick",
-                len(unknown),
-                unknown[0],
-            )
-        elif not unknown and self._is_liveness_unknown:
-            self._log.info("owner processes can be checked again")
-        self._is_liveness_unknown = bool(unknown)
+        self._note_liveness_unknown(unknown)
         if not dead:
             return
         try:
@@ -1220,6 +1202,19 @@ class NamePool(SupervisedActor):
                 for name in returned:
                     _events.emit("name_reaped", self._path, name, owners=holders.get(name, []))
             self._fleet_serve_waiters()
+
+    def _note_liveness_unknown(self, unknown: list[int]) -> None:
+        """Log once per episode that some owners' liveness cannot be read (their names stay held)."""
+        if unknown and not self._is_liveness_unknown:
+            self._log.warning(
+                "cannot tell whether {} owner processes are alive (e.g. pid {}): their names stay held; "
+                "checked again at every tick",
+                len(unknown),
+                unknown[0],
+            )
+        elif not unknown and self._is_liveness_unknown:
+            self._log.info("owner processes can be checked again")
+        self._is_liveness_unknown = bool(unknown)
 
     def _stop_timers(self) -> None:
         if self._reap_timer is not None:
