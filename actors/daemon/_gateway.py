@@ -189,6 +189,9 @@ class Gateway:
         self._accept_thread: threading.Thread | None = None
         self._thread_numbers = itertools.count(1)
         self._thread_failures = _Episode("cannot start a connection thread")
+        # The last stats the name pool published and their plain copy (msgpack packs a dict,
+        # not a read-only mapping): one tuple, replaced whole, read by every connection.
+        self._stats_copy: tuple[Any, dict[str, Any]] = (None, {})
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -493,23 +496,30 @@ class Gateway:
 
     def _dispatch(self, frame: dict[str, Any], peer: Peer) -> Any:
         op = frame.get("op")
-        args = frame.get("args", [])
-        kwargs = frame.get("kwargs", {})
+        args = frame.get("args")
+        kwargs = frame.get("kwargs")
         if not isinstance(op, str):
             raise BadCall("'op' must be a str")
         if args is None:
             args = []
         if kwargs is None:
             kwargs = {}
-        if not isinstance(args, list) or not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
             raise BadCall("'args' must be a list and 'kwargs' a map with str keys")
-        if nesting_depth([args, kwargs], limit=MAX_NESTING) > MAX_NESTING:
-            raise BadCall(f"arguments nested deeper than {MAX_NESTING} levels")
-        service, _, method = op.partition(".")
-        if op == "names.pool_stats" and not args and not kwargs:
+        if args or kwargs:  # a call without arguments needs no deeper look
+            if not all(isinstance(k, str) for k in kwargs):
+                raise BadCall("'args' must be a list and 'kwargs' a map with str keys")
+            if nesting_depth([args, kwargs], limit=MAX_NESTING) > MAX_NESTING:
+                raise BadCall(f"arguments nested deeper than {MAX_NESTING} levels")
+        elif op == "names.pool_stats":
             published = self._published_name_stats()
             if published is not None:
-                return dict(published)
+                seen, copy = self._stats_copy
+                if published is not seen:  # the pool publishes a new mapping when they change
+                    copy = dict(published)
+                    self._stats_copy = (published, copy)
+                return copy
+        service, _, method = op.partition(".")
         if service == "names" and method in NAME_METHODS:
             return self._call_names(method, args, kwargs, peer)
         if service == "locks" and method in LOCK_METHODS:
