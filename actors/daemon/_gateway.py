@@ -357,6 +357,7 @@ class Gateway:
         # Wake twice a second to notice a stop or a stalled frame; a peer that stops reading
         # our replies for SEND_TIMEOUT is treated as gone.
         set_kernel_timeouts(connection, receive=CONNECTION_WAKE, send=SEND_TIMEOUT)
+        lock, monotonic, answer = self._lock, self._clock.monotonic, self._answer  # once, not per request
         while not self._stopping.is_set():
             try:
                 data = connection.recv(65536)
@@ -373,17 +374,17 @@ class Gateway:
                     if type(frame) is dict and frame.get("op") == FOLLOW_OP:
                         self._follow(slot, frame, log)
                         return  # the stream ends only with the connection
-                    with self._lock:
+                    with lock:
                         if slot.is_evicted:
                             return
                         slot.is_busy = True
                     try:
-                        if not self._answer(connection, frame, peer, log):
+                        if not answer(connection, frame, peer, log):
                             return
                     finally:
                         # In this order: whoever picks a connection to close sees it busy or
                         # just active, never idle since long ago.
-                        slot.last_active = self._clock.monotonic()
+                        slot.last_active = monotonic()
                         slot.is_busy = False
                     served = True
             except FrameError as error:
@@ -393,7 +394,7 @@ class Gateway:
             if not reader.has_partial:
                 slot.partial_since = None
             elif served or slot.partial_since is None:
-                slot.partial_since = self._clock.monotonic()
+                slot.partial_since = monotonic()
             elif self._frame_is_overdue(slot, log):  # a byte now and then does not keep a frame alive
                 return
 
