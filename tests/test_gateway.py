@@ -440,7 +440,7 @@ def test_encode_keeps_frames_intact_across_threads_large_frames_and_failures():
 
 
 def test_frame_reader_hands_out_a_frame_that_fills_the_chunk_and_then_the_next_ones():
-    from actors.daemon._protocol import FrameReader
+    from actors.daemon._protocol import FrameError, FrameReader
 
     reader = FrameReader()
     one, two = {"id": 1, "op": "a"}, {"id": 2, "op": "b"}
@@ -451,6 +451,18 @@ def test_frame_reader_hands_out_a_frame_that_fills_the_chunk_and_then_the_next_o
     assert list(reader.frames()) == [] and reader.has_partial
     reader.feed(data[3:])
     assert list(reader.frames()) == [two, one] and not reader.has_partial
+    # A frame and the start of the next in one feed: the first now, the rest when whole.
+    reader.feed(msgpack.packb(one) + msgpack.packb(two)[:2])
+    assert list(reader.frames()) == [one] and reader.has_partial
+    reader.feed(msgpack.packb(two)[2:])
+    assert list(reader.frames()) == [two] and not reader.has_partial
+    # Two feeds before anyone asks for frames: nothing is lost or reordered.
+    reader.feed(msgpack.packb(one))
+    reader.feed(msgpack.packb(two))
+    assert list(reader.frames()) == [one, two]
+    with pytest.raises(FrameError, match="malformed"):
+        reader.feed(b"\xc1")
+        list(reader.frames())
 
 
 def test_pool_stats_follow_every_change_through_the_socket(client):
