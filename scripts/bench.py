@@ -293,7 +293,11 @@ def durable_ceiling(threads: int, rounds: int, per_thread: int) -> dict[str, Any
         bench._PinnedNamePool.cpu = actor_cpu
         bench._pin(caller_cpu)
         memory_pool = bench._PinnedNamePool.start(source=bench._plenty_source(), chunk_size=64)
-        memory_rate = lambda: bench._concurrent_rate(memory_pool, threads, per_thread)  # noqa: E731
+        pool = memory_pool
+
+        def memory_rate() -> float:
+            return bench._concurrent_rate(pool, threads, per_thread)
+
         memory_rate()
         group_rate()
         state["flushes"] = state["changes"] = 0
