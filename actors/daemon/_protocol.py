@@ -124,21 +124,20 @@ def to_wire(value: Any) -> Any:
     raise TypeError(f"cannot send a {type(value).__name__} over the socket")
 
 
-_PACKER_BUFFER = 4096  # a packer's buffer to start with; it grows with what it packs
-_PACKER_KEEP = 64 * 1024  # a packer whose buffer grew past this is dropped after use
+_PACKER_KEEP = 64 * 1024  # a packer that packed a frame larger than this is dropped after use
 _packers = threading.local()
 
 
 def encode(message: dict[str, Any]) -> bytes:
     """One frame; a reply too large for a frame becomes an error reply.
 
-    Each thread keeps one `msgpack.Packer` (`packb` builds one with a 256 KiB buffer per
-    call: ~1 µs of every round trip); one that packed a large frame is let go, so no
-    thread holds a large buffer for long.
+    Each thread keeps one `msgpack.Packer` (`packb` builds one, with a 256 KiB buffer, per
+    call: ~1 µs of every round trip; only the pages a frame touches become resident); one
+    that packed a large frame is let go, so no thread keeps a large buffer resident.
     """
     packer = getattr(_packers, "packer", None)
     if packer is None:
-        packer = _packers.packer = msgpack.Packer(default=to_wire, use_bin_type=True, buf_size=_PACKER_BUFFER)
+        packer = _packers.packer = msgpack.Packer(default=to_wire, use_bin_type=True)
     data: bytes = packer.pack(message)  # on an error the packer resets itself
     if len(data) > _PACKER_KEEP:
         _packers.packer = None
