@@ -132,7 +132,7 @@ def encode(message: dict[str, Any]) -> bytes:
     """One frame; a reply too large for a frame becomes an error reply.
 
     Each thread keeps one `msgpack.Packer` (`packb` builds one, with a 256 KiB buffer, per
-    call: ~1 µs of every round trip; only the pages a frame touches become resident); one
+    call: ~0.4 µs per frame; only the pages a frame touches become resident); one
     that packed a large frame is let go, so no thread keeps a large buffer resident.
     """
     packer = getattr(_packers, "packer", None)
