@@ -194,6 +194,8 @@ def section_name_pool(quick: bool) -> SectionResult:
     if not isinstance(figures, dict):
         raise TypeError(f"bench_names() returned {type(figures).__name__}, not a dict")
     threads = figures.get("calling_threads", 8)
+    ceiling = durable_ceiling(threads, rounds=5 if quick else 11, per_thread=25 if quick else 60)
+    figures["disk_ceiling"] = ceiling
     rows = [
         Row("checkout+checkin vs two bare proxy calls (round trips/s)", figures.get("in_memory_round_trips_per_s"),
             figures.get("bare_pairs_per_s"), "/s", figures.get("in_memory_ratio"),
@@ -202,11 +204,132 @@ def section_name_pool(quick: bool) -> SectionResult:
             figures.get(f"durable_{threads}_threads_round_trips_per_s"),
             figures.get(f"in_memory_{threads}_threads_round_trips_per_s"), "/s", figures.get("durable_ratio"),
             figures.get("durable_target"), ">=", str(figures.get("cpus", ""))),
+        Row(f"  ceiling: what this disk allows {threads} durable callers (info)", ceiling["ceiling_round_trips_per_s"],
+            ceiling["memory_round_trips_per_s"], "/s", ceiling["ratio"], None),
         Row("growth: durable, 10,000 names held vs 10 held (round trips/s)",
             figures.get("durable_held_10000_round_trips_per_s"), figures.get("durable_held_10_round_trips_per_s"),
             "/s", figures.get("growth_ratio"), figures.get("growth_target"), ">="),
     ]
     return SectionResult(rows, details=figures)
+
+
+def durable_ceiling(threads: int, rounds: int, per_thread: int) -> dict[str, Any]:
+    """The most round trips/s this disk allows a durable pool with `threads` callers, any design.
+
+    Each caller has one change in flight and the disk runs one flush at a time (a write
+    cache without FUA: every durable write ends in a cache flush), and a change can ride
+    only a flush begun after it was handled. So either the flushes run back to back, and
+    each carries at most the callers not waiting on the one before (half of them), or they
+    leave gaps in which the callers just answered are handled again (at best at the
+    in-memory rate M): `threads` changes per flush + 1/M each. Both are measured here,
+    interleaved with the in-memory pool's `threads`-caller round trips (the durable row's
+    baseline):
+
+    - back to back: `threads` callers that do nothing but make each of their two changes
+      per round trip durable by leader/follower group commit (the first caller to find no
+      flush running appends one frame for everyone waiting and syncs once; the others wait
+      for a flush begun after their change): no pool work, no message hops;
+    - with gaps (a commit delay that waits for every caller): `threads` changes per
+      (`fdatasync` median + `threads` / M), the best case of that strategy.
+
+    The ceiling is the better of the two; a durable pool can only be slower.
+    """
+    import statistics
+    import tempfile
+    import threading
+
+    bench = load_script("bench_names")
+    caller_cpu, actor_cpu, _ = bench._cpus()
+    scratch = tempfile.mkdtemp(prefix="bench-ceiling-")
+    path = os.path.join(scratch, "frames")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    affinity_before = os.sched_getaffinity(0) if caller_cpu is not None else None
+    memory_pool = None
+    condition = threading.Condition()
+    state = {"next": 1, "done": 0, "flushing": False, "offset": 0, "flushes": 0, "changes": 0}
+    frame = b"\x01" * 64  # about one checkout's journal frame
+
+    def durable_change() -> None:
+        with condition:
+            batch = state["next"]
+            state["changes"] += 1
+            while state["done"] < batch:
+                if not state["flushing"]:
+                    state["flushing"], state["next"] = True, batch + 1
+                    offset = state["offset"]
+                    state["offset"] += len(frame)
+                    break
+                condition.wait()
+            else:
+                return
+        os.pwrite(fd, frame, offset)
+        os.fdatasync(fd)
+        with condition:
+            state["done"], state["flushing"] = batch, False
+            state["flushes"] += 1
+            condition.notify_all()
+
+    def group_rate() -> float:
+        barrier = threading.Barrier(threads + 1)
+
+        def work() -> None:
+            barrier.wait()
+            for _ in range(per_thread):
+                durable_change()
+                durable_change()
+
+        workers = [threading.Thread(target=work, daemon=True) for _ in range(threads)]
+        for worker in workers:
+            worker.start()
+        barrier.wait()
+        started = time.perf_counter()
+        for worker in workers:
+            worker.join()
+        return threads * per_thread / (time.perf_counter() - started)
+
+    try:
+        os.pwrite(fd, bytes(1 << 24), 0)  # preallocated, as the journal is: a flush writes data only
+        os.fsync(fd)
+        bench._PinnedNamePool.cpu = actor_cpu
+        bench._pin(caller_cpu)
+        memory_pool = bench._PinnedNamePool.start(source=bench._plenty_source(), chunk_size=64)
+        pool = memory_pool
+
+        def memory_rate() -> float:
+            return bench._concurrent_rate(pool, threads, per_thread)
+
+        memory_rate()
+        group_rate()
+        state["flushes"] = state["changes"] = 0
+        group, memory = bench._interleaved(group_rate, memory_rate, rounds)
+        syncs = []
+        for _ in range(50 if rounds < 8 else 200):
+            started = time.perf_counter()
+            os.pwrite(fd, frame, 0)
+            os.fdatasync(fd)
+            syncs.append(time.perf_counter() - started)
+    finally:
+        if memory_pool is not None:
+            memory_pool.stop(timeout=10)
+        os.close(fd)
+        if affinity_before is not None:
+            os.sched_setaffinity(0, affinity_before)
+        import shutil
+
+        shutil.rmtree(scratch, ignore_errors=True)
+    sync = statistics.median(syncs)
+    changes_per_s = 2 * memory  # in memory, with `threads` callers
+    delayed = threads / (sync + threads / changes_per_s) / 2  # round trips/s
+    ceiling = max(group, delayed)
+    return {
+        "ceiling_round_trips_per_s": ceiling,
+        "memory_round_trips_per_s": memory,
+        "ratio": ceiling / memory,
+        "back_to_back_round_trips_per_s": group,
+        "back_to_back_changes_per_flush": state["changes"] / max(1, state["flushes"]),
+        "with_gaps_round_trips_per_s": delayed,
+        "fdatasync_median_s": sync,
+    }
 
 
 _LOCK_ROWS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...], str]] = {

@@ -411,6 +411,71 @@ def test_a_complete_frame_over_the_limit_is_refused():
         list(reader.frames())
 
 
+def test_encode_keeps_frames_intact_across_threads_large_frames_and_failures():
+    # encode() reuses one msgpack Packer per thread: what it packs must never leak from one
+    # frame into the next, whichever thread packs, after a large frame or a failed one.
+    from actors.daemon._protocol import FrameError, encode
+
+    big = {"id": 1, "ok": "x" * (200 * 1024)}
+    assert msgpack.unpackb(encode(big)) == big
+    with pytest.raises(TypeError):
+        encode({"id": 2, "ok": object()})
+    with pytest.raises(FrameError, match="exceeds"):
+        encode({"id": 3, "ok": "y" * (MAX_FRAME + 1)})
+    assert msgpack.unpackb(encode({"id": 4, "ok": [1, 2]})) == {"id": 4, "ok": [1, 2]}
+    mismatches: list[int] = []
+
+    def work(worker: int) -> None:
+        for index in range(2000):
+            frame = {"id": index, "ok": {"worker": worker, "pad": "z" * (index % 7) * 100}}
+            if msgpack.unpackb(encode(frame), strict_map_key=False) != frame:
+                mismatches.append(index)
+
+    threads = [threading.Thread(target=work, args=(worker,)) for worker in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not mismatches
+
+
+def test_frame_reader_hands_out_a_frame_that_fills_the_chunk_and_then_the_next_ones():
+    from actors.daemon._protocol import FrameError, FrameReader
+
+    reader = FrameReader()
+    one, two = {"id": 1, "op": "a"}, {"id": 2, "op": "b"}
+    reader.feed(msgpack.packb(one))
+    assert list(reader.frames()) == [one] and not reader.has_partial
+    data = msgpack.packb(two) + msgpack.packb(one)
+    reader.feed(data[:3])
+    assert list(reader.frames()) == [] and reader.has_partial
+    reader.feed(data[3:])
+    assert list(reader.frames()) == [two, one] and not reader.has_partial
+    # A frame and the start of the next in one feed: the first now, the rest when whole.
+    reader.feed(msgpack.packb(one) + msgpack.packb(two)[:2])
+    assert list(reader.frames()) == [one] and reader.has_partial
+    reader.feed(msgpack.packb(two)[2:])
+    assert list(reader.frames()) == [two] and not reader.has_partial
+    # Two feeds before anyone asks for frames: nothing is lost or reordered.
+    reader.feed(msgpack.packb(one))
+    reader.feed(msgpack.packb(two))
+    assert list(reader.frames()) == [one, two]
+    with pytest.raises(FrameError, match="malformed"):
+        reader.feed(b"\xc1")
+        list(reader.frames())
+
+
+def test_pool_stats_follow_every_change_through_the_socket(client):
+    # Served from the stats the pool publishes (no hop to its actor), copied once per publication.
+    for _ in range(3):
+        name = client.call("names.checkout_name")
+        assert client.call("names.pool_stats")["checked_out_count"] == 1
+        client.call("names.checkin_name", name)
+        stats = client.call("names.pool_stats")
+        assert stats["checked_out_count"] == 0 and stats["available_count"] >= 1
+    assert client.call("names.pool_stats") == client.call("names.pool_stats")
+
+
 @pytest.fixture
 def gateway_factory(tmp_path):
     """Gateways with options of the test's choosing on one tree."""

@@ -190,6 +190,9 @@ class Gateway:
         self._accept_thread: threading.Thread | None = None
         self._thread_numbers = itertools.count(1)
         self._thread_failures = _Episode("cannot start a connection thread")
+        # The last stats the name pool published and their plain copy (msgpack packs a dict,
+        # not a read-only mapping): one tuple, replaced whole, read by every connection.
+        self._stats_copy: tuple[Any, dict[str, Any]] = (None, {})
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -355,6 +358,7 @@ class Gateway:
         # Wake twice a second to notice a stop or a stalled frame; a peer that stops reading
         # our replies for SEND_TIMEOUT is treated as gone.
         set_kernel_timeouts(connection, receive=CONNECTION_WAKE, send=SEND_TIMEOUT)
+        lock, monotonic, answer = self._lock, self._clock.monotonic, self._answer  # once, not per request
         while not self._stopping.is_set():
             try:
                 data = connection.recv(65536)
@@ -371,17 +375,17 @@ class Gateway:
                     if type(frame) is dict and frame.get("op") == FOLLOW_OP:
                         self._follow(slot, frame, log)
                         return  # the stream ends only with the connection
-                    with self._lock:
+                    with lock:
                         if slot.is_evicted:
                             return
                         slot.is_busy = True
                     try:
-                        if not self._answer(connection, frame, peer, log):
+                        if not answer(connection, frame, peer, log):
                             return
                     finally:
                         # In this order: whoever picks a connection to close sees it busy or
                         # just active, never idle since long ago.
-                        slot.last_active = self._clock.monotonic()
+                        slot.last_active = monotonic()
                         slot.is_busy = False
                     served = True
             except FrameError as error:
@@ -391,7 +395,7 @@ class Gateway:
             if not reader.has_partial:
                 slot.partial_since = None
             elif served or slot.partial_since is None:
-                slot.partial_since = self._clock.monotonic()
+                slot.partial_since = monotonic()
             elif self._frame_is_overdue(slot, log):  # a byte now and then does not keep a frame alive
                 return
 
@@ -494,23 +498,30 @@ class Gateway:
 
     def _dispatch(self, frame: dict[str, Any], peer: Peer) -> Any:
         op = frame.get("op")
-        args = frame.get("args", [])
-        kwargs = frame.get("kwargs", {})
+        args = frame.get("args")
+        kwargs = frame.get("kwargs")
         if not isinstance(op, str):
             raise BadCall("'op' must be a str")
         if args is None:
             args = []
         if kwargs is None:
             kwargs = {}
-        if not isinstance(args, list) or not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
             raise BadCall("'args' must be a list and 'kwargs' a map with str keys")
-        if nesting_depth([args, kwargs], limit=MAX_NESTING) > MAX_NESTING:
-            raise BadCall(f"arguments nested deeper than {MAX_NESTING} levels")
-        service, _, method = op.partition(".")
-        if op == "names.pool_stats" and not args and not kwargs:
+        if args or kwargs:  # a call without arguments needs no deeper look
+            if not all(isinstance(k, str) for k in kwargs):
+                raise BadCall("'args' must be a list and 'kwargs' a map with str keys")
+            if nesting_depth([args, kwargs], limit=MAX_NESTING) > MAX_NESTING:
+                raise BadCall(f"arguments nested deeper than {MAX_NESTING} levels")
+        elif op == "names.pool_stats":
             published = self._published_name_stats()
             if published is not None:
-                return dict(published)
+                seen, copy = self._stats_copy
+                if published is not seen:  # the pool publishes a new mapping when they change
+                    copy = dict(published)
+                    self._stats_copy = (published, copy)
+                return copy
+        service, _, method = op.partition(".")
         if service == "names" and method in NAME_METHODS:
             return self._call_names(method, args, kwargs, peer)
         if service == "locks" and method in LOCK_METHODS:
