@@ -387,12 +387,20 @@ def section_gateway(quick: bool) -> SectionResult:
     return SectionResult(rows, details=figures)
 
 
+def section_fleet(quick: bool) -> SectionResult:
+    """Contract §7: fleet names and locks against bare redis-py on a redis-server of our own."""
+    fleet_rows = script_function("bench_fleet", "fleet_rows")
+    rows = [Row(**row) for row in fleet_rows(quick=quick)]
+    return SectionResult(rows)
+
+
 SECTIONS: list[tuple[str, Callable[[bool], SectionResult]]] = [
     ("supervision", section_supervision),
     ("agent_pool", section_agent_pool),
     ("name_pool", section_name_pool),
     ("locks", section_locks),
     ("gateway", section_gateway),
+    ("fleet", section_fleet),
 ]
 
 
