@@ -89,6 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--demo-seconds", type=_seconds(0.0, DAY), default=0.0,
                        help="with --demo: stop after this long (0: run until signalled)")
     serve.add_argument("--log-level", type=_log_level, default="INFO")
+    serve.add_argument("--fleet", default=None, metavar="URL",
+                       help="share names and worker locks through this Redis (redis://host:port/db or unix:///path)")
+    serve.add_argument("--host-id", default=None, help="this daemon's id in the fleet (default: the hostname)")
+    serve.add_argument("--host-lease", type=_seconds(3.0, DAY), default=15.0)
+    serve.add_argument("--lock-lease", type=_seconds(3.0, DAY), default=15.0)
+    serve.add_argument("--fleet-timeout", type=_seconds(0.05, 60.0), default=2.0)
+    serve.add_argument("--on-lock-lost", choices=("terminate", "notify"), default="terminate")
     # For tests: how long a connection may hold a partial frame (default 10 s).
     serve.add_argument("--frame-timeout", type=_seconds(0.0, 3600.0, low_open=True), default=None,
                        help=argparse.SUPPRESS)
@@ -128,6 +135,20 @@ def _serve(args: Any) -> int:
         "max_restarts": args.max_restarts,
         "max_seconds": args.max_seconds,
     }
+    fleet_flags = ("host_id", "host_lease", "lock_lease", "fleet_timeout", "on_lock_lost")
+    if args.fleet is not None:
+        from actors.fleet._connection import FleetSettings
+
+        fleet = {flag: getattr(args, flag) for flag in fleet_flags}
+        try:
+            FleetSettings.parse(args.fleet, **fleet)
+        except ValueError as error:
+            sys.stderr.write(f"actors: --fleet: {error}\n")
+            return 2
+        options.update(fleet, fleet=args.fleet)
+    elif args.host_id is not None:
+        sys.stderr.write("actors: --host-id needs --fleet\n")
+        return 2
     on_started = None
     if args.demo:
         from actors.demo._demo import DEMO_TREE_OPTIONS, start_demo_workers

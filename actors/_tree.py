@@ -11,12 +11,18 @@ nothing; when "workers" gives up, the root restarts it (empty) within the root's
 Starting a tree again on the same `state_dir` recovers the name pool's state. One tree
 per `state_dir`, across processes and within one: a second `start_tree` (or `python -m
 actors serve`) on it raises `StateDirInUse` naming the holder's pid until `Tree.stop()`.
+
+In a fleet (contract §7) the names live in a Redis-protocol store shared by every host::
+
+    tree = start_tree("/var/lib/fleet", fleet="redis://store:6379/0", host_id="host-a")
+    tree.fleet.epoch          # this host's epoch; the lease is renewed on a thread of its own
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import inspect
 import os
 import stat
 import threading
@@ -26,8 +32,8 @@ from typing import Any
 import pykka
 from loguru import logger
 
-from actors._errors import StateDirInUse
-from supervision import ChildSpec, Clock, Handle, Strategy, Supervisor, make_private_directory
+from actors._errors import FleetUnavailable, StateDirInUse
+from supervision import ChildSpec, Clock, Handle, StartError, Strategy, Supervisor, make_private_directory
 
 __all__ = ["LOCK_NAME", "NAMES_STATE", "StateDirClaim", "Tree", "prepare_state_dir", "start_tree"]
 
@@ -39,7 +45,7 @@ LOCK_NAME = "daemon.lock"
 
 # The trees of this process and their claims, so that a tree whose root has ended (failed,
 # or stopped without `Tree.stop()`) does not keep its state dir from a new one.
-_claims: dict[Path, tuple[StateDirClaim, pykka.ActorRef[Any]]] = {}
+_claims: dict[Path, tuple[StateDirClaim, pykka.ActorRef[Any], Any]] = {}
 _claims_lock = threading.Lock()
 
 
@@ -107,7 +113,13 @@ class StateDirClaim:
 class Tree:
     """The running tree: `.supervisor` (root ref), `.names`, `.agents`, `.locks`, `.workers` (Handles)."""
 
-    def __init__(self, supervisor: pykka.ActorRef[Any], state_dir: Path, claim: StateDirClaim | None = None) -> None:
+    def __init__(
+        self,
+        supervisor: pykka.ActorRef[Any],
+        state_dir: Path,
+        claim: StateDirClaim | None = None,
+        fleet: Any = None,
+    ) -> None:
         self.supervisor = supervisor
         self.state_dir = state_dir
         self.names = Handle(supervisor, "names")
@@ -116,6 +128,8 @@ class Tree:
         self.workers = Handle(supervisor, "workers")
         self._claim = claim
         self.gateway: Any = None  # the socket's Gateway with start_tree(serve=True)
+        #: The `FleetHost` (actors.fleet._hosts) of a tree in a fleet: lease, epoch, conflicts.
+        self.fleet = fleet
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop gracefully: the socket (if served), children in reverse start order (idempotent);
@@ -132,6 +146,8 @@ class Tree:
                 "the tree on {} did not stop within {}s; keeping its state dir locked", self.state_dir, timeout
             )
             return
+        if self.fleet is not None:
+            self.fleet.stop(leave=True)  # the names wait one host lease for this host's return
         if self._claim is not None:
             with _claims_lock:
                 if _claims.get(self.state_dir, (None,))[0] is self._claim:
@@ -167,6 +183,12 @@ def start_tree(
     max_seconds: float = 5.0,
     serve: bool = False,
     agent_factory: Any = None,
+    fleet: str | None = None,
+    host_id: str | None = None,
+    host_lease: float = 15.0,
+    lock_lease: float = 15.0,
+    fleet_timeout: float = 2.0,
+    on_lock_lost: str = "terminate",
 ) -> Tree:
     """Start the root supervisor (one_for_one) with "names", "agents", "locks", "workers".
 
@@ -174,53 +196,92 @@ def start_tree(
     is also served on ``state_dir/tree.sock`` as `python -m actors serve` serves it (same
     gateway); `Tree.stop()` closes the socket first. Raises `StateDirInUse` (naming the
     holder's pid) while another tree or daemon, in this process or another, holds `state_dir`.
+
+    With `fleet` (a ``redis://`` or ``unix://`` URL, contract §7) this host joins the fleet
+    before anything starts: the names live in the store, the locks take leases there.
+    `FleetUnavailable` when the store does not answer within `fleet_timeout`;
+    `StateDirInUse` when a live daemon already has this `host_id` (default: the hostname)
+    in the fleet's namespace; `ValueError` for a bad URL or setting.
     """
     from actors.agents._pool import AgentPool
     from actors.names._pool import NamePool
     from actors.locks._worker_lock import LockSupervisor
 
+    settings = None
+    if fleet is not None:
+        from actors.fleet._connection import FleetSettings
+
+        settings = FleetSettings.parse(
+            fleet, host_id=host_id, host_lease=host_lease, lock_lease=lock_lease, fleet_timeout=fleet_timeout,
+            on_lock_lost=on_lock_lost,
+        )
     path = prepare_state_dir(state_dir)
-    children = [
-        ChildSpec(
-            "names",
-            NamePool,
-            kwargs={
-                "source": name_source,
-                "chunk_size": chunk_size,
-                "state_path": path / NAMES_STATE,
-                "clock": clock,
-                "reap_interval": reap_interval,
-            },
-        ),
-        ChildSpec(
-            "agents",
-            AgentPool,
-            kwargs={"idle_ttl": idle_ttl, "max_live": max_live, "sweep_interval": sweep_interval, "clock": clock,
-                    "factory": agent_factory},
-        ),
-        ChildSpec("locks", LockSupervisor, kwargs={"check_interval": check_interval, "clock": clock}),
-        ChildSpec(
-            "workers",
-            Supervisor,
-            kwargs={"max_restarts": WORKERS_MAX_RESTARTS, "max_seconds": WORKERS_MAX_SECONDS, "clock": clock},
-        ),
-    ]
+    names_options: dict[str, Any] = {}
+    locks_options: dict[str, Any] = {}
+    if settings is not None and "fleet" in inspect.signature(LockSupervisor.__init__).parameters:
+        # Only in a fleet, and only to a LockSupervisor that takes it (fleet-locks' branch).
+        locks_options["fleet"] = settings
+
+    def children() -> list[ChildSpec]:
+        return [
+            ChildSpec(
+                "names",
+                NamePool,
+                kwargs={
+                    "source": name_source,
+                    "chunk_size": chunk_size,
+                    "state_path": path / NAMES_STATE,
+                    "clock": clock,
+                    "reap_interval": reap_interval,
+                    **names_options,
+                },
+            ),
+            ChildSpec(
+                "agents",
+                AgentPool,
+                kwargs={"idle_ttl": idle_ttl, "max_live": max_live, "sweep_interval": sweep_interval, "clock": clock,
+                        "factory": agent_factory},
+            ),
+            ChildSpec(
+                "locks", LockSupervisor, kwargs={"check_interval": check_interval, "clock": clock, **locks_options}
+            ),
+            ChildSpec(
+                "workers",
+                Supervisor,
+                kwargs={"max_restarts": WORKERS_MAX_RESTARTS, "max_seconds": WORKERS_MAX_SECONDS, "clock": clock},
+            ),
+        ]
     with _claims_lock:
         earlier = _claims.get(path)
         if earlier is not None and _has_ended(earlier[1]):
+            if earlier[2] is not None:
+                earlier[2].stop(leave=False)  # its pool is gone; this tree joins with the same token
             earlier[0].release()
             del _claims[path]
         claim = StateDirClaim(path)
+        host = None
         try:
+            if settings is not None:
+                from actors.fleet._hosts import FleetHost, load_token
+
+                # After the state dir's lock: the token proves this is the same daemon again.
+                host = FleetHost(settings, token=load_token(path))
+                host.start()
+                names_options["fleet"] = host
             root = Supervisor.start(
-                children, strategy=Strategy.ONE_FOR_ONE, max_restarts=max_restarts, max_seconds=max_seconds,
+                children(), strategy=Strategy.ONE_FOR_ONE, max_restarts=max_restarts, max_seconds=max_seconds,
                 clock=clock,
             )
-        except BaseException:
+        except BaseException as error:
+            if host is not None:
+                host.stop(leave=True)
             claim.release()
+            cause = error.__cause__ if isinstance(error, StartError) else None
+            if isinstance(cause, FleetUnavailable | StateDirInUse):
+                raise cause from error
             raise
-        _claims[path] = (claim, root)
-    tree = Tree(root, path, claim)
+        _claims[path] = (claim, root, host)
+    tree = Tree(root, path, claim, fleet=host)
     if serve:
         _serve(tree)
     return tree

@@ -5,7 +5,9 @@
 
 One daemon (or tree) per state dir, enforced by the kernel lock `start_tree` takes
 (`flock` on ``daemon.lock``), not by guessing from a pid file: a second `serve` exits
-with status 3 naming the running one. ``daemon.state`` (one msgpack map) is rewritten
+with status 3 naming the running one. With `--fleet URL` one daemon per `--host-id` in
+the fleet's namespace (a second live one exits 3 too); a store that does not answer at
+start exits 2 with one line. ``daemon.state`` (one msgpack map) is rewritten
 atomically on every heartbeat, the first time before the socket accepts anyone.
 """
 
@@ -24,7 +26,7 @@ from typing import Any
 import msgpack
 from loguru import logger
 
-from actors._errors import StateDirInUse
+from actors._errors import FleetUnavailable, StateDirInUse
 from actors._tree import LOCK_NAME, Tree, prepare_state_dir, start_tree
 from actors.daemon._client import SOCKET_NAME
 from actors.daemon._gateway import Gateway
@@ -229,6 +231,11 @@ def serve(
         except StateDirInUse as error:
             sys.stderr.write(f"actors: {error}\n")
             return ALREADY_RUNNING
+        except FleetUnavailable as error:  # the fleet's store unreachable at start
+            daemon.stop()
+            url = _redacted(str(daemon.tree_options.get("fleet")))
+            sys.stderr.write(f"actors: cannot join the fleet at {url}: {_reason(error)}\n")
+            return USAGE
         except Exception as error:
             daemon.stop()
             if isinstance(error, OSError | ValueError):  # the socket, the lock file, ...: the dir
@@ -244,6 +251,16 @@ def serve(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _redacted(url: str) -> str:
+    """A fleet URL without its password, for messages."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
 
 
 def _reason(error: BaseException) -> str:

@@ -32,6 +32,23 @@ def collect_status(tree: Tree, *, timeout: float = 5.0, extra: dict[str, Any] | 
     status["workers"] = _section(lambda: _worker_statuses(tree, timeout))
     status["locks"] = _section(lambda: _lock_statuses(tree, timeout))
     status["agents"] = _section(lambda: ask_method(tree.agents, "health", timeout=timeout))
+    if getattr(tree, "fleet", None) is not None:
+        status["fleet"] = _section(lambda: _fleet_status(tree))
+    return status
+
+
+def _fleet_status(tree: Tree) -> dict[str, Any]:
+    """Hosts (epochs, leases on the server's clock), names by host, quarantine, conflicts, and
+    the worker leases with their fences (when the fleet's lock leases are built in)."""
+    from actors.fleet._hosts import fleet_status
+
+    host = tree.fleet
+    status = fleet_status(host.names, host)
+    try:
+        from actors.fleet._leases import list_worker_leases  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return status
+    status["worker_leases"] = _section(lambda: list_worker_leases(host.settings))
     return status
 
 
@@ -96,6 +113,49 @@ def _pairs(values: dict[str, Any]) -> list[list[Any]]:
         else:
             rows.append([key, value])
     return rows
+
+
+def _render_fleet(fleet: dict[str, Any]) -> list[str]:
+    """Hosts and their leases, this host, names by host, quarantine, conflicts, worker leases."""
+    lines: list[str] = []
+    this = fleet.get("this_host") or {}
+    if this:
+        state = "CUT OFF" if this.get("cut_off") else "member"
+        lines.append(
+            f"  namespace {fleet.get('namespace')}  this host {this.get('host')}  epoch {this.get('epoch')}  {state}"
+        )
+    lines.extend(
+        _table(
+            ["host", "state", "epoch", "pid", "lease", "lease left"],
+            [[host.get("host"), host.get("state"), host.get("epoch"), host.get("pid"), host.get("lease"),
+              host.get("lease_left")] for host in fleet.get("hosts", [])],
+        )
+    )
+    rows = [
+        [host_id, name, ", ".join("anonymous" if owner is None else str(owner) for owner in owners)]
+        for host_id, names in fleet.get("names_by_host", {}).items()
+        for name, owners in names.items()
+    ]
+    lines.append("  names by host:")
+    lines.extend(_table(["host", "name", "held by"], rows) if rows else ["  (none)"])
+    quarantined = fleet.get("quarantined") or {}
+    if quarantined:
+        lines.append("  quarantined (a gone host's names, kept from everyone for one host lease):")
+        lines.extend(_table(["name", "host", "free in"],
+                            [[name, entry.get("host"), entry.get("until_in")] for name, entry in quarantined.items()]))
+    conflicts = fleet.get("conflicts") or []
+    if conflicts:
+        lines.append("  CONFLICTS (names of this host another host got while it was cut off):")
+        lines.extend(_table(["name", "held by", "owners here", "epoch"],
+                            [[c.get("name"), c.get("held_by"), c.get("owners"), c.get("epoch")] for c in conflicts]))
+    leases = fleet.get("worker_leases")
+    if isinstance(leases, list) and leases:
+        lines.append("  worker leases:")
+        columns = list(dict.fromkeys(key for lease in leases for key in lease))
+        lines.extend(_table(columns, [[lease.get(column) for column in columns] for lease in leases]))
+    elif _error_of(leases):
+        lines.append(f"  worker leases unavailable: {_error_of(leases)}")
+    return lines
 
 
 def render_status(status: dict[str, Any]) -> str:
@@ -180,6 +240,8 @@ def render_status(status: dict[str, Any]) -> str:
         else [],
     )
     section("agents", status.get("agents"), lambda agents: _table(["stat", "value"], _pairs(agents)))
+    if "fleet" in status:
+        section("fleet", status.get("fleet"), _render_fleet)
     if "sessions" in status:
         section("demo sessions", status.get("sessions"), lambda sessions: _table(["stat", "value"], _pairs(sessions)))
     return "\n".join(lines)

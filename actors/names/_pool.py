@@ -36,6 +36,11 @@ How it works:
 - **Owners watched.** Every `reap_interval` on the clock, int owners proven dead (pid
   plus start ticks and boot id; zombies count as dead) lose their names. An owner whose
   liveness cannot be read (out of descriptors, ...) keeps its name until the next tick.
+- **In a fleet** (`fleet=`, contract §7) there is no `NameState` and no journal: every
+  change is one script in the fleet's store (`actors.fleet._names`), applied before it is
+  answered, with this host's epoch; the source still runs off the thread, with the
+  fleet's names as `used`. A store that fails, or a host cut off from its lease
+  (`actors.fleet._hosts`), answers `FleetUnavailable` and the pool keeps running.
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ from typing import Any, TypeVar
 
 import pykka
 
-from actors._errors import NameSourceError, NotPermitted
+from actors._errors import FleetUnavailable, InvalidName, NameSourceError, NotPermitted
 from actors._process import Liveness, identify, liveness, liveness_by_start_time
 from actors.names._journal import Journal
 from actors.names._source import ThemedSource, validate_name
@@ -72,7 +77,7 @@ from supervision import (
 from supervision import _events
 from supervision._errors import describe
 
-__all__ = ["HOLDERS_REQUEST", "KeyCheckout", "NamePool", "NameSource", "PeerCall"]
+__all__ = ["FLEET_REQUEST", "HOLDERS_REQUEST", "KeyCheckout", "NamePool", "NameSource", "PeerCall"]
 
 #: `source(count, used) -> list[str]`: the "nomenclater" a pool asks for new names.
 NameSource = Callable[[int, frozenset[str]], Iterable[str]]
@@ -80,6 +85,11 @@ NameSource = Callable[[int, frozenset[str]], Iterable[str]]
 #: `pool_ref.ask(HOLDERS_REQUEST)` answers `{name: [owner, ...]}` for every checked-out
 #: name (None stands for an anonymous holder); `actors.daemon._status` uses it.
 HOLDERS_REQUEST = "holders"
+#: `pool_ref.ask(FLEET_REQUEST)` answers the fleet's status (hosts, leases, epochs, names by
+#: host, conflicts) for a pool in a fleet, None otherwise; `actors.daemon._status` uses it.
+FLEET_REQUEST = "fleet"
+#: How often in a row a chunk is asked for again when other hosts' chunks took its names first.
+_FLEET_CHUNK_ATTEMPTS = 20
 
 # Socket calls logged at INFO with the peer's pid and the name (CONTRACT §3): what each did.
 _LOGGED_PEER_METHODS = {
@@ -231,8 +241,10 @@ class NamePool(SupervisedActor):
     """Hands out unique worker names, reuses them LIFO, and keeps them across crashes.
 
     Start with `NamePool.start(*, source=None, chunk_size=12, state_path=None,
-    default_name="Nameless Agent", clock=None, reap_interval=5.0, source_timeout=30.0)`;
-    invalid settings raise `ValueError`/`TypeError` before anything starts. The rules
+    default_name="Nameless Agent", clock=None, reap_interval=5.0, source_timeout=30.0,
+    fleet=None)`; invalid settings raise `ValueError`/`TypeError` before anything starts.
+    With `fleet` (a URL, a `FleetSettings` or a tree's `FleetHost`) the state lives in the
+    fleet's store instead of `state_path` (contract §7; see `actors.fleet._names`). The rules
     live in `NameState`; names come from `source` (default `ThemedSource()`); owners
     are None, an int pid or a str (see `actors.names._state`).
     """
@@ -247,6 +259,7 @@ class NamePool(SupervisedActor):
         clock: Clock | None = None,
         reap_interval: float = 5.0,
         source_timeout: float = 30.0,
+        fleet: Any = None,
     ) -> None:
         if source is not None and not callable(source):
             raise TypeError(f"source must be callable as source(count, used), not {type(source).__name__}")
@@ -261,8 +274,24 @@ class NamePool(SupervisedActor):
             raise TypeError(f"clock must be a supervision Clock, not {type(clock).__name__}")
         if state_path is not None and not isinstance(state_path, str | os.PathLike):
             raise TypeError(f"state_path must be a path, not {type(state_path).__name__}")
+        self._fleet_settings: Any = None  # FleetSettings: this pool joins the fleet itself
+        self._fleet_host: Any = None  # FleetHost: the fleet's lease and epoch (actors.fleet._hosts)
+        self._fleet_names: Any = None  # FleetNames: the state in the store (actors.fleet._names)
+        if fleet is not None:
+            from actors.fleet._connection import FleetSettings
+            from actors.fleet._hosts import FleetHost
+
+            if isinstance(fleet, str):
+                fleet = FleetSettings.parse(fleet)  # a URL: this host's id is the hostname
+            if isinstance(fleet, FleetSettings):
+                self._fleet_settings = fleet
+            elif isinstance(fleet, FleetHost):
+                self._fleet_host = fleet
+            else:
+                raise TypeError(f"fleet must be a URL, a FleetSettings or a FleetHost, not {type(fleet).__name__}")
         super().__init__()
         self._source: NameSource = ThemedSource() if source is None else source
+        self._chunk_attempts = 0  # fleet: chunks in a row that another host's chunk outran
         self._chunk_size = chunk_size
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._state_path = state_path
@@ -293,14 +322,24 @@ class NamePool(SupervisedActor):
     # -- lifecycle ------------------------------------------------------------------------
 
     def on_start(self) -> None:
-        # A restart and a cold start are the same code path: load what is durable.
-        if self._state_path is not None:
+        if self._fleet_settings is not None:
+            from actors.fleet._hosts import FleetHost
+
+            host = FleetHost(self._fleet_settings, event_path=self._path)
+            host.start()  # StateDirInUse, FleetUnavailable: this pool cannot start
+            self._fleet_host = host
+        if self._fleet_host is not None:
+            # The state lives in the store: no journal, nothing to load.
+            self._fleet_names = self._fleet_host.names
+        elif self._state_path is not None:
+            # A restart and a cold start are the same code path: load what is durable.
             self._open_journal(self._state_path)
         self._reap_timer = send_interval(self.actor_ref, _REAP, self._reap_interval, self._clock)
 
     def on_stop(self) -> None:
         self._stop_timers()
         self._drop_waiters()
+        self._leave_fleet()
         if self._journal is None:
             return
         # A graceful stop keeps its promises: what changed is written, the replies waiting
@@ -319,8 +358,15 @@ class NamePool(SupervisedActor):
         # flush or for the source) is left to the base class, which answers it with
         # ActorCrashed: nothing it did was written.
         self._waiters.clear()
+        self._leave_fleet()
         if self._journal is not None:
             self._journal.abandon()
+
+    def _leave_fleet(self) -> None:
+        """A fleet this pool joined itself ends with it (a tree's FleetHost ends with the tree)."""
+        if self._fleet_settings is not None and self._fleet_host is not None:
+            self._fleet_host.stop(leave=True)
+            self._fleet_host = None
 
     def on_receive(self, message: Any) -> Any:
         handler = self._handlers.get(message.__class__)
@@ -329,8 +375,12 @@ class NamePool(SupervisedActor):
         if message == HOLDERS_REQUEST:
             # For `python -m actors status`; an ask, not a public method, so that the
             # socket does not serve it as `names.holders`.
+            if self._fleet_names is not None:
+                return self._fleet_holders()
             self._ensure_loaded()
             return self._answer(self._state.holders())
+        if message == FLEET_REQUEST:
+            return self._fleet_status()
         raise UnknownMessage(f"NamePool does not handle {describe(message)}")
 
     # -- public API -----------------------------------------------------------------------
@@ -344,6 +394,8 @@ class NamePool(SupervisedActor):
         """
         owner = validate_owner(owner)
         start_time = _process_start(owner) if type(owner) is int else None
+        if self._fleet_names is not None:
+            return self._fleet_checkout(owner, start_time)
         if self._storage_error is not None:
             held = self._state.name_of(owner, start_time) if owner is not None else None
             if held is not None:
@@ -376,6 +428,8 @@ class NamePool(SupervisedActor):
         if type(name_key) is not str or not name_key:
             raise BadCall(f"name_key must be a non-empty str, not {describe(name_key)}")
         start_time = _process_start(owner) if type(owner) is int else None
+        if self._fleet_names is not None:
+            return self._fleet_checkout(owner, start_time, name_key)
         self._ensure_writable()
         name = self._state.checkout_for_key(name_key, owner, start_time, _liveness)
         if name is not None:
@@ -390,6 +444,9 @@ class NamePool(SupervisedActor):
 
     def checkin_name(self, name: str) -> DeferredReply | None:
         """Return `name` to the pool (LIFO); a name not checked out only logs a warning."""
+        if self._fleet_names is not None:
+            self._fleet_checkin(name)
+            return None
         self._ensure_loaded()
         if self._storage_error is not None:
             name = validate_name(name)
@@ -411,6 +468,9 @@ class NamePool(SupervisedActor):
         if name is not None:
             validate_name(name)
         start_time = _process_start(owner) if type(owner) is int else None
+        if self._fleet_names is not None:
+            self._fleet_associate(name, owner, start_time)
+            return None
         if name is not None:
             self._ensure_writable()
         is_restored = bool(_events._subscribers) and name is not None and not self._state.is_checked_out(name)
@@ -424,6 +484,9 @@ class NamePool(SupervisedActor):
     def dissociate(self, owner: Owner) -> DeferredReply | None:
         """End `owner`'s hold; the name returns to the pool once no owner is left."""
         owner = validate_owner(owner)
+        if self._fleet_names is not None:
+            self._fleet_dissociate(owner)
+            return None
         self._ensure_loaded()
         if owner is not None and self._state.name_of(owner) is not None:
             self._ensure_writable()
@@ -439,6 +502,8 @@ class NamePool(SupervisedActor):
         """The name `owner` holds or is associated with, or None."""
         self._ensure_loaded()
         start_time = _process_start(owner) if type(owner) is int and owner > 0 else None
+        if self._fleet_names is not None:
+            return self._fleet_name_of(validate_owner(owner), start_time)
         return self._answer(self._state.name_of(owner, start_time))
 
     def pool_stats(self) -> dict[str, Any] | DeferredReply:
@@ -447,6 +512,14 @@ class NamePool(SupervisedActor):
         return self._answer(self._stats())
 
     def _stats(self) -> dict[str, Any]:
+        if self._fleet_names is not None:
+            return {
+                **self._fleet_read(self._fleet_names.stats),
+                "chunk_size": self._chunk_size,
+                "fleet_host": self._fleet_host.id,
+                "waiting_count": len(self._waiters),
+                "is_generating": self._chunk is not None,
+            }
         stats: dict[str, Any] = self._state.stats()
         stats["waiting_count"] = len(self._waiters)
         stats["is_generating"] = self._chunk is not None
@@ -462,6 +535,8 @@ class NamePool(SupervisedActor):
 
     @property
     def _published_stats(self) -> Mapping[str, Any] | None:
+        if self._fleet_host is not None or self._fleet_settings is not None:
+            return None  # in the store: read by a message to the pool, never from another thread
         if self._journal is None:
             return MappingProxyType(self._stats())
         return self._durable_stats
@@ -485,8 +560,11 @@ class NamePool(SupervisedActor):
 
     def reset(self) -> DeferredReply | None:
         """Forget every name and owner; a chunk in flight is discarded and asked for again."""
-        self._ensure_writable()
-        self._state.reset()
+        if self._fleet_names is not None:
+            self._fleet_write(self._fleet_names.reset)
+        else:
+            self._ensure_writable()
+            self._state.reset()
         self._generation += 1  # whatever the source returns now belongs to the old pool
         if self._chunk is not None:
             self._chunk.watchdog.cancel()
@@ -499,6 +577,9 @@ class NamePool(SupervisedActor):
 
     def reconcile(self, names_in_use: list[str]) -> DeferredReply | None:
         """Make exactly `names_in_use` checked out (names held by live pids stay held)."""
+        if self._fleet_names is not None:
+            self._fleet_reconcile(names_in_use)
+            return None
         self._ensure_writable()
         kept = self._state.reconcile(names_in_use, _liveness)
         for name in kept:
@@ -548,7 +629,7 @@ class NamePool(SupervisedActor):
             self._check_peer_associate(call, arguments.arguments.get("name"))
         if method in _LOGGED_PEER_METHODS:
             # Whom it concerns, read before the call: a checkin or dissociate ends the hold.
-            before = self._state.name_of(call.pid, _process_start(call.pid)) if method == "dissociate" else None
+            before = self._name_of(call.pid) if method == "dissociate" else None
             result = bound(*arguments.args, **arguments.kwargs)
             self._log_peer_call(call.pid, method, arguments.arguments.get("name", before), result)
             return result
@@ -577,7 +658,20 @@ class NamePool(SupervisedActor):
 
     def _holds_now(self, pid: int, name: str) -> bool:
         """True when live process `pid` (this very process, not an earlier one) owns `name`."""
+        if self._fleet_names is not None:
+            return self._name_of(pid) == name
         return self._state.holds(pid, name) and self._state.name_of(pid, _process_start(pid)) == name
+
+    def _name_of(self, pid: int) -> str | None:
+        """The name live process `pid` holds now (a read; in a fleet, a read of the store)."""
+        if self._fleet_names is not None:
+            return self._fleet_name_of(pid, _process_start(pid))
+        return self._state.name_of(pid, _process_start(pid))
+
+    def _is_checked_out(self, name: str) -> bool:
+        if self._fleet_names is not None:
+            return self._fleet_read(lambda: self._fleet_names.is_held(name))
+        return self._state.is_checked_out(name)
 
     def _check_peer_checkin(self, pid: int, name: Any) -> None:
         name = validate_name(name)
@@ -590,7 +684,7 @@ class NamePool(SupervisedActor):
         if name is None:
             return
         name = validate_name(name)
-        if not self._state.is_checked_out(name):
+        if not self._is_checked_out(name):
             return  # restoring an identity
         if any(self._holds_now(pid, name) for pid in (call.pid, *call.ancestors)):
             return  # its own, or inherited from an ancestor process
@@ -764,18 +858,23 @@ class NamePool(SupervisedActor):
     def _request_chunk(self) -> None:
         self._generation += 1
         generation = self._generation
-        count = self._state.chunk_request()
-        used = self._state.used_names()
+        count = self._chunk_size
+        fleet_names = self._fleet_names
+        used = self._state.used_names() if fleet_names is None else frozenset()
         ref = self.actor_ref
         source = self._source
 
         def generate() -> None:
             try:
-                names = source(count, used)
+                # In a fleet, `used` is every name the fleet knows: read here, off the pool's thread.
+                used_now = used if fleet_names is None else fleet_names.known()
+                names = source(count, used_now)
                 # list() here, off the pool's thread: a generator does its work now. A
                 # str or a map is left whole, for the core to refuse, not split up.
                 if isinstance(names, Iterable) and not isinstance(names, str | bytes | bytearray | Mapping):
                     names = list(names)
+                    if fleet_names is not None:  # in a fleet: `used` is not kept for the pool
+                        names = [name for name in names if not isinstance(name, str) or name not in used_now]
                 error: BaseException | None = None
             except BaseException as raised:  # whatever it is, the waiters must hear of it
                 names, error = None, raised
@@ -794,8 +893,14 @@ class NamePool(SupervisedActor):
             return
         chunk.watchdog.cancel()
         self._chunk = None
+        if self._fleet_names is not None and isinstance(message.error, FleetUnavailable):
+            self._fail_waiters(f"the fleet store could not be read: {message.error}", message.error)
+            return
         if message.error is not None:
             self._fail_waiters(f"the name source raised {message.error!r}")
+            return
+        if self._fleet_names is not None:
+            self._fleet_accept_chunk(message.names)
             return
         try:
             self._ensure_writable()
@@ -818,6 +923,9 @@ class NamePool(SupervisedActor):
     def _serve_waiters(self) -> None:
         """Give waiting checkouts names, in arrival order; ask for another chunk if needed."""
         if not self._waiters:
+            return
+        if self._fleet_names is not None:
+            self._fleet_serve_waiters()
             return
         served = 0
         for waiter in self._waiters:
@@ -852,6 +960,9 @@ class NamePool(SupervisedActor):
     # -- owners ---------------------------------------------------------------------------
 
     def _on_reap(self, message: _Reap) -> None:
+        if self._fleet_names is not None:
+            self._fleet_reap()
+            return
         if self._storage_error is not None:
             try:
                 self._ensure_writable()
@@ -891,6 +1002,224 @@ class NamePool(SupervisedActor):
         if returned and _events._subscribers:
             for name in returned:
                 self._emit_when_durable("name_reaped", name, owners=list(holders.get(name, ())))
+
+    # -- the fleet (contract §7): the state in the store, each change one script -------------
+
+    def _fleet_write(self, change: Callable[[str, int], _T]) -> _T:
+        """Apply `change(host_id, epoch)` in the store; `FleetUnavailable` within fleet_timeout.
+
+        Cut off (no lease renewal confirmed in time) or after a failed call, the host
+        refuses at once, without a round trip, until a renewal gets through again.
+        """
+        host = self._fleet_host
+        epoch = host.current_epoch()
+        try:
+            return change(host.id, epoch)
+        except FleetUnavailable as error:
+            host.note_failure(error)
+            raise
+
+    def _fleet_read(self, read: Callable[[], _T]) -> _T:
+        """A read of the store (no epoch needed); fails at once while the store is known down."""
+        host = self._fleet_host
+        host.raise_if_down()
+        try:
+            return read()
+        except FleetUnavailable as error:
+            host.note_failure(error)
+            raise
+
+    def _fleet_checkout(self, owner: Owner, start_time: Start, name_key: str | None = None) -> str | DeferredReply:
+        name = self._fleet_try_checkout(owner, start_time, name_key)
+        if name is not None:
+            return name
+        reply = DeferredReply()
+        self._waiters.append(_Waiter(owner, start_time, reply, name_key))
+        if self._chunk is None:
+            self._chunk_attempts = 0
+            self._request_chunk()
+        return reply
+
+    def _fleet_try_checkout(self, owner: Owner, start_time: Start, name_key: str | None) -> str | None:
+        """A name for `owner` from the store (events emitted), or None when none is free."""
+        names = self._fleet_names
+        if name_key is None:
+            name, is_new = self._fleet_write(lambda host, epoch: names.checkout(host, epoch, owner, start_time))
+        else:
+            holders = self._fleet_read(lambda: names.key_holders(self._fleet_host.id, name_key))
+            dead = [(pid, start) for pid, start in holders if _liveness(pid, start) is Liveness.DEAD]
+            name = self._fleet_write(
+                lambda host, epoch: names.key_checkout(host, epoch, name_key, owner, start_time, dead)
+            )
+            is_new = name is not None
+        if name is not None and is_new and _events._subscribers:
+            _events.emit("name_checked_out", self._path, name, owner=owner)
+        return name
+
+    def _fleet_accept_chunk(self, chunk: Any) -> None:
+        """The source's names into the store (deduplicated fleet-wide), then the waiters."""
+        candidates = NameState(1, self._default_name).accept_chunk(chunk)  # valid, distinct, not the default
+        try:
+            accepted = self._fleet_write(lambda host, epoch: self._fleet_names.accept(host, epoch, candidates))
+        except FleetUnavailable as error:
+            self._fail_waiters(f"the fleet store refused the chunk: {error}", error)
+            return
+        if accepted:
+            self._chunk_attempts = 0
+            self._log.debug("name source gave {} new names to the fleet", len(accepted))
+        elif not candidates:
+            # Nothing valid that the fleet did not know when the source was asked.
+            self._fail_waiters(f"the name source yielded no usable name (it returned {_describe(chunk)})")
+            return
+        else:
+            # Another host's chunk took these names between the source's `used` and now:
+            # they may be free for us; else ask again with the fleet's new `used`.
+            self._chunk_attempts += 1
+        waiting = len(self._waiters)
+        self._fleet_serve_waiters(request_more=False)
+        if not self._waiters:
+            return
+        if not accepted and self._chunk_attempts >= _FLEET_CHUNK_ATTEMPTS and len(self._waiters) == waiting:
+            self._fail_waiters(
+                f"the name source yielded only names the fleet knows already ({_FLEET_CHUNK_ATTEMPTS} times)"
+            )
+            return
+        if self._chunk is None:
+            self._request_chunk()
+
+    def _fleet_serve_waiters(self, *, request_more: bool = True) -> None:
+        served = 0
+        try:
+            for waiter in self._waiters:
+                name = self._fleet_try_checkout(waiter.owner, waiter.start_time, waiter.name_key)
+                if name is None:
+                    break
+                waiter.reply.set(name)
+                served += 1
+        except FleetUnavailable as error:
+            del self._waiters[:served]
+            self._fail_waiters(f"the fleet store cannot be used: {error}", error)
+            return
+        del self._waiters[:served]
+        if request_more and self._waiters and self._chunk is None:
+            self._request_chunk()
+
+    def _fleet_checkin(self, name: Any) -> None:
+        name = validate_name(name)
+        if name == self._default_name:
+            return
+        returned = self._fleet_write(lambda host, epoch: self._fleet_names.checkin(host, epoch, name))
+        if not returned:
+            self._log.warning("checkin of {!r}, which is not checked out: ignored", name)
+            return
+        if _events._subscribers:
+            _events.emit("name_checked_in", self._path, name)
+        self._fleet_serve_waiters()
+
+    def _fleet_associate(self, name: str | None, owner: Owner, start_time: Start) -> None:
+        if name is None or name == self._default_name:
+            return
+        restored = self._fleet_write(
+            lambda host, epoch: self._fleet_names.associate(host, epoch, name, owner, start_time)
+        )
+        if restored and _events._subscribers:
+            _events.emit("name_checked_out", self._path, name, owner=owner)
+        self._fleet_serve_waiters()  # the owner's previous name may have come free
+
+    def _fleet_dissociate(self, owner: Owner) -> None:
+        if owner is None:
+            return
+        name, returned = self._fleet_write(lambda host, epoch: self._fleet_names.dissociate(host, epoch, owner))
+        if returned:
+            if _events._subscribers:
+                _events.emit("name_checked_in", self._path, name, owner=owner)
+            self._fleet_serve_waiters()
+
+    def _fleet_name_of(self, owner: Owner, start_time: Start) -> str | None:
+        return self._fleet_read(lambda: self._fleet_names.name_of(self._fleet_host.id, owner, start_time))
+
+    def _fleet_holders(self) -> dict[str, list[Owner]]:
+        """This host's held names and their owners (other hosts' are in FLEET_REQUEST)."""
+        names = self._fleet_read(lambda: self._fleet_names.host_names(self._fleet_host.id))
+        return {name: [owner for owner, _ in owners] for name, owners in names.items()}
+
+    def _fleet_status(self) -> dict[str, Any] | None:
+        if self._fleet_names is None:
+            return None
+        from actors.fleet._hosts import fleet_status
+
+        return self._fleet_read(lambda: fleet_status(self._fleet_names, self._fleet_host))
+
+    def _fleet_reconcile(self, names_in_use: list[str]) -> None:
+        if isinstance(names_in_use, (str, bytes, bytearray)):
+            raise InvalidName(f"reconcile expects a list of names, not a single {type(names_in_use).__name__}")
+        try:
+            listed = [validate_name(name) for name in names_in_use]
+        except TypeError:
+            raise InvalidName(f"reconcile expects a list of names, not {describe(names_in_use)}") from None
+        listed = list(dict.fromkeys(name for name in listed if name != self._default_name))
+        held = self._fleet_read(lambda: self._fleet_names.host_names(self._fleet_host.id))
+        live = {
+            name: [
+                owner for owner, start in owners if type(owner) is int and _liveness(owner, start) is not Liveness.DEAD
+            ]
+            for name, owners in held.items()
+            if name not in listed
+        }
+        kept, refused = self._fleet_write(
+            lambda host, epoch: self._fleet_names.reconcile(host, epoch, listed, {k: v for k, v in live.items() if v})
+        )
+        for name in kept:
+            self._log.warning("reconcile: {!r} is not listed but stays held by a live process", name)
+        for name in refused:
+            self._log.warning("reconcile: {!r} is held by another host of the fleet: not checked out here", name)
+        self._fleet_serve_waiters()
+
+    def _fleet_reap(self) -> None:
+        """This host's int owners proven dead lose their names (other hosts reap their own)."""
+        host = self._fleet_host
+        if host.is_cut_off() or host.is_down:
+            return  # freeing a name is a change: not before the store takes changes again
+        try:
+            held = self._fleet_names.host_names(host.id)
+        except FleetUnavailable as error:
+            host.note_failure(error)
+            return
+        unknown: list[int] = []
+        dead: list[tuple[int, Start]] = []
+        holders: dict[str, list[Owner]] = {}
+        for name, owners in held.items():
+            holders[name] = [owner for owner, _ in owners]
+            for owner, start in owners:
+                if type(owner) is not int:
+                    continue
+                verdict = _liveness(owner, start)
+                if verdict is Liveness.DEAD:
+                    dead.append((owner, start))
+                elif verdict is Liveness.UNKNOWN:
+                    unknown.append(owner)
+        if unknown and not self._is_liveness_unknown:
+            self._log.warning(
+                "cannot tell whether {} owner processes are alive (e.g. pid {}): their names stay held; "
+                "checked again at every tick",
+                len(unknown),
+                unknown[0],
+            )
+        elif not unknown and self._is_liveness_unknown:
+            self._log.info("owner processes can be checked again")
+        self._is_liveness_unknown = bool(unknown)
+        if not dead:
+            return
+        try:
+            returned = self._fleet_write(lambda host_id, epoch: self._fleet_names.drop_dead(host_id, epoch, dead))
+        except FleetUnavailable:
+            return
+        if returned:
+            self._log.info("owners gone: {} back in the pool", ", ".join(repr(name) for name in returned))
+            if _events._subscribers:
+                for name in returned:
+                    _events.emit("name_reaped", self._path, name, owners=holders.get(name, []))
+            self._fleet_serve_waiters()
 
     def _stop_timers(self) -> None:
         if self._reap_timer is not None:
