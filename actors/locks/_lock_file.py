@@ -76,6 +76,9 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 # O_NONBLOCK: opening a FIFO planted under our name must not hang the caller.
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# The guard is opened read-write: it also keeps the worker's fence counter (see `_next_fence`).
+_GUARD_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_FENCE_BYTES = 32
 
 
 _PROC_DEVICE = os.stat("/proc").st_dev if os.path.isdir("/proc") else None
@@ -88,7 +91,9 @@ class LockInfo:
     The owner is `pid` started at `start_ticks` (kernel clock ticks since boot) in boot
     `boot_id`, which no wall-clock step moves; `start_time` (epoch seconds) is kept for
     v2 readers, and judges records without ticks. `acquired_at`/`refreshed_at` are
-    RFC 3339 UTC.
+    RFC 3339 UTC. `fence` grows strictly with every acquisition of the worker: on this
+    host without a fleet (a counter kept in the guard file), fleet-wide with one (the
+    store's), so storage the worker writes can refuse a stale holder (contract §7).
     """
 
     pid: int
@@ -99,6 +104,7 @@ class LockInfo:
     refreshed_at: str | None = None
     start_ticks: int | None = None
     boot_id: str | None = None
+    fence: int = 0
 
     @property
     def has_identity(self) -> bool:
@@ -170,6 +176,7 @@ _CHECKS: dict[str, tuple[Callable[[object], bool], str, bool]] = {
     "refreshed_at": (lambda v: isinstance(v, str), "a string", True),
     "start_ticks": (lambda v: _is_int(v, 0, 2**63), "an int >= 0", True),
     "boot_id": (lambda v: isinstance(v, str) and bool(v), "a non-empty string", True),
+    "fence": (lambda v: _is_int(v, 0, 2**63), "an int >= 0", True),
 }
 
 
@@ -190,7 +197,9 @@ def parse_record(data: bytes) -> LockInfo:
         value = obj.get(key)
         if not (check(value) or (optional and value is None)):
             raise ValueError(f"{key} is {reprlib.repr(value)}, not {what}")
-    return LockInfo(**{key: obj.get(key) for key in _CHECKS} | {"start_time": float(obj["start_time"])})  # type: ignore[arg-type]
+    fields = {key: obj.get(key) for key in _CHECKS}
+    fields |= {"start_time": float(obj["start_time"]), "fence": obj.get("fence") or 0}
+    return LockInfo(**fields)  # type: ignore[arg-type]
 
 
 _FIELDS = tuple(field.name for field in dataclasses.fields(LockInfo))
@@ -355,40 +364,66 @@ class LockFile:
 
     # -- public operations -------------------------------------------------------------
 
-    def acquire(self, owner: int | ProcessIdentity, session_id: str = "") -> LockInfo:
+    def acquire(
+        self,
+        owner: int | ProcessIdentity,
+        session_id: str = "",
+        *,
+        take_lease: Callable[[LockInfo], int] | None = None,
+    ) -> LockInfo:
         """Take the lock for `owner` and return the record written.
 
         The same owner again refreshes: the record keeps its `acquired_at`, gets a new
         `refreshed_at`, and takes `session_id` if non-empty. A stale record is replaced.
         A pid that does not run raises `InvalidOwner`.
+
+        With `take_lease` (a fleet), the lock is then leased in the store, still under the
+        guard: `take_lease(record about to be written)` returns the fleet's fence or raises
+        (`Locked`, `FleetUnavailable`: nothing is written). Another host's record does not
+        refuse by itself then: the store's lease decides. Without it the fence is this
+        host's count of the worker's acquisitions.
         """
         owner = _check_owner(owner)
         if not isinstance(session_id, str) or len(session_id) > MAX_SESSION_ID_LENGTH:
             raise BadCall(f"session_id must be a str of at most {MAX_SESSION_ID_LENGTH} characters, "
                           f"not {reprlib.repr(session_id)}")
         identity = owner if isinstance(owner, ProcessIdentity) else self._identify(owner)
-        with self._refusals(), self._guarded(create=True) as dir_fd:
+        with self._refusals(), self._guarded_fds(create=True) as (dir_fd, guard_fd):
             assert dir_fd is not None
             verdict = self._judge(self._read(dir_fd))
             now = _rfc3339(self._wall_time())
-            if verdict.state in (LockState.UNLOCKED, LockState.STALE):
+            is_new = verdict.state in (LockState.UNLOCKED, LockState.STALE) or (
+                verdict.state is LockState.FOREIGN and take_lease is not None)
+            if is_new:
                 info = LockInfo(identity.pid, _start_time(identity), now, session_id, self.hostname,
                                 start_ticks=identity.start_ticks, boot_id=identity.boot_id)
             else:
                 held = self._held_by(verdict, identity)
                 info = replace(held, session_id=session_id or held.session_id, refreshed_at=now)
+            if take_lease is not None:
+                info = replace(info, fence=take_lease(info))
+            elif is_new:
+                assert guard_fd is not None
+                info = replace(info, fence=self._next_fence(guard_fd))
             self._write(dir_fd, info)
             if verdict.state is LockState.STALE:
                 self._log.warning("broke the stale lock record ({}): {}", verdict.describe(self.record_path),
                                   verdict.reason)
             return info
 
-    def release(self, owner: int | ProcessIdentity | None = None) -> None:
-        """Remove the record of a live owner on this host (with `owner`: only its own).
+    def release(
+        self,
+        owner: int | ProcessIdentity | None = None,
+        *,
+        drop_lease: Callable[[LockInfo], None] | None = None,
+    ) -> LockInfo:
+        """Remove the record of a live owner on this host (with `owner`: only its own); returns it.
 
         Raises `NotLocked` when there is no record or only a stale one (which it removes),
         `Locked` for another owner's or another host's record, `InvalidLock` for a corrupt
-        record or symlinked path (left for `force_release`).
+        record or symlinked path (left for `force_release`). With `drop_lease` (a fleet),
+        `drop_lease(record)` ends the store's lease under the guard first; whatever it
+        raises, the record is removed, then its error is raised.
         """
         if owner is not None:
             owner = _check_owner(owner)
@@ -401,11 +436,13 @@ class LockFile:
                 self._remove_record(dir_fd)
                 raise NotLocked(f"{self.worker_dir} was not locked: removed a "
                                 f"{verdict.describe(self.record_path)} record")
-            if owner is None:
-                self._held_here(verdict)
-            else:
-                self._held_by(verdict, owner)
-            self._remove_record(dir_fd)
+            info = self._held_here(verdict) if owner is None else self._held_by(verdict, owner)
+            try:
+                if drop_lease is not None:
+                    drop_lease(info)
+            finally:
+                self._remove_record(dir_fd)
+            return info
 
     def read(self) -> LockInfo | None:
         """The record as it is on disk (held, stale or another host's), or None if none.
@@ -619,16 +656,22 @@ class LockFile:
     def _guarded(self, *, create: bool) -> Iterator[int | None]:
         """Hold the guard flock for the block; gives the `.runtime` descriptor (None if
         absent and not `create`). Nothing stays open after the block."""
+        with self._guarded_fds(create=create) as (dir_fd, _guard_fd):
+            yield dir_fd
+
+    @contextmanager
+    def _guarded_fds(self, *, create: bool) -> Iterator[tuple[int | None, int | None]]:
+        """`_guarded`, also giving the guard's own descriptor (for the fence counter)."""
         dir_fd = self._open_runtime(create=create)
         if dir_fd is None:
-            yield None
+            yield None, None
             return
         try:
             guard_fd = self._open_guard(dir_fd)
             try:
                 self._lock_guard(guard_fd)
                 try:
-                    yield dir_fd
+                    yield dir_fd, guard_fd
                 finally:
                     # Explicitly: a child forked meanwhile shares the open file description.
                     fcntl.flock(guard_fd, fcntl.LOCK_UN)
@@ -641,7 +684,7 @@ class LockFile:
         """Open (create) the guard, refusing anything but a regular file; loose permissions
         are made owner-only (anyone who can open it can flock it forever and stall us)."""
         try:
-            guard_fd = os.open(GUARD_NAME, _READ_FLAGS | os.O_CREAT, 0o600, dir_fd=dir_fd)
+            guard_fd = os.open(GUARD_NAME, _GUARD_FLAGS, 0o600, dir_fd=dir_fd)
         except OSError as error:
             if error.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):  # ENXIO: a socket
                 raise _Unsafe(self.guard_path, os.strerror(error.errno)) from None
@@ -656,6 +699,29 @@ class LockFile:
             os.close(guard_fd)
             raise
         return guard_fd
+
+    def _next_fence(self, guard_fd: int) -> int:
+        """Count one more acquisition in the guard file (call under the guard) and return it.
+
+        The guard is never renamed or deleted, so the count outlives releases and daemon
+        restarts; it only grows, so its decimal text never gets shorter and is simply
+        written over. Written before the record: a failed record write leaves a gap, never
+        a fence handed out twice. Unreadable content starts the count again (logged).
+        """
+        text = os.pread(guard_fd, _FENCE_BYTES, 0)
+        try:
+            fence = int(text.decode("ascii")) if text.strip() else 0
+        except (UnicodeDecodeError, ValueError):
+            self._log.warning("fence counter in {} unreadable ({!r}): counting from 0", self.guard_path, text)
+            fence = 0
+            os.ftruncate(guard_fd, 0)
+        fence += 1
+        try:
+            os.pwrite(guard_fd, f"{fence}\n".encode("ascii"), 0)
+        except OSError as error:
+            raise StorageError(error.errno, f"cannot count the acquisition in {self.guard_path} (beside "
+                                            f"{RECORD_NAME}): {error.strerror}") from error
+        return fence
 
     def _refuse_unsafe_guard(self) -> None:
         try:

@@ -16,6 +16,17 @@ of idle locks, and supervision::
 A `WorkerLock` keeps nothing in memory that matters: the record on disk decides, so a
 restarted lock carries on where the old one stopped, a retired one is simply started
 again, and a lock that holds nothing keeps no file descriptor open.
+
+In a fleet (contract §7) each lock is also a lease in the store, keyed by the resolved
+directory and fenced (`LockInfo.fence`); the actor renews it every third of `lock_lease`
+and, if no renewal is confirmed by `lock_lease - 2 s`, reports it lost (`lock_lost`,
+ERROR, SIGTERM of the owner) before any other host can take it::
+
+    fleet = FleetSettings.parse("unix:///run/redis.sock", host_id="host-a")
+    locks = LockSupervisor.start(fleet=fleet)
+    info = locks.proxy().call_lock("/srv/tree/w1", "acquire", ["%4"], {}).get()   # info.fence
+
+Design notes: docs/design-fleet-locks.md.
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -31,9 +43,11 @@ import pykka
 from pykka import messages as pykka_messages
 from pykka._envelope import Envelope
 
-from actors._errors import InvalidOwner, InvalidWorkerDir, TooManyLocks
-from actors._process import ProcessIdentity
-from actors.locks._lock_file import LockFile, LockInfo, LockState, own_identity
+from actors._errors import FleetUnavailable, InvalidOwner, InvalidWorkerDir, Locked, LockLost, TooManyLocks
+from actors._process import Liveness, ProcessIdentity
+from actors.fleet._connection import FleetSettings
+from actors.fleet._leases import RenewalJob, Renewer, WorkerLeases, list_worker_leases, owner_key
+from actors.locks._lock_file import LockFile, LockInfo, LockState, _is_same_owner, own_identity, record_liveness
 from supervision import (
     BadCall,
     ChildSpec,
@@ -49,13 +63,21 @@ from supervision import (
     Timer,
     Undelivered,
     UnknownMessage,
+    _events,
     send_after,
     send_interval,
 )
-from supervision import _events
 from supervision._errors import describe
 
-__all__ = ["LOCK_OPERATIONS", "InvalidWorkerDir", "LockSupervisor", "WorkerLock", "lock_child_id"]
+__all__ = [
+    "LEASE_QUERY",
+    "LOCK_OPERATIONS",
+    "FleetLocks",
+    "InvalidWorkerDir",
+    "LockSupervisor",
+    "WorkerLock",
+    "lock_child_id",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +90,90 @@ class _Retire:
     """A `WorkerLock`'s look at whether it has been idle for `idle_retire` seconds."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Renew:
+    """Time to renew the fleet lease (every third of `lock_lease`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _LeaseDeadline:
+    """A look at whether the fleet lease's deadline has passed without a confirmed renewal."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Renewed:
+    """What the renewer's thread learnt of one renewal sent at `sent_at` (the lock's clock)."""
+
+    owner: str
+    fence: int
+    sent_at: float
+    outcome: str  # "renewed" | "refused" | "unavailable"
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class _LeaseQuery:
+    """`lock_ref.ask(LEASE_QUERY)`: the fleet lease a lock renews (for tests and operators)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _AdoptLeases:
+    """A `LockSupervisor` in a fleet, just started: start the locks of this host's leases."""
+
+
+LEASE_QUERY = _LeaseQuery()
+_ADOPT_LEASES = _AdoptLeases()
 _CHECK = _Check()  # shared instances: a thousand locks need no thousand messages
 _RETIRE = _Retire()
+_RENEW = _Renew()
+_LEASE_DEADLINE = _LeaseDeadline()
+
+#: A holder gives up this long before its lease could end on the server (contract §7).
+LEASE_MARGIN = 2.0
+
+
+class FleetLocks:
+    """What a `LockSupervisor` in a fleet shares with its locks: settings, store, renewer."""
+
+    def __init__(self, settings: FleetSettings) -> None:
+        if not isinstance(settings, FleetSettings):
+            raise TypeError(f"fleet must be a FleetSettings or None, not {type(settings).__name__}")
+        self.settings = settings
+        self.leases = WorkerLeases(settings)
+        self.renewer = Renewer(self.leases, f"lease-renewer:{settings.host_id}")
+
+    @property
+    def renew_interval(self) -> float:
+        return self.settings.lock_lease / 3
+
+    @property
+    def holding_time(self) -> float:
+        """How long after a confirmed renewal was sent the holder still counts on its lease."""
+        lease = self.settings.lock_lease
+        return max(lease - LEASE_MARGIN, lease / 3)
+
+    def owner(self, info: LockInfo) -> str:
+        return owner_key(self.settings.host_id, info.pid, info.start_ticks, info.boot_id)
+
+    def close(self) -> None:
+        self.renewer.close()
+        self.leases.close()
+
+
+@dataclass(slots=True)
+class _HeldLease:
+    """The fleet lease this lock renews: the record it backs and its deadline (lock's clock)."""
+
+    info: LockInfo
+    owner: str
+    deadline: float
+    is_renewing: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _LostLease:
+    info: LockInfo
+    reason: str
 
 
 def _owner(owner: object) -> int | ProcessIdentity:
@@ -121,16 +225,33 @@ def _holder(info: LockInfo | None) -> dict[str, Any] | None:
     return {"pid": info.pid, "session_id": info.session_id, "hostname": info.hostname}
 
 
-def _read(lock_file: LockFile) -> LockInfo | None:
+def _read(lock_file: LockFile, fleet: FleetLocks | None) -> LockInfo | None:
     return lock_file.read()
 
 
-def _check(lock_file: LockFile, owner: int | None = None) -> None:
-    lock_file.check(_owner(owner))
+def _check(lock_file: LockFile, fleet: FleetLocks | None, owner: int | None = None) -> None:
+    identity = _owner(owner)
+    if fleet is not None and lock_file.inspect().state is LockState.FOREIGN:
+        lease = fleet.leases.read(lock_file.worker_dir)  # another host's record: its lease decides
+        if lease is None:
+            return
+        raise Locked(f"held on host {lease.host} by pid {lease.pid} (session {lease.session_id}), "
+                     f"fence {lease.fence}: {lock_file.worker_dir}")
+    lock_file.check(identity)
 
 
-def _status(lock_file: LockFile) -> str:
-    return lock_file.status()
+_FOREIGN_PREFIX = "held on host "
+
+
+def _status(lock_file: LockFile, fleet: FleetLocks | None) -> str:
+    line = lock_file.status()
+    if fleet is None or not line.startswith(_FOREIGN_PREFIX):
+        return line
+    try:
+        lease = fleet.leases.read(lock_file.worker_dir)
+    except (FleetUnavailable, ClientError):
+        return line  # cannot tell: counted as held, as the record says
+    return line if lease is not None else f"stale (lease of host {line[len(_FOREIGN_PREFIX):]} ran out)"
 
 
 _READ_ONLY: dict[str, Callable[..., Any]] = {"read": _read, "check": _check, "status": _status}
@@ -146,8 +267,10 @@ class WorkerLock(SupervisedActor):
     seconds on `clock` it removes the record of an owner that died. With `idle_retire`
     (as `LockSupervisor` starts it), it stops after that many seconds without a call
     while no live owner here holds the lock. Errors are `ClientError`s (`Locked`,
-    `NotLocked`, `InvalidLock`, `InvalidOwner`, `InvalidWorkerDir`) or `StorageError`:
-    the caller gets them and the lock keeps running.
+    `NotLocked`, `InvalidLock`, `InvalidOwner`, `InvalidWorkerDir`, `LockLost`) or
+    `StorageError` (`FleetUnavailable` included): the caller gets them and the lock keeps
+    running. `fleet` (a `FleetSettings`, or the `FleetLocks` its supervisor shares) makes
+    the lock a fleet lease as well (see the module docstring).
     """
 
     def __init__(
@@ -157,33 +280,55 @@ class WorkerLock(SupervisedActor):
         clock: Clock | None = None,
         check_interval: float = 5.0,
         idle_retire: float | None = None,
+        fleet: FleetSettings | FleetLocks | None = None,
     ) -> None:
         path = _worker_dir_text(worker_dir)
         self._check_interval = _seconds("check_interval", check_interval)
         self._idle_retire = None if idle_retire is None else _seconds("idle_retire", idle_retire)
         self._clock: Clock = clock if clock is not None else SystemClock()
+        # A fleet of its own (started alone) is closed with it; a supervisor's is shared.
+        self._owns_fleet = isinstance(fleet, FleetSettings)
+        self._fleet: FleetLocks | None = FleetLocks(fleet) if isinstance(fleet, FleetSettings) else fleet
+        if self._fleet is not None and not isinstance(self._fleet, FleetLocks):
+            raise TypeError(f"fleet must be a FleetSettings or None, not {type(fleet).__name__}")
         super().__init__()
-        self._lock_file = LockFile(path, wall_time=self._clock.time)
+        if self._fleet is None:
+            self._lock_file = LockFile(path, wall_time=self._clock.time)
+        else:
+            # The lease is keyed by the resolved path: hosts mount a shared tree at one path.
+            self._lock_file = LockFile(os.path.realpath(path), hostname=self._fleet.settings.host_id,
+                                       wall_time=self._clock.time)
         self._timers: list[Timer] = []
         self._last_call = 0.0
         self._tick_problem: str | None = None
+        self._held: _HeldLease | None = None
+        self._lost: _LostLease | None = None
+        self._lease_timers: list[Timer] = []
+        self._renewal_problem: str | None = None
 
     def on_start(self) -> None:
         self._last_call = self._clock.monotonic()
         self._timers.append(send_interval(self.actor_ref, _CHECK, self._check_interval, self._clock))
         if self._idle_retire is not None:
             self._look_at_retiring_in(self._idle_retire)
+        if self._fleet is not None:
+            self._adopt_lease()
 
     def on_stop(self) -> None:
         self._cancel_timers()
+        if self._owns_fleet and self._fleet is not None:
+            self._fleet.close()
 
     def on_failure(self, *exc_info: Any) -> None:
         self._cancel_timers()
+        if self._owns_fleet and self._fleet is not None:
+            self._fleet.close()
 
     def _cancel_timers(self) -> None:
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
+        self._cancel_lease_timers()
 
     def _start_actor_loop(self) -> None:
         # The seam where the thread is made: out of threads is a failed start (the caller
@@ -203,17 +348,31 @@ class WorkerLock(SupervisedActor):
         (naming the holder's pid and session) while another live owner holds it.
         """
         self._last_call = self._clock.monotonic()
-        if not _events._subscribers:
+        if self._fleet is None and not _events._subscribers:
             return self._lock_file.acquire(_owner(owner), session_id)
-        try:
-            before = self._lock_file.inspect()
-        except (OSError, ClientError):
-            before = None  # acquire says what is wrong
-        info = self._lock_file.acquire(_owner(owner), session_id)
-        if before is not None and before.state is LockState.STALE:
-            self._emit("lock_broken", previous=_holder(before.info), reason=before.reason)
+        identity = _owner(owner)
+        before = None
+        if _events._subscribers:
+            try:
+                before = self._lock_file.inspect()
+            except (OSError, ClientError):
+                before = None  # acquire says what is wrong
+        if self._fleet is None:
+            info = self._lock_file.acquire(identity, session_id)
+        else:
+            self._raise_if_lost(identity, clear=True)
+            sent_at = self._clock.monotonic()  # the store sets the expiry after this moment
+            info = self._lock_file.acquire(identity, session_id, take_lease=self._take_lease)
+            self._lost = None
+            self._hold(info, sent_at)
+        if before is not None and (before.state is LockState.STALE or (
+                before.state is LockState.FOREIGN and info.refreshed_at is None)):
+            reason = before.reason if before.state is LockState.STALE else (
+                f"the lease of host {before.info.hostname if before.info else '?'} ran out")
+            self._emit("lock_broken", previous=_holder(before.info), reason=reason)
         if info.refreshed_at is None:  # taken now, not refreshed by its holder
-            self._emit("lock_acquired", pid=info.pid, session_id=info.session_id)
+            fence = {} if self._fleet is None else {"fence": info.fence}
+            self._emit("lock_acquired", pid=info.pid, session_id=info.session_id, **fence)
         return info
 
     def release(self, owner: int | None = None) -> None:
@@ -223,36 +382,66 @@ class WorkerLock(SupervisedActor):
         for another owner's or another host's record, `InvalidLock` for a corrupt one.
         """
         self._last_call = self._clock.monotonic()
+        identity = None if owner is None else _owner(owner)
+        drop_lease = None
+        if self._fleet is not None:
+            self._raise_if_lost(identity, clear=True)
+            drop_lease = self._drop_lease
         if not _events._subscribers:
-            self._lock_file.release(None if owner is None else _owner(owner))
+            self._lock_file.release(identity, drop_lease=drop_lease)
             return
         try:
             holder = _holder(self._lock_file.inspect().info)
         except (OSError, ClientError):
             holder = None
-        self._lock_file.release(None if owner is None else _owner(owner))
+        self._lock_file.release(identity, drop_lease=drop_lease)
         self._emit("lock_released", **(holder or {}))
 
     def read(self) -> LockInfo | None:
         """The record on disk (held, stale or another host's), or None. `InvalidLock` if corrupt."""
         self._last_call = self._clock.monotonic()
-        return _read(self._lock_file)
+        return _read(self._lock_file, self._fleet)
 
     def check(self, owner: int | None = None) -> None:
         """Raise `Locked` if a live owner other than `owner` (default: the caller) holds the lock."""
         self._last_call = self._clock.monotonic()
-        _check(self._lock_file, owner)
+        if self._fleet is not None:
+            self._raise_if_lost(_owner(owner), clear=False)
+        _check(self._lock_file, self._fleet, owner)
 
     def status(self) -> str:
         """One line, never raising: `unlocked`, `locked by pid P (session S)`, `stale (...)`,
         `held on host H`, `corrupt (PATH)` or `unusable (REASON)`."""
         self._last_call = self._clock.monotonic()
-        return _status(self._lock_file)
+        return _status(self._lock_file, self._fleet)
 
     def force_release(self) -> None:
-        """Remove any record, another host's or a corrupt one included (an operator's act)."""
+        """Remove any record, another host's or a corrupt one included (an operator's act).
+
+        With a fleet the store's lease goes first (`FleetUnavailable`: nothing removed).
+        """
         self._last_call = self._clock.monotonic()
+        if self._fleet is not None:
+            removed = self._fleet.leases.force_release(self._lock_file.worker_dir)
+            if removed is not None:
+                self._log.warning("force-released the fleet lease of {} ({})", self._lock_file.worker_dir,
+                                  removed.describe())
+            self._forget_lease()
+            self._lost = None
         self._lock_file.force_release()
+
+    def _describe_lease(self) -> dict[str, Any] | None:
+        """The fleet lease this lock renews (None without one): `fence`, `pid`, `session_id`,
+        `deadline_in` (seconds on the lock's clock), `is_renewing`; or, after a loss,
+        `lost` with the reason. Asked with `lock_ref.ask(LEASE_QUERY)`."""
+        if self._held is not None:
+            held = self._held
+            return {"fence": held.info.fence, "pid": held.info.pid, "session_id": held.info.session_id,
+                    "deadline_in": held.deadline - self._clock.monotonic(), "is_renewing": held.is_renewing}
+        if self._lost is not None:
+            return {"fence": self._lost.info.fence, "pid": self._lost.info.pid,
+                    "session_id": self._lost.info.session_id, "lost": self._lost.reason}
+        return None
 
     # -- internals -----------------------------------------------------------------------
 
@@ -262,6 +451,19 @@ class WorkerLock(SupervisedActor):
             return None
         if isinstance(message, _Retire):
             self._retire_if_idle()
+            return None
+        if isinstance(message, _LeaseQuery):
+            return self._describe_lease()
+        if isinstance(message, _Renew):
+            self._renew()
+            return None
+        if isinstance(message, _Renewed):
+            self._on_renewed(message)
+            return None
+        if isinstance(message, _LeaseDeadline):
+            held = self._held
+            if held is not None and self._clock.monotonic() >= held.deadline:
+                self._lose(f"no renewal confirmed within {self._fleet_holding_time():g}s")
             return None
         raise UnknownMessage(f"WorkerLock does not handle {message!r}")
 
@@ -277,9 +479,209 @@ class WorkerLock(SupervisedActor):
             return
         self._tick_problem = None
         if verdict is not None:
+            if self._fleet is not None and verdict.info is not None:
+                self._forget_lease()
+                self._drop_lease_quietly(verdict.info)
             owner = "" if verdict.info is None else f"owner pid {verdict.info.pid} (session {verdict.info.session_id}): "
             self._log.info("released the lock of {}: {}{}", self._lock_file.worker_dir, owner, verdict.reason)
             self._emit("lock_broken", previous=_holder(verdict.info), reason=verdict.reason)
+
+    # -- the fleet lease (contract §7) -----------------------------------------------------
+    # The holder's deadline is (send time of its last confirmed renewal) + lock_lease - 2 s on
+    # its own clock; the server's expiry is (its time when it applied that renewal) +
+    # lock_lease, which is later. So the holder learns of a loss before anyone else can
+    # acquire: see docs/design-fleet-locks.md.
+
+    def _fleet_holding_time(self) -> float:
+        assert self._fleet is not None
+        return self._fleet.holding_time
+
+    def _take_lease(self, info: LockInfo) -> int:
+        """The store's lease for the record about to be written (under the guard): its fence."""
+        assert self._fleet is not None
+        lease = self._fleet.leases.acquire(self._lock_file.worker_dir, self._fleet.owner(info), pid=info.pid,
+                                           session_id=info.session_id, acquired_at=info.acquired_at)
+        return lease.fence
+
+    def _drop_lease(self, info: LockInfo) -> None:
+        """End the store's lease of the record being released (under the guard).
+
+        `LockLost` if it had run out. A store that does not answer leaves the lease to
+        expire by itself within `lock_lease` (nothing renews it any more): the release
+        itself stands, so neither a failed nor an abandoned call keeps the lease forever.
+        """
+        assert self._fleet is not None
+        self._forget_lease()
+        if info.fence < 1:
+            return  # a record written without a fleet: no lease to end
+        try:
+            self._fleet.leases.release(self._lock_file.worker_dir, self._fleet.owner(info), info.fence)
+        except FleetUnavailable as error:
+            self._log.warning("released {} here; its fleet lease (fence {}) expires by itself within {}s: {}",
+                              self._lock_file.worker_dir, info.fence, self._fleet.settings.lock_lease, error)
+
+    def _drop_lease_quietly(self, info: LockInfo) -> None:
+        """End the lease of a dead owner's record, if the store answers (else it expires)."""
+        try:
+            self._drop_lease(info)
+        except ClientError as refused:
+            self._log.info("lease of {}'s dead owner was already gone: {}", self._lock_file.worker_dir, refused)
+
+    def _hold(self, info: LockInfo, sent_at: float) -> None:
+        """Renew the lease backing `info` from now on; `sent_at`: when its acquire was sent."""
+        assert self._fleet is not None
+        owner = self._fleet.owner(info)
+        held = self._held
+        if held is None or (held.owner, held.info.fence) != (owner, info.fence):
+            self._forget_lease()
+            self._held = _HeldLease(info, owner, sent_at + self._fleet.holding_time)
+            self._lease_timers.append(
+                send_interval(self.actor_ref, _RENEW, self._fleet.renew_interval, self._clock))
+            self._arm_deadline()
+        else:
+            held.info = info
+            self._confirm(held, sent_at)
+
+    def _confirm(self, held: _HeldLease, sent_at: float) -> None:
+        assert self._fleet is not None
+        deadline = sent_at + self._fleet.holding_time
+        if deadline > held.deadline:
+            held.deadline = deadline
+            self._arm_deadline()
+
+    def _arm_deadline(self) -> None:
+        held = self._held
+        assert held is not None
+        # The interval timer stays first in the list; older deadline timers are cancelled.
+        for timer in self._lease_timers[1:]:
+            timer.cancel()
+        del self._lease_timers[1:]
+        delay = max(held.deadline - self._clock.monotonic(), 0.0)
+        self._lease_timers.append(send_after(self.actor_ref, _LEASE_DEADLINE, delay, self._clock))
+
+    def _cancel_lease_timers(self) -> None:
+        for timer in self._lease_timers:
+            timer.cancel()
+        self._lease_timers.clear()
+
+    def _forget_lease(self) -> None:
+        """Stop renewing (the lease was released, lost, or its owner died)."""
+        self._held = None
+        self._cancel_lease_timers()
+
+    def _renew(self) -> None:
+        held = self._held
+        if held is None:
+            return
+        if self._clock.monotonic() >= held.deadline:
+            self._lose(f"no renewal confirmed within {self._fleet_holding_time():g}s")
+            return
+        if held.is_renewing:
+            return  # one renewal in flight per lease: a paused store gets no queue of them
+        assert self._fleet is not None
+        ref, owner, fence = self.actor_ref, held.owner, held.info.fence
+
+        def done(sent_at: float, outcome: str, detail: str) -> None:  # on the renewer's thread
+            try:
+                ref.tell(_Renewed(owner, fence, sent_at, outcome, detail))
+            except pykka.ActorDeadError:
+                pass  # the lock stopped meanwhile; a restarted one adopts the lease itself
+
+        try:
+            job = RenewalJob(self._lock_file.worker_dir, owner, fence, self._clock.monotonic, done)
+            self._fleet.renewer.submit(job)
+        except RuntimeError as error:  # no thread: as if the store did not answer
+            self._report_renewal_problem(f"cannot send the renewal: {error}")
+            return
+        held.is_renewing = True
+
+    def _on_renewed(self, renewed: _Renewed) -> None:
+        held = self._held
+        if held is None or (held.owner, held.info.fence) != (renewed.owner, renewed.fence):
+            return  # a renewal of a lease released or lost meanwhile
+        held.is_renewing = False
+        if self._clock.monotonic() >= held.deadline:
+            self._lose(f"no renewal confirmed within {self._fleet_holding_time():g}s")
+        elif renewed.outcome == "renewed":
+            if self._renewal_problem is not None:
+                self._log.info("renewals of {} go through again", self._lock_file.worker_dir)
+                self._renewal_problem = None
+            self._confirm(held, renewed.sent_at)
+        elif renewed.outcome == "refused":
+            self._lose(f"the store refused the renewal: {renewed.detail}")
+        else:
+            self._report_renewal_problem(renewed.detail)
+
+    def _report_renewal_problem(self, problem: str) -> None:
+        if self._renewal_problem is None:
+            held = self._held
+            left = "" if held is None else f"; lost in {held.deadline - self._clock.monotonic():.1f}s unless one works"
+            self._log.warning("renewal of the fleet lease of {} failed{}: {}", self._lock_file.worker_dir, left,
+                              problem)
+        self._renewal_problem = problem
+
+    def _lose(self, reason: str) -> None:
+        """The lease may end on the server soon: tell everyone now, before anyone can take it."""
+        held = self._held
+        if held is None:
+            return
+        assert self._fleet is not None
+        self._forget_lease()
+        self._renewal_problem = None
+        info = held.info
+        self._lost = _LostLease(info, reason)
+        action = "terminating its owner" if self._fleet.settings.on_lock_lost == "terminate" else "owner notified only"
+        self._log.error("lost the fleet lock of {} (pid {}, session {}, fence {}): {}; {}", self._lock_file.worker_dir,
+                        info.pid, info.session_id, info.fence, reason, action)
+        self._emit("lock_lost", pid=info.pid, session_id=info.session_id, fence=info.fence,
+                   host=self._fleet.settings.host_id, reason=reason)
+        if self._fleet.settings.on_lock_lost == "terminate":
+            self._terminate_owner(info)
+        try:  # the local record goes too: this host no longer holds the worker
+            self._lock_file.release(ProcessIdentity(info.pid, info.start_ticks, info.boot_id)
+                                    if info.start_ticks is not None else info.pid)
+        except (OSError, ClientError) as error:
+            self._log.info("record of the lost lock of {} left: {}", self._lock_file.worker_dir, error)
+
+    def _terminate_owner(self, info: LockInfo) -> None:
+        """SIGTERM the owner if it is still the process the record names (never a reused pid)."""
+        if record_liveness(info) is not Liveness.ALIVE:
+            return
+        try:
+            os.kill(info.pid, signal.SIGTERM)
+        except OSError as error:
+            self._log.error("could not SIGTERM pid {}, owner of the lost lock of {}: {}", info.pid,
+                            self._lock_file.worker_dir, error)
+
+    def _raise_if_lost(self, owner: int | ProcessIdentity | None, *, clear: bool) -> None:
+        """`LockLost` to the owner of a lease lost here (any caller when `owner` is None)."""
+        lost = self._lost
+        if lost is None or (owner is not None and not _is_same_owner(lost.info, owner)):
+            return
+        if clear:
+            self._lost = None  # told once; a new acquire starts afresh
+        raise LockLost(f"the fleet lease of {self._lock_file.worker_dir} held by pid {lost.info.pid} "
+                       f"(session {lost.info.session_id}, fence {lost.info.fence}) was lost: {lost.reason}")
+
+    def _adopt_lease(self) -> None:
+        """A (re)started lock whose record names a live owner on this host renews its lease.
+
+        When the last confirmed renewal is unknown, a renewal must be confirmed within
+        `fleet_timeout`, else the lock counts as lost.
+        """
+        assert self._fleet is not None
+        try:
+            verdict = self._lock_file.inspect()
+        except (OSError, ClientError):
+            return
+        info = verdict.info
+        if verdict.state is not LockState.HELD or info is None or info.fence < 1:
+            return
+        now = self._clock.monotonic()
+        self._held = _HeldLease(info, self._fleet.owner(info), now + self._fleet.settings.fleet_timeout)
+        self._lease_timers.append(send_interval(self.actor_ref, _RENEW, self._fleet.renew_interval, self._clock))
+        self._arm_deadline()
+        self._renew()
 
     def _emit(self, kind: str, **data: Any) -> None:
         """An event about this lock, at `locks/<child id>`, with its worker directory."""
@@ -319,7 +721,9 @@ class LockSupervisor(Supervisor):
     `lock_child_id(resolved directory)`, so `Handle(locks_ref, lock_child_id(path))`
     reaches it across restarts. Locks are transient: a crash restarts one, an idle one
     retires and is forgotten, and `lock_for` starts it again on demand (it re-reads its
-    record). More than `max_locks` live locks raise `TooManyLocks`.
+    record). More than `max_locks` live locks raise `TooManyLocks`. With `fleet` (a
+    `FleetSettings`) every lock is also a fleet lease; once started, the supervisor starts
+    the lock of each lease its host already holds, so those are renewed.
     """
 
     def __init__(
@@ -332,7 +736,10 @@ class LockSupervisor(Supervisor):
         max_seconds: float = 5.0,
         idle_retire: float = 60.0,
         max_locks: int = 10_000,
+        fleet: FleetSettings | None = None,
     ) -> None:
+        if fleet is not None and not isinstance(fleet, FleetSettings):
+            raise TypeError(f"fleet must be a FleetSettings or None, not {type(fleet).__name__}")
         self._check_interval = _seconds("check_interval", check_interval)
         self._idle_retire = _seconds("idle_retire", idle_retire)
         if isinstance(max_locks, bool) or not isinstance(max_locks, int):
@@ -351,6 +758,8 @@ class LockSupervisor(Supervisor):
         super().__init__(
             [], strategy=Strategy.ONE_FOR_ONE, max_restarts=max_restarts, max_seconds=max_seconds, clock=clock
         )
+        # Shared by every lock: one client, one renewer thread (started on the first lease).
+        self._fleet = None if fleet is None else FleetLocks(fleet)
         # lock_for calls that found their lock's incarnation ended, by child id, waiting
         # for the supervisor to handle its exit notice: (worker_dir, reply).
         self._awaiting_exit: dict[str, list[tuple[str, DeferredReply]]] = {}
@@ -391,7 +800,9 @@ class LockSupervisor(Supervisor):
         if record is not None and record.ref is not None and record.ref.is_alive():
             return _forward(record.ref, method, args, kwargs)
         if method in _READ_ONLY:
-            return _answer_from_files(LockFile(path, wall_time=self._clock.time), method, args, kwargs)
+            hostname = None if self._fleet is None else self._fleet.settings.host_id
+            lock_file = LockFile(path, hostname=hostname, wall_time=self._clock.time)
+            return _answer_from_files(lock_file, self._fleet, method, args, kwargs)
         found = self._lock_for_path(path, None)
         if isinstance(found, pykka.ActorRef):
             return _forward(found, method, args, kwargs)
@@ -433,7 +844,8 @@ class LockSupervisor(Supervisor):
                 child_id,
                 WorkerLock,
                 args=(worker_dir,),
-                kwargs={"clock": self._clock, "check_interval": self._check_interval, "idle_retire": self._idle_retire},
+                kwargs={"clock": self._clock, "check_interval": self._check_interval, "idle_retire": self._idle_retire,
+                        "fleet": self._fleet},
                 restart=Restart.TRANSIENT,
             )
             # A ref, or a failed future carrying StartError (which must not crash us).
@@ -458,7 +870,33 @@ class LockSupervisor(Supervisor):
         if record is not None and record.ref is None and not exited.reason.is_crash:
             self._forget(exited.child_id)  # retired (or stopped by another): started afresh on demand
 
+    def on_start(self) -> None:
+        super().on_start()
+        if self._fleet is not None:
+            self.actor_ref.tell(_ADOPT_LEASES)  # after the start: the store may be slow to answer
+
+    def _adopt_leases(self) -> None:
+        """Start the lock of each lease this host holds, so it is renewed (or found lost)
+        even if nobody calls for it: a daemon restarted under its workers carries on."""
+        assert self._fleet is not None
+        settings = self._fleet.settings
+        try:
+            leases = list_worker_leases(settings, self._fleet.leases.client)
+        except FleetUnavailable as error:
+            self._log.error("cannot look up this host's worker leases; their locks start on first use: {}", error)
+            return
+        for lease in leases:
+            if lease["host"] != settings.host_id or lock_child_id(lease["path"]) in self._records:
+                continue
+            try:
+                self._lock_for_path(self._resolve(lease["path"]), None)
+            except ClientError as error:  # outside root, gone, too many locks: it expires
+                self._log.warning("not renewing the lease of {}: {}", lease["path"], error)
+
     def on_receive(self, message: Any) -> Any:
+        if isinstance(message, _AdoptLeases):
+            self._adopt_leases()
+            return None
         result = super().on_receive(message)
         if self._awaiting_exit:
             waiting, self._awaiting_exit = self._awaiting_exit, {}
@@ -470,12 +908,16 @@ class LockSupervisor(Supervisor):
     def on_stop(self) -> None:
         self._release_waiters("stopped")
         super().on_stop()
+        if self._fleet is not None:
+            self._fleet.close()  # leases are left to a restarted daemon, or to expire
 
     def on_failure(self, *exc_info: Any) -> None:
         # Before the base class cuts our deferred replies off with ActorCrashed: these calls
         # had no effect, so they are declared unhandled and a Handle resends them.
         self._release_waiters("failed")
         super().on_failure(*exc_info)
+        if self._fleet is not None:
+            self._fleet.close()
 
     def _release_waiters(self, how: str) -> None:
         waiting, self._awaiting_exit = self._awaiting_exit, {}
@@ -531,10 +973,11 @@ def _forward(ref: pykka.ActorRef[Any], method: str, args: Any, kwargs: dict[str,
     return reply
 
 
-def _answer_from_files(lock_file: LockFile, method: str, args: Any, kwargs: dict[str, Any]) -> Any:
+def _answer_from_files(lock_file: LockFile, fleet: FleetLocks | None, method: str, args: Any,
+                       kwargs: dict[str, Any]) -> Any:
     operation = _READ_ONLY[method]
     try:
-        inspect.signature(operation).bind(lock_file, *args, **kwargs)
+        inspect.signature(operation).bind(lock_file, fleet, *args, **kwargs)
     except TypeError as error:
         raise BadCall(f"{method}(): {error}") from None
-    return operation(lock_file, *args, **kwargs)
+    return operation(lock_file, fleet, *args, **kwargs)
