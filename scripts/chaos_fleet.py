@@ -30,6 +30,7 @@ import heapq
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -64,6 +65,8 @@ CLIENT_KILL = "client process SIGKILL"
 SERVER_STOP_SHORT = "server SIGSTOP shorter than fleet_timeout"
 SERVER_STOP_LONG = "server SIGSTOP longer than fleet_timeout"
 SERVER_KILL = "server SIGKILL + restart"
+#: The ERROR line of a conflict (actors/fleet/_hosts.py).
+CONFLICT_LINE = re.compile(r"name '([^']+)' of this host went to host")
 BASIC_KINDS = (DAEMON_KILL, DAEMON_STOP_SHORT, DAEMON_STOP_LONG, CLIENT_KILL, SERVER_STOP_SHORT,
                SERVER_STOP_LONG, SERVER_KILL)
 
@@ -76,7 +79,7 @@ class FleetChaosConfig:
     seed: int = 1
     daemons: int = 3
     clients_per_daemon: int = 2
-    workers: int = 3
+    workers: int = 4
     host_lease: float = 6.0
     lock_lease: float = 6.0
     fleet_timeout: float = 0.5
@@ -231,12 +234,14 @@ class _Run:
             self.client_serial += 1
             serial = self.client_serial
         ledger = self.ledger_dir / f"{daemon.host}-c{slot}-{serial}.jsonl"
+        err = open(ledger.with_suffix(".err"), "wb")  # noqa: SIM115 -- the client's stderr
         process = subprocess.Popen(
             [sys.executable, str(SCRIPT), "--client", str(daemon.socket_path), str(ledger),
              json.dumps(self.worker_dirs), str(self.rng.randrange(1 << 30)), str(self.deadline_wall),
              str(self.config.call_timeout)],
-            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True,
+            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err, close_fds=True,
         )  # fmt: skip
+        err.close()
         client = ClientProc(daemon.host, slot, process, ledger)
         with self.lock:
             self.all_clients.append(client)
@@ -292,8 +297,11 @@ def _fault_thread(run: _Run) -> None:
     rng = random.Random(c.seed * 7919 + 1)
     due: list[tuple[float, int, str, Any]] = []  # (when, serial, action, target): resumes
     serial = 0
-    first = list(BASIC_KINDS)
-    rng.shuffle(first)
+    # Every kind once first, in an order where none waits for another to end (the long
+    # freezes last), then at random.
+    first = [CLIENT_KILL, SERVER_STOP_SHORT, DAEMON_STOP_SHORT, SERVER_KILL, DAEMON_KILL, SERVER_STOP_LONG,
+             DAEMON_STOP_LONG]
+    first_server_stop_long = True
     zombie_at = now() + rng.uniform(0.15, 0.3) * c.seconds if c.zombie else None
     next_fault = now() + rng.uniform(*c.fault_pause)
     restarting: list[threading.Thread] = []
@@ -313,6 +321,7 @@ def _fault_thread(run: _Run) -> None:
         daemon.back(now())
 
     def inject(kind: str) -> bool:
+        nonlocal first_server_stop_long
         daemons = running_daemons()
         # Keep at least one daemon able to act, so the fleet always has a live host.
         spare = len(daemons) >= 2
@@ -357,11 +366,12 @@ def _fault_thread(run: _Run) -> None:
             assert run.server is not None
             if kind == SERVER_STOP_SHORT:
                 length = rng.uniform(0.05, c.fleet_timeout * 0.8)
-            elif rng.random() < 0.5:
+            elif rng.random() < 0.5 and not first_server_stop_long:
                 length = rng.uniform(c.fleet_timeout * 2, c.lock_lease - 2.0)
             else:
                 # Past the holders' deadlines (lease - 2 s): leases get lost for real.
                 length = rng.uniform(c.lock_lease - 1.7, c.lock_lease - 0.5)
+            first_server_stop_long = first_server_stop_long and kind != SERVER_STOP_LONG
             run.server_state = "paused"
             run.server.pause()
             later(length, "resume server", None)
@@ -518,7 +528,7 @@ def client_main(socket_path: str, ledger_path: str, worker_dirs: list[str], seed
             at = now()
             write(ev="name+", name=got, t=at)
             held["name"] = got
-            name_until = at + rng.uniform(0.2, 4.0)
+            name_until = at + rng.uniform(0.05, 2.5)
         elif now() >= name_until:
             at = now()
             write(ev="name-", name=name, t=at, how="checkin")
@@ -533,7 +543,7 @@ def client_main(socket_path: str, ledger_path: str, worker_dirs: list[str], seed
                 if got is not None:
                     write(ev="name+", name=got, t=now())
                     held["name"] = got
-                    name_until = now() + rng.uniform(0.2, 4.0)
+                    name_until = now() + rng.uniform(0.05, 2.5)
 
     def lock_step() -> None:
         nonlocal lock_until, release_pending
@@ -556,7 +566,7 @@ def client_main(socket_path: str, ledger_path: str, worker_dirs: list[str], seed
             at = now()
             write(ev="lock+", dir=directory, fence=info["fence"], t=at, record_pid=info["pid"])
             held["lock"] = (directory, info["fence"])
-            long_hold = rng.random() < 0.45
+            long_hold = rng.random() < 0.3
             lock_until = at + (rng.uniform(1.0, 7.0) if long_hold else rng.uniform(0.02, 0.4))
         elif now() >= lock_until:
             directory, fence = current
@@ -754,9 +764,12 @@ def _judge_locks(run: _Run, locks: list[Hold], report_problem: Any) -> dict[str,
 def _judge_names(run: _Run, names: list[Hold], report_problem: Any) -> tuple[int, int]:
     """(duplicates not reported as conflicts, duplicates reported as a zombie's conflicts)."""
     with run.lock:
-        conflicts = {(event.get("name"), event.get("host")) for event in run.events
-                     if event.get("kind") == "name_conflict"}
-    conflict_names = {name for name, _ in conflicts}
+        conflict_names = {event.get("name") for event in run.events if event.get("kind") == "name_conflict"}
+    # A daemon finds its conflicts as it joins: a restarted one before its socket serves, so
+    # no follower can see that event; its ERROR line (also in `status`) is the report then.
+    for daemon in run.daemons:
+        if daemon.log_path.exists():
+            conflict_names.update(CONFLICT_LINE.findall(daemon.log_path.read_text(errors="replace")))
     intervals = [(hold.key, hold.family, hold.start, hold.end) for hold in names]
     unreported: set[str] = set()
     reported: set[str] = set()
