@@ -688,6 +688,18 @@ def _daemon_of(run: _Run, host: str) -> Daemon:
     return next(daemon for daemon in run.daemons if daemon.host == host)
 
 
+def _deadline_window(run: _Run, acquired: float) -> float:
+    """The earliest the holder's deadline can fall, for a hold whose acquire was answered at `acquired`.
+
+    The deadline is (send time of the last confirmed renewal or acquire) + lock_lease - 2 s;
+    the acquire was sent at most `call_timeout` before its answer. A daemon that was frozen
+    or down only before this moment had renewed or adopted the lease again since: a late
+    notice then is not excused by that outage.
+    """
+    c = run.config
+    return acquired + max(0.0, c.lock_lease - 2.0 - c.call_timeout)
+
+
 def _judge_locks(run: _Run, locks: list[Hold], report_problem: Any) -> dict[str, int]:
     """Double holders (excused only when the earlier holder's daemon could not act and the
     fence protects), fences in order, and each lost lease noticed before its successor."""
@@ -700,7 +712,8 @@ def _judge_locks(run: _Run, locks: list[Hold], report_problem: Any) -> dict[str,
         a, b = by_key[(directory, first[0], first[1])], by_key[(directory, second[0], second[1])]
         earlier, later = (a, b) if a.start <= b.start else (b, a)
         daemon = _daemon_of(run, earlier.family[0])
-        excused = daemon.was_out_between(earlier.start, later.start) and later.fence > earlier.fence
+        excused = daemon.was_out_between(_deadline_window(run, earlier.start), later.start) and \
+            later.fence > earlier.fence
         if excused:
             figures["excused"] += 1
             run.note(f"lock {directory}: {earlier.family} (fence {earlier.fence}, {earlier.how}) overlapped "
@@ -747,7 +760,7 @@ def _judge_locks(run: _Run, locks: list[Hold], report_problem: Any) -> dict[str,
         holder = holders.get((directory, fence))
         host = holder.family[0] if holder is not None else None
         daemon = _daemon_of(run, host) if host is not None else None
-        since = holder.start if holder is not None else successor.start - run.config.lock_lease
+        since = _deadline_window(run, holder.start) if holder is not None else successor.start - run.config.lock_lease
         if daemon is not None and daemon.was_out_between(since, successor.start):
             figures["late excused"] += 1
             run.note(f"lost lease of {directory} (fence {fence}, {host}) noticed "
@@ -764,17 +777,20 @@ def _judge_locks(run: _Run, locks: list[Hold], report_problem: Any) -> dict[str,
 def _judge_names(run: _Run, names: list[Hold], report_problem: Any) -> tuple[int, int]:
     """(duplicates not reported as conflicts, duplicates reported as a zombie's conflicts)."""
     with run.lock:
-        conflict_names = {event.get("name") for event in run.events if event.get("kind") == "name_conflict"}
+        conflicts = {(event.get("name"), event.get("host")) for event in run.events
+                     if event.get("kind") == "name_conflict"}
     # A daemon finds its conflicts as it joins: a restarted one before its socket serves, so
     # no follower can see that event; its ERROR line (also in `status`) is the report then.
     for daemon in run.daemons:
         if daemon.log_path.exists():
-            conflict_names.update(CONFLICT_LINE.findall(daemon.log_path.read_text(errors="replace")))
+            found = CONFLICT_LINE.findall(daemon.log_path.read_text(errors="replace"))
+            conflicts.update((name, daemon.host) for name in found)
     intervals = [(hold.key, hold.family, hold.start, hold.end) for hold in names]
     unreported: set[str] = set()
     reported: set[str] = set()
     for name, first, second, seconds in overlaps(intervals):
-        if name in conflict_names:
+        # Reported: the zombie host, one of the two holders' hosts, reported that very name.
+        if (name, first[0]) in conflicts or (name, second[0]) in conflicts:
             reported.add(name)
         else:
             unreported.add(name)

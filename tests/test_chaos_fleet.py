@@ -88,6 +88,11 @@ def test_an_overlap_behind_a_frozen_holder_daemon_is_excused_only_with_a_higher_
     stale = chaos_fleet._judge_locks(run, [_hold("/w", "h0", 1, 10.0, 20.0, 3), _hold("/w", "h1", 2, 18.0, 21.0, 2)],
                                      problems.append)
     assert stale.get("double") == 1
+    # A freeze only early in the hold (the lease renewed since) excuses nothing.
+    early = _run_with(tmp_path, {"h0": [(10.5, 11.0)]}, [])
+    figures = chaos_fleet._judge_locks(early, [_hold("/w", "h0", 1, 10.0, 20.0, 1), _hold("/w", "h1", 2, 18.0, 21.0, 2)],
+                                       problems.append)
+    assert figures.get("double") == 1
 
 
 def test_a_lost_lease_noticed_after_its_successor_acquired_is_a_violation(tmp_path: Path) -> None:
@@ -112,12 +117,18 @@ def test_fences_must_grow_between_owners_but_one_owner_may_continue_its_lease(tm
     assert chaos_fleet._judge_locks(run, other_owner, problems.append).get("fence order") == 1
 
 
-def test_a_name_held_twice_is_a_duplicate_unless_a_conflict_was_reported(tmp_path: Path) -> None:
+def test_a_name_held_twice_is_a_duplicate_unless_a_holders_host_reported_the_conflict(tmp_path: Path) -> None:
     names = [_hold("ann", "h0", 1, 10.0, 30.0, 0), _hold("ann", "h1", 2, 25.0, 26.0, 0)]
     problems: list[str] = []
     assert chaos_fleet._judge_names(_run_with(tmp_path, {}, []), names, problems.append) == (1, 0)
     conflict = {"kind": "name_conflict", "host": "h0", "name": "ann", "received": 31.0}
     assert chaos_fleet._judge_names(_run_with(tmp_path, {}, [conflict]), names, problems.append) == (0, 1)
+    other_name = {**conflict, "name": "bob"}
+    assert chaos_fleet._judge_names(_run_with(tmp_path, {}, [other_name]), names, problems.append) == (1, 0)
+    # A restarted daemon finds its conflicts before its socket serves: its ERROR line counts.
+    (tmp_path / "h1.log").write_text("06:01:33.864 ERROR   [ann] name 'ann' of this host went to host 'h0' while "
+                                     "this host was cut off: owners [2] must take another name\n")
+    assert chaos_fleet._judge_names(_run_with(tmp_path, {}, []), names, problems.append) == (0, 1)
 
 
 @pytest.mark.parametrize("same_family", [True, False])
