@@ -238,7 +238,7 @@ class _Run:
         process = subprocess.Popen(
             [sys.executable, str(SCRIPT), "--client", str(daemon.socket_path), str(ledger),
              json.dumps(self.worker_dirs), str(self.rng.randrange(1 << 30)), str(self.deadline_wall),
-             str(self.config.call_timeout)],
+             str(self.config.call_timeout), "keep" if slot == 0 else "churn"],
             cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err, close_fds=True,
         )  # fmt: skip
         err.close()
@@ -302,8 +302,10 @@ def _fault_thread(run: _Run) -> None:
     first = [CLIENT_KILL, SERVER_STOP_SHORT, DAEMON_STOP_SHORT, SERVER_KILL, DAEMON_KILL, SERVER_STOP_LONG,
              DAEMON_STOP_LONG]
     first_server_stop_long = True
-    zombie_at = now() + rng.uniform(0.15, 0.3) * c.seconds if c.zombie else None
-    next_fault = now() + rng.uniform(*c.fault_pause)
+    # The zombie goes first, once the clients hold names and while every daemon runs (its
+    # freeze must end before the load does); the other faults follow.
+    zombie_at = now() + 4.0 if c.zombie else None
+    next_fault = (zombie_at or now()) + rng.uniform(*c.fault_pause)
     restarting: list[threading.Thread] = []
 
     def later(delay: float, action: str, target: Any) -> None:
@@ -320,8 +322,14 @@ def _fault_thread(run: _Run) -> None:
         daemon.state = "running"
         daemon.back(now())
 
+    zombie: list[Any] = [None, 0.0]  # the zombie daemon, and when it wakes
+
     def inject(kind: str) -> bool:
         nonlocal first_server_stop_long
+        if now() < zombie[1] and kind not in (CLIENT_KILL, SERVER_STOP_SHORT):
+            # While the zombie sleeps the rest of the fleet must run and sweep, so that its
+            # names are quarantined and then go to others: only small faults meanwhile.
+            return False
         daemons = running_daemons()
         # Keep at least one daemon able to act, so the fleet always has a live host.
         spare = len(daemons) >= 2
@@ -346,7 +354,11 @@ def _fault_thread(run: _Run) -> None:
             elif kind == DAEMON_STOP_LONG:
                 length = rng.uniform(c.lock_lease + 0.5, c.lock_lease + 2.5)
             else:
-                length = 2 * c.host_lease + 4.0  # gone, quarantined, reissued, then back
+                # Gone (a lease), quarantined (a lease from when a sweep notices: later if the
+                # server was paused meanwhile), reissued, then back.
+                length = 3 * c.host_lease + 4.0
+            if kind == DAEMON_ZOMBIE:
+                zombie[:] = [daemon, now() + length]
             daemon.state = "frozen"
             daemon.out(now())
             os.kill(daemon.process.pid, signal.SIGSTOP)
@@ -354,7 +366,8 @@ def _fault_thread(run: _Run) -> None:
             return True
         if kind == CLIENT_KILL:
             with run.lock:
-                live = [client for client in run.clients if client.process.poll() is None]
+                live = [client for client in run.clients if client.process.poll() is None
+                        and (now() >= zombie[1] or client.host != zombie[0].host)]
             if not live:
                 return False
             client = rng.choice(live)
@@ -461,8 +474,11 @@ def _daemon_watch(run: _Run) -> None:
 
 
 def client_main(socket_path: str, ledger_path: str, worker_dirs: list[str], seed: int, deadline: float,
-                call_timeout: float) -> int:
+                call_timeout: float, keeps_name: bool = False) -> int:
     """Takes names and worker locks over one daemon's socket; writes its beliefs to a ledger.
+
+    A client that `keeps_name` is like a worker: it keeps its name for its whole life (until
+    the pool says it is no longer its name); the others check theirs in and out again.
 
     Lines: `name+`/`name-` (a name believed from the answered checkout to the checkin sent
     or the answer that showed it gone), `lock+`/`lock-` (a lock from the answered acquire to
@@ -529,7 +545,7 @@ def client_main(socket_path: str, ledger_path: str, worker_dirs: list[str], seed
             write(ev="name+", name=got, t=at)
             held["name"] = got
             name_until = at + rng.uniform(0.05, 2.5)
-        elif now() >= name_until:
+        elif now() >= name_until and not keeps_name:
             at = now()
             write(ev="name-", name=name, t=at, how="checkin")
             held["name"] = None
@@ -774,8 +790,9 @@ def _judge_locks(run: _Run, locks: list[Hold], report_problem: Any) -> dict[str,
     return dict(figures)
 
 
-def _judge_names(run: _Run, names: list[Hold], report_problem: Any) -> tuple[int, int]:
-    """(duplicates not reported as conflicts, duplicates reported as a zombie's conflicts)."""
+def _judge_names(run: _Run, names: list[Hold], report_problem: Any) -> tuple[int, int, int]:
+    """(duplicates not reported as conflicts, duplicates reported as a zombie's conflicts,
+    names the fleet stopped giving their live holder with no conflict reported)."""
     with run.lock:
         conflicts = {(event.get("name"), event.get("host")) for event in run.events
                      if event.get("kind") == "name_conflict"}
@@ -792,10 +809,20 @@ def _judge_names(run: _Run, names: list[Hold], report_problem: Any) -> tuple[int
         # Reported: the zombie host, one of the two holders' hosts, reported that very name.
         if (name, first[0]) in conflicts or (name, second[0]) in conflicts:
             reported.add(name)
+            run.note(f"name {name!r} believed by {first} and {second} at once for {seconds * 1000:.0f} ms: a "
+                     "zombie host's name reissued after its quarantine, reported as a conflict on its return")
         else:
             unreported.add(name)
             report_problem(f"name {name!r} believed by {first} and {second} at once for {seconds * 1000:.1f} ms")
-    return len(unreported), len(reported)
+    # A holder asks `get_name_by_pid` now and then: an answer other than its name is a
+    # forgotten name unless its host reported that name as a conflict.
+    forgotten = 0
+    for hold in names:
+        if hold.how == "lost" and (hold.key, hold.family[0]) not in conflicts:
+            forgotten += 1
+            report_problem(f"name {hold.key!r} of {hold.family} was no longer its name at {hold.end:.3f} "
+                           "and no conflict was reported")
+    return len(unreported), len(reported), forgotten
 
 
 def _lost_names(run: _Run, seen: set[str]) -> tuple[int, list[str]]:
@@ -970,7 +997,7 @@ def run_fleet_chaos(config: FleetChaosConfig, progress: Any = None) -> FleetChao
         for thread in threads:
             thread.join(5)
 
-    duplicates, conflicts = _judge_names(run, names, report_problem)
+    duplicates, conflicts, forgotten = _judge_names(run, names, report_problem)
     lock_figures = _judge_locks(run, locks, report_problem)
     expected_errors = collections.Counter(e["type"] for e in errors if e.get("expected"))
     unexpected_errors = [e for e in errors if not e.get("expected")]
@@ -1007,6 +1034,7 @@ def run_fleet_chaos(config: FleetChaosConfig, progress: Any = None) -> FleetChao
     report.add("duplicate name holders (fleet-wide, not reported)", duplicates, 0)
     report.add("  names held twice after a zombie's return (reported as conflicts)", conflicts)
     report.add("lost answered names", lost, 0)
+    report.add("names forgotten while their holder lived (no conflict reported)", forgotten, 0)
     report.add("double lock holders", lock_figures.get("double", 0), 0)
     report.add("  overlaps behind a frozen or dead holder daemon (fence-protected)", lock_figures.get("excused", 0))
     report.add("fences out of order", lock_figures.get("fence order", 0), 0)
@@ -1033,8 +1061,9 @@ def run_fleet_chaos(config: FleetChaosConfig, progress: Any = None) -> FleetChao
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--client":
-        socket_path, ledger, dirs, seed, deadline, call_timeout = argv[1:7]
-        return client_main(socket_path, ledger, json.loads(dirs), int(seed), float(deadline), float(call_timeout))
+        socket_path, ledger, dirs, seed, deadline, call_timeout, mode = argv[1:8]
+        return client_main(socket_path, ledger, json.loads(dirs), int(seed), float(deadline), float(call_timeout),
+                           keeps_name=mode == "keep")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the load (default 60)")
     parser.add_argument("--daemons", type=int, default=3, choices=(2, 3, 4))

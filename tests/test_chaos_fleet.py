@@ -120,19 +120,26 @@ def test_fences_must_grow_between_owners_but_one_owner_may_continue_its_lease(tm
 def test_a_name_held_twice_is_a_duplicate_unless_a_holders_host_reported_the_conflict(tmp_path: Path) -> None:
     names = [_hold("ann", "h0", 1, 10.0, 30.0, 0), _hold("ann", "h1", 2, 25.0, 26.0, 0)]
     problems: list[str] = []
-    assert chaos_fleet._judge_names(_run_with(tmp_path, {}, []), names, problems.append) == (1, 0)
+    assert chaos_fleet._judge_names(_run_with(tmp_path, {}, []), names, problems.append) == (1, 0, 0)
     conflict = {"kind": "name_conflict", "host": "h0", "name": "ann", "received": 31.0}
-    assert chaos_fleet._judge_names(_run_with(tmp_path, {}, [conflict]), names, problems.append) == (0, 1)
+    assert chaos_fleet._judge_names(_run_with(tmp_path, {}, [conflict]), names, problems.append) == (0, 1, 0)
     other_name = {**conflict, "name": "bob"}
-    assert chaos_fleet._judge_names(_run_with(tmp_path, {}, [other_name]), names, problems.append) == (1, 0)
+    assert chaos_fleet._judge_names(_run_with(tmp_path, {}, [other_name]), names, problems.append) == (1, 0, 0)
     # A restarted daemon finds its conflicts before its socket serves: its ERROR line counts.
     (tmp_path / "h1.log").write_text("06:01:33.864 ERROR   [ann] name 'ann' of this host went to host 'h0' while "
                                      "this host was cut off: owners [2] must take another name\n")
-    assert chaos_fleet._judge_names(_run_with(tmp_path, {}, []), names, problems.append) == (0, 1)
+    assert chaos_fleet._judge_names(_run_with(tmp_path, {}, []), names, problems.append) == (0, 1, 0)
+
+
+def test_a_name_the_fleet_stops_giving_its_live_holder_is_forgotten_unless_a_conflict(tmp_path: Path) -> None:
+    names = [_hold("ann", "h0", 1, 10.0, 12.0, 0, how="lost")]
+    assert chaos_fleet._judge_names(_run_with(tmp_path, {}, []), names, [].append) == (0, 0, 1)
+    conflict = {"kind": "name_conflict", "host": "h0", "name": "ann", "received": 11.0}
+    assert chaos_fleet._judge_names(_run_with(tmp_path, {}, [conflict]), names, [].append) == (0, 0, 0)
 
 
 @pytest.mark.parametrize("same_family", [True, False])
 def test_one_clients_successive_beliefs_never_count_as_a_duplicate(tmp_path: Path, same_family: bool) -> None:
     second = ("h0", 1) if same_family else ("h1", 2)
     names = [_hold("ann", "h0", 1, 10.0, 12.0, 0), _hold("ann", second[0], second[1], 12.0, 13.0, 0)]
-    assert chaos_fleet._judge_names(_run_with(tmp_path, {}, []), names, [].append) == (0, 0)
+    assert chaos_fleet._judge_names(_run_with(tmp_path, {}, []), names, [].append) == (0, 0, 0)
