@@ -134,7 +134,9 @@ def bench_fleet(url: str | None = None, quick: bool = False) -> dict[str, Any]:
     return {**bench_fleet_names(url, quick=quick), **bench_fleet_locks(url, quick=quick)}
 
 
-def fleet_rows(quick: bool = False, url: str | None = None, figures: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def fleet_rows(
+    quick: bool = False, url: str | None = None, figures: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """The fleet section's two rows, with `scripts/bench.py`'s `Row` fields."""
     figures = bench_fleet(url, quick=quick) if figures is None else figures
     return [

@@ -27,6 +27,7 @@ import argparse
 import collections
 import contextlib
 import heapq
+import itertools
 import json
 import os
 import random
@@ -684,7 +685,8 @@ def _read_ledgers(run: _Run, end_of_run: float) -> tuple[list[Hold], list[Hold],
             elif kind == "lock+":
                 open_lock = (record["dir"], record["fence"], record["t"])
                 if record.get("record_pid") != pid:
-                    run.problem(f"{family}: acquired {record['dir']} but the record names pid {record.get('record_pid')}")
+                    run.problem(f"{family}: acquired {record['dir']} but the record names pid "
+                                f"{record.get('record_pid')}")
             elif kind == "lock-":
                 if open_lock is not None:
                     locks.append(Hold(open_lock[0], family, open_lock[2], record["t"], open_lock[1], record["how"]))
@@ -742,7 +744,7 @@ def _judge_locks(run: _Run, locks: list[Hold], report_problem: Any) -> dict[str,
     # Fences grow with every acquisition: in acquisition order, between holds that did not overlap.
     for directory in {hold.key for hold in locks}:
         ordered = sorted((hold for hold in locks if hold.key == directory), key=lambda hold: hold.start)
-        for before, after in zip(ordered, ordered[1:], strict=False):
+        for before, after in itertools.pairwise(ordered):
             # The same owner acquiring again while its lease lives on (a release that did not
             # reach the store) continues that lease: the same fence, by design.
             same_lease = after.family == before.family and after.fence == before.fence
@@ -908,7 +910,7 @@ def run_fleet_chaos(config: FleetChaosConfig, progress: Any = None) -> FleetChao
     """Run the fleet chaos described in the module docstring; the report's table says what held."""
     say = progress or (lambda text: None)
     own_dir = config.run_dir is None
-    run_dir = Path(tempfile.mkdtemp(prefix="chaos-fleet-")) if own_dir else Path(config.run_dir)  # type: ignore[arg-type]
+    run_dir = Path(tempfile.mkdtemp(prefix="chaos-fleet-")) if config.run_dir is None else Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(run_dir, 0o700)
     before_children = _children()

@@ -90,8 +90,8 @@ def test_an_overlap_behind_a_frozen_holder_daemon_is_excused_only_with_a_higher_
     assert stale.get("double") == 1
     # A freeze only early in the hold (the lease renewed since) excuses nothing.
     early = _run_with(tmp_path, {"h0": [(10.5, 11.0)]}, [])
-    figures = chaos_fleet._judge_locks(early, [_hold("/w", "h0", 1, 10.0, 20.0, 1), _hold("/w", "h1", 2, 18.0, 21.0, 2)],
-                                       problems.append)
+    holds = [_hold("/w", "h0", 1, 10.0, 20.0, 1), _hold("/w", "h1", 2, 18.0, 21.0, 2)]
+    figures = chaos_fleet._judge_locks(early, holds, problems.append)
     assert figures.get("double") == 1
 
 
