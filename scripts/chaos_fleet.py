@@ -239,7 +239,7 @@ class _Run:
         process = subprocess.Popen(
             [sys.executable, str(SCRIPT), "--client", str(daemon.socket_path), str(ledger),
              json.dumps(self.worker_dirs), str(self.rng.randrange(1 << 30)), str(self.deadline_wall),
-             str(self.config.call_timeout), "keep" if slot == 0 else "churn"],
+             str(self.config.call_timeout), "churn" if slot == 1 else "keep"],
             cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err, close_fds=True,
         )  # fmt: skip
         err.close()
@@ -360,6 +360,10 @@ def _fault_thread(run: _Run) -> None:
                 length = 3 * c.host_lease + 4.0
             if kind == DAEMON_ZOMBIE:
                 zombie[:] = [daemon, now() + length]
+                # By then its names are out of quarantine and on top of the free stack, where
+                # the churners (who get their own name back, LIFO) never reach: fresh
+                # clients on the other hosts take them.
+                later(2 * c.host_lease + 4.5, "newcomers", daemon)
             daemon.state = "frozen"
             daemon.out(now())
             os.kill(daemon.process.pid, signal.SIGSTOP)
@@ -408,6 +412,13 @@ def _fault_thread(run: _Run) -> None:
             assert run.server is not None
             run.server.resume()
             run.server_state = "running"
+        elif action == "newcomers" and not run.load_over.is_set():
+            for host_index, daemon in enumerate(run.daemons):
+                if daemon is not target:
+                    newcomer = run.spawn_client(host_index, c.clients_per_daemon)
+                    with run.lock:
+                        run.clients.append(newcomer)
+            run.counts["newcomer clients started during the zombie's sleep"] += len(run.daemons) - 1
 
     while not run.load_over.is_set():
         wake = next_fault if not due else min(next_fault, due[0][0])
