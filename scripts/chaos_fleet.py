@@ -351,7 +351,9 @@ def _fault_thread(run: _Run) -> None:
             assert daemon.process is not None
             deadline = c.lock_lease - 2.0
             if kind == DAEMON_STOP_SHORT:
-                length = rng.uniform(0.2, deadline * 0.75)
+                # Within the deadline even when the last renewal went out a whole renewal
+                # interval (lease / 3) before the freeze.
+                length = rng.uniform(0.2, deadline - c.lock_lease / 3 - 0.2)
             elif kind == DAEMON_STOP_LONG:
                 length = rng.uniform(c.lock_lease + 0.5, c.lock_lease + 2.5)
             else:
@@ -717,16 +719,24 @@ def _daemon_of(run: _Run, host: str) -> Daemon:
     return next(daemon for daemon in run.daemons if daemon.host == host)
 
 
-def _deadline_window(run: _Run, acquired: float) -> float:
-    """The earliest the holder's deadline can fall, for a hold whose acquire was answered at `acquired`.
+#: Slack for the "deadline at least 2 s before the server's expiry" order: scheduling of the
+#: holder's timer and of the runner's stamps (clock *rates* differ by far less).
+DEADLINE_SLACK = 0.5
+
+
+def _deadline_window(run: _Run, acquired: float, successor: float) -> tuple[float, float]:
+    """When the holder's deadline can fall, for a hold answered at `acquired` and a successor
+    answered at `successor`: the holder's daemon must have been out then to be excused.
 
     The deadline is (send time of the last confirmed renewal or acquire) + lock_lease - 2 s;
-    the acquire was sent at most `call_timeout` before its answer. A daemon that was frozen
-    or down only before this moment had renewed or adopted the lease again since: a late
-    notice then is not excused by that outage.
+    the acquire was sent at most `call_timeout` before its answer, so the deadline is not
+    before `acquired + lock_lease - 2 - call_timeout`. The server applied that renewal after
+    it was sent and the successor acquired only after the server's expiry, so the deadline
+    is at least 2 s before `successor`. A daemon out only outside this window was running
+    at its deadline: it must have noticed in time.
     """
     c = run.config
-    return acquired + max(0.0, c.lock_lease - 2.0 - c.call_timeout)
+    return acquired + max(0.0, c.lock_lease - 2.0 - c.call_timeout), successor - 2.0 + DEADLINE_SLACK
 
 
 def _judge_locks(run: _Run, locks: list[Hold], report_problem: Any) -> dict[str, int]:
@@ -741,7 +751,7 @@ def _judge_locks(run: _Run, locks: list[Hold], report_problem: Any) -> dict[str,
         a, b = by_key[(directory, first[0], first[1])], by_key[(directory, second[0], second[1])]
         earlier, later = (a, b) if a.start <= b.start else (b, a)
         daemon = _daemon_of(run, earlier.family[0])
-        excused = daemon.was_out_between(_deadline_window(run, earlier.start), later.start) and \
+        excused = daemon.was_out_between(*_deadline_window(run, earlier.start, later.start)) and \
             later.fence > earlier.fence
         if excused:
             figures["excused"] += 1
@@ -789,8 +799,8 @@ def _judge_locks(run: _Run, locks: list[Hold], report_problem: Any) -> dict[str,
         holder = holders.get((directory, fence))
         host = holder.family[0] if holder is not None else None
         daemon = _daemon_of(run, host) if host is not None else None
-        since = _deadline_window(run, holder.start) if holder is not None else successor.start - run.config.lock_lease
-        if daemon is not None and daemon.was_out_between(since, successor.start):
+        acquired = holder.start if holder is not None else successor.start - run.config.lock_lease
+        if daemon is not None and daemon.was_out_between(*_deadline_window(run, acquired, successor.start)):
             figures["late excused"] += 1
             run.note(f"lost lease of {directory} (fence {fence}, {host}) noticed "
                      f"{(noticed - successor.start) * 1000:.0f} ms after fence {successor.fence} was acquired; "
@@ -976,6 +986,8 @@ def run_fleet_chaos(config: FleetChaosConfig, progress: Any = None) -> FleetChao
             if client.ended is None:
                 client.ended = now()
         names, locks, errors, sigterms = _read_ledgers(run, now())
+        with open(run_dir / "outages.json", "w") as timeline:  # for a post-mortem of a kept run
+            json.dump({daemon.host: daemon.outages for daemon in run.daemons}, timeline)
         seen = {hold.key for hold in names}
         report_problem = run.problem
         lost, lost_detail = _lost_names(run, seen)

@@ -88,11 +88,12 @@ def test_an_overlap_behind_a_frozen_holder_daemon_is_excused_only_with_a_higher_
     stale = chaos_fleet._judge_locks(run, [_hold("/w", "h0", 1, 10.0, 20.0, 3), _hold("/w", "h1", 2, 18.0, 21.0, 2)],
                                      problems.append)
     assert stale.get("double") == 1
-    # A freeze only early in the hold (the lease renewed since) excuses nothing.
-    early = _run_with(tmp_path, {"h0": [(10.5, 11.0)]}, [])
+    # A freeze only early in the hold (the lease renewed since) excuses nothing, nor one that
+    # began less than 2 s before the successor (the holder ran at its deadline).
     holds = [_hold("/w", "h0", 1, 10.0, 20.0, 1), _hold("/w", "h1", 2, 18.0, 21.0, 2)]
-    figures = chaos_fleet._judge_locks(early, holds, problems.append)
-    assert figures.get("double") == 1
+    for outage in [(10.5, 11.0), (17.0, 19.0)]:
+        figures = chaos_fleet._judge_locks(_run_with(tmp_path, {"h0": [outage]}, []), holds, problems.append)
+        assert figures.get("double") == 1, outage
 
 
 def test_a_lost_lease_noticed_after_its_successor_acquired_is_a_violation(tmp_path: Path) -> None:
