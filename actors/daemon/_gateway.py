@@ -467,7 +467,10 @@ class Gateway:
             reply = error_reply(request_id, error)
         except pykka.Timeout:
             reply = error_reply(request_id, "Timeout", f"no answer within {self._call_timeout}s")
-        except Exception as error:  # out of descriptors, memory or threads included: an error reply
+        except OSError as error:  # storage refusing, a fleet store away, out of descriptors: one line
+            log.warning("request {} failed: {!r}", frame.get("op"), error)
+            reply = error_reply(request_id, error)
+        except Exception as error:  # out of memory or threads, a bug: an error reply, with the traceback
             log.opt(exception=error).warning("request {} failed", frame.get("op"))
             reply = error_reply(request_id, error)
         try:
