@@ -10,7 +10,8 @@ A thread handoff on these 2-CPU machines otherwise flips between ~25 µs and ~15
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 
@@ -43,3 +44,33 @@ def pinned(caller_cpu: int | None, thread_ids: list[int], other_cpu: int | None)
             except OSError:
                 pass  # the thread ended
         os.sched_setaffinity(0, before)
+
+
+def rate(cycle: Callable[[], None], cycles: int) -> float:
+    """Cycles per second of `cycle`, run `cycles` times back to back."""
+    start = time.perf_counter()
+    for _ in range(cycles):
+        cycle()
+    return cycles / (time.perf_counter() - start)
+
+
+def interleaved(
+    sides: dict[str, Callable[[], None]], baseline: str, *, rounds: int, cycles: int, warmup: int
+) -> tuple[dict[str, list[float]], list[float]]:
+    """Each side's rate per round, taking each place in turn, and `ours / baseline` per round.
+
+    Call it inside `pinned(...)`: the sides share one machine, so only rates measured in the
+    same short rounds compare.
+    """
+    rates: dict[str, list[float]] = {name: [] for name in sides}
+    ratios: list[float] = []
+    for cycle in sides.values():
+        rate(cycle, warmup)
+    names = list(sides)
+    for index in range(rounds):
+        shift = index % len(names)  # each side takes each place in turn
+        measured = {name: rate(sides[name], cycles) for name in names[shift:] + names[:shift]}
+        for name, value in measured.items():
+            rates[name].append(value)
+        ratios.append(measured["ours"] / measured[baseline])
+    return rates, ratios

@@ -26,7 +26,6 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,20 +37,13 @@ if str(SCRIPTS) not in sys.path:
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
-from _pinning import cpu_pair, pinned  # noqa: E402
+from _pinning import cpu_pair, interleaved, pinned  # noqa: E402
 from _redis_server import RedisServer  # noqa: E402
 from bench_fleet_locks import FLEET_LOCKS_TARGET, bench_fleet_locks  # noqa: E402
 
 __all__ = ["FLEET_NAMES_TARGET", "bench_fleet_names", "fleet_rows"]
 
 FLEET_NAMES_TARGET = 0.5  # fleet checkout+checkin / two bare redis-py SETs, at least (contract §7)
-
-
-def _rate(cycle: Callable[[], None], cycles: int) -> float:
-    start = time.perf_counter()
-    for _ in range(cycles):
-        cycle()
-    return cycles / (time.perf_counter() - start)
 
 
 def _native_id(ref: Any) -> int:
@@ -82,22 +74,12 @@ def _measure_names(url: str, server_pid: int | None, scratch: str, rounds: int, 
             client.set(key, "b")
 
         sides: dict[str, Callable[[], None]] = {"ours": ours, "two_sets": baseline}
-        rates: dict[str, list[float]] = {side: [] for side in sides}
-        ratios: list[float] = []
         caller_cpu, other_cpu, layout = cpu_pair("name pool actor and redis-server")
         ref = tree.names.current()
         assert ref is not None, "the name pool is not running"
         others = [_native_id(ref)] + ([server_pid] if server_pid is not None else [])
         with pinned(caller_cpu, others, other_cpu):
-            for cycle in sides.values():
-                _rate(cycle, warmup)
-            order = list(sides)
-            for index in range(rounds):
-                shift = index % len(order)  # each side takes each place in turn
-                measured = {side: _rate(sides[side], cycles) for side in order[shift:] + order[:shift]}
-                for side, value in measured.items():
-                    rates[side].append(value)
-                ratios.append(measured["ours"] / measured["two_sets"])
+            rates, ratios = interleaved(sides, "two_sets", rounds=rounds, cycles=cycles, warmup=warmup)
     finally:
         client.close()
         tree.stop()

@@ -21,7 +21,6 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
-from _pinning import cpu_pair, pinned  # noqa: E402
+from _pinning import cpu_pair, interleaved, pinned  # noqa: E402
 
 from actors.fleet._connection import FleetSettings  # noqa: E402
 from actors.locks._worker_lock import WorkerLock  # noqa: E402
@@ -40,13 +39,6 @@ from supervision import ManualClock  # noqa: E402
 __all__ = ["FLEET_LOCKS_TARGET", "bench_fleet_locks"]
 
 FLEET_LOCKS_TARGET = 0.5  # ours / redis-py Lock cycles per second, at least (contract §7)
-
-
-def _rate(cycle: Callable[[], None], cycles: int) -> float:
-    start = time.perf_counter()
-    for _ in range(cycles):
-        cycle()
-    return cycles / (time.perf_counter() - start)
 
 
 def _actor_thread_id(ref: Any) -> int:
@@ -77,20 +69,10 @@ def _measure(url: str, server_pid: int | None, scratch: str, rounds: int, cycles
             redis_lock.release()
 
         sides: dict[str, Callable[[], None]] = {"ours": ours, "redis_py_lock": baseline}
-        rates: dict[str, list[float]] = {name: [] for name in sides}
-        ratios: list[float] = []
         caller_cpu, other_cpu, layout = cpu_pair("lock actor and redis-server")
         others = [_actor_thread_id(ref)] + ([server_pid] if server_pid is not None else [])
         with pinned(caller_cpu, others, other_cpu):
-            for cycle in sides.values():
-                _rate(cycle, warmup)
-            names = list(sides)
-            for index in range(rounds):
-                shift = index % len(names)  # each side takes each place in turn
-                measured = {name: _rate(sides[name], cycles) for name in names[shift:] + names[:shift]}
-                for name, value in measured.items():
-                    rates[name].append(value)
-                ratios.append(measured["ours"] / measured["redis_py_lock"])
+            rates, ratios = interleaved(sides, "redis_py_lock", rounds=rounds, cycles=cycles, warmup=warmup)
     finally:
         ref.stop()
         client.close()

@@ -1519,11 +1519,16 @@ def main(argv: list[str] | None = None) -> int:
         report = run_chaos(config, progress=lambda text: print(text, flush=True))
     finally:
         logger.remove(log_sink)
+    return finish(report, config.run_dir, keep=args.keep)
+
+
+def finish(report: ChaosReport, run_dir: Path, *, keep: bool) -> int:
+    """Print the report; drop the run directory of a clean run unless kept; the exit status."""
     print(report.table())
-    if report.ok and not args.keep:
-        shutil.rmtree(config.run_dir, ignore_errors=True)
+    if report.ok and not keep:
+        shutil.rmtree(run_dir, ignore_errors=True)
     else:
-        print(f"run directory kept: {config.run_dir}")
+        print(f"run directory kept: {run_dir}")
     return 0 if report.ok else 1
 
 

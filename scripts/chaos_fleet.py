@@ -52,7 +52,7 @@ if str(SCRIPTS) not in sys.path:
     sys.path.insert(0, str(SCRIPTS))
 
 from _redis_server import RedisServer  # noqa: E402
-from chaos import ChaosReport, overlaps  # noqa: E402
+from chaos import ChaosReport, finish, overlaps  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 now = time.monotonic
@@ -1110,12 +1110,7 @@ def main(argv: list[str] | None = None) -> int:
         report = run_fleet_chaos(config, progress=lambda text: print(text, flush=True))
     finally:
         logger.remove(sink)
-    print(report.table())
-    if report.ok and not args.keep:
-        shutil.rmtree(config.run_dir, ignore_errors=True)
-    else:
-        print(f"run directory kept: {config.run_dir}")
-    return 0 if report.ok else 1
+    return finish(report, config.run_dir, keep=args.keep)
 
 
 if __name__ == "__main__":
