@@ -64,33 +64,39 @@ def _executor_threads() -> list[str]:
     return [thread.name for thread in threading.enumerate() if thread.name.startswith(("asyncio_", "reply-forward"))]
 
 
+class Ticker:
+    """A task's loop ticking every 1 ms until `done`; the largest gap between ticks it saw."""
+
+    def __init__(self) -> None:
+        self.done = asyncio.Event()
+        self.largest_gap = 0.0
+
+    async def run(self) -> None:
+        while not self.done.is_set():
+            before = time.monotonic()
+            await asyncio.sleep(0.001)
+            self.largest_gap = max(self.largest_gap, time.monotonic() - before)
+
+
 def test_ticker_runs_while_eight_tasks_await_slow_calls(actor_cleanup: None) -> None:
     sup = Supervisor.start([ChildSpec(f"w{index}", Worker) for index in range(8)])
     proxies = [Handle(sup, f"w{index}").proxy() for index in range(8)]
     helper_threads: list[list[str]] = []
 
     async def main() -> tuple[float, list[float]]:
-        done = asyncio.Event()
-        largest_gap = 0.0
-
-        async def ticker() -> None:
-            nonlocal largest_gap
-            while not done.is_set():
-                before = time.monotonic()
-                await asyncio.sleep(0.001)
-                largest_gap = max(largest_gap, time.monotonic() - before)
+        ticker = Ticker()
 
         async def call(proxy: Any) -> float:
             return await proxy.slow(SLOW_CALL)
 
-        ticking = asyncio.create_task(ticker())
+        ticking = asyncio.create_task(ticker.run())
         calls = [asyncio.create_task(call(proxy)) for proxy in proxies]
         await asyncio.sleep(SLOW_CALL / 2)
         helper_threads.append(_executor_threads())
         results = await asyncio.gather(*calls)
-        done.set()
+        ticker.done.set()
         await ticking
-        return largest_gap, results
+        return ticker.largest_gap, results
 
     largest_gap, results = asyncio.run(main())
     assert results == [SLOW_CALL] * 8
@@ -103,22 +109,14 @@ def test_pykka_await_would_block_the_loop(actor_cleanup: None) -> None:
     plain = Worker.start()
 
     async def main() -> float:
-        done = asyncio.Event()
-        largest_gap = 0.0
+        ticker = Ticker()
 
-        async def ticker() -> None:
-            nonlocal largest_gap
-            while not done.is_set():
-                before = time.monotonic()
-                await asyncio.sleep(0.001)
-                largest_gap = max(largest_gap, time.monotonic() - before)
-
-        ticking = asyncio.create_task(ticker())
+        ticking = asyncio.create_task(ticker.run())
         await asyncio.sleep(0.01)
         await plain.proxy().slow(0.3)
-        done.set()
+        ticker.done.set()
         await ticking
-        return largest_gap
+        return ticker.largest_gap
 
     future = plain.proxy().ping()
     assert type(future) is pykka.ThreadingFuture  # pykka is never patched

@@ -122,22 +122,6 @@ def captured_logs() -> Iterator[list[Any]]:
     logger.remove(handler_id)
 
 
-@pytest.fixture
-def spawn_process() -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
-    """Start idle child processes (live pids to own locks); all are reaped afterwards."""
-    children: list[subprocess.Popen[bytes]] = []
-
-    def spawn() -> subprocess.Popen[bytes]:
-        child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
-        children.append(child)
-        return child
-
-    yield spawn
-    for child in children:
-        child.kill()
-        child.wait()
-
-
 def dead_identity(spawn: Callable[[], subprocess.Popen[bytes]]) -> ProcessIdentity:
     child = spawn()
     identity = identify(child.pid)
@@ -341,9 +325,9 @@ def test_the_same_owner_again_refreshes(worker_dir: Path) -> None:
 
 
 def test_another_live_owner_is_refused_with_its_pid_and_session(
-    lock: LockFile, spawn_process: Callable[[], subprocess.Popen[bytes]]
+    lock: LockFile, spawn_sleeper: Callable[[], subprocess.Popen[bytes]]
 ) -> None:
-    holder = spawn_process()
+    holder = spawn_sleeper()
     held = lock.acquire(holder.pid, "%9")
     with pytest.raises(Locked, match=rf"locked by pid {holder.pid} \(session %9\)") as raised:
         lock.acquire(MY_PID, "%1")
@@ -451,9 +435,9 @@ def test_acquire_refuses_owners_that_are_not_pids(worker_dir: Path, owner: Any) 
 
 
 def test_acquire_refuses_a_pid_that_does_not_run(
-    lock: LockFile, spawn_process: Callable[[], subprocess.Popen[bytes]]
+    lock: LockFile, spawn_sleeper: Callable[[], subprocess.Popen[bytes]]
 ) -> None:
-    dead_pid = dead_identity(spawn_process).pid
+    dead_pid = dead_identity(spawn_sleeper).pid
     with pytest.raises(InvalidOwner, match=str(dead_pid)):
         lock.acquire(dead_pid)
 
@@ -468,9 +452,9 @@ def test_acquire_refuses_a_bad_session_id(lock: LockFile, session_id: Any) -> No
 
 
 def test_the_lock_of_a_dead_process_is_taken_over(
-    lock: LockFile, spawn_process: Callable[[], subprocess.Popen[bytes]], captured_logs: list[Any]
+    lock: LockFile, spawn_sleeper: Callable[[], subprocess.Popen[bytes]], captured_logs: list[Any]
 ) -> None:
-    child = spawn_process()
+    child = spawn_sleeper()
     lock.acquire(child.pid, "%3")
     assert lock.status() == f"locked by pid {child.pid} (session %3)"
     child.kill()
@@ -516,9 +500,9 @@ def test_boot_time_is_injectable_and_judges_only_records_without_ticks(worker_di
 
 
 def test_release_of_a_stale_record_removes_it_and_raises_not_locked(
-    lock: LockFile, spawn_process: Callable[[], subprocess.Popen[bytes]]
+    lock: LockFile, spawn_sleeper: Callable[[], subprocess.Popen[bytes]]
 ) -> None:
-    dead = dead_identity(spawn_process)
+    dead = dead_identity(spawn_sleeper)
     lock.acquire(dead, "%3")
     with pytest.raises(NotLocked, match=f"dead pid {dead.pid}"):
         lock.release()
@@ -527,13 +511,13 @@ def test_release_of_a_stale_record_removes_it_and_raises_not_locked(
 
 
 def test_release_if_stale_removes_only_a_dead_owners_record(
-    lock: LockFile, spawn_process: Callable[[], subprocess.Popen[bytes]]
+    lock: LockFile, spawn_sleeper: Callable[[], subprocess.Popen[bytes]]
 ) -> None:
     assert lock.release_if_stale() is None
     lock.acquire(MY_PID)
     assert lock.release_if_stale() is None
     assert lock.status().startswith("locked by")
-    dead = dead_identity(spawn_process)
+    dead = dead_identity(spawn_sleeper)
     lock.force_release()
     lock.acquire(dead, "%3")
     verdict = lock.release_if_stale()
@@ -661,10 +645,10 @@ def test_readers_take_no_lock(lock: LockFile, worker_dir: Path) -> None:
 
 
 def test_release_judges_the_record_on_disk(
-    lock: LockFile, spawn_process: Callable[[], subprocess.Popen[bytes]]
+    lock: LockFile, spawn_sleeper: Callable[[], subprocess.Popen[bytes]]
 ) -> None:
     # Replaced behind our back by a record naming another live process: never removed.
-    holder = identify(spawn_process().pid)
+    holder = identify(spawn_sleeper().pid)
     assert holder is not None
     lock.acquire(MY_PID, "%1")
     write_record(lock, encode_record(LockInfo(holder.pid, holder.start_time, "x", "%1", HOST,
@@ -739,9 +723,9 @@ def test_release_by_the_owner(lock: LockFile) -> None:
 
 
 def test_release_by_another_owner_is_refused_naming_the_holder(
-    lock: LockFile, spawn_process: Callable[[], subprocess.Popen[bytes]]
+    lock: LockFile, spawn_sleeper: Callable[[], subprocess.Popen[bytes]]
 ) -> None:
-    holder = spawn_process()
+    holder = spawn_sleeper()
     lock.acquire(holder.pid, "%8")
     with pytest.raises(Locked, match=rf"locked by pid {holder.pid} \(session %8\)"):
         lock.release(MY_PID)
@@ -918,14 +902,14 @@ def test_a_loose_runtime_dir_and_guard_are_tightened(lock: LockFile) -> None:
 
 
 def test_the_guard_file_is_never_replaced_or_deleted(
-    lock: LockFile, spawn_process: Callable[[], subprocess.Popen[bytes]]
+    lock: LockFile, spawn_sleeper: Callable[[], subprocess.Popen[bytes]]
 ) -> None:
     lock.acquire(MY_PID)
     inode = os.stat(lock.guard_path).st_ino
     lock.release(MY_PID)
     lock.acquire(MY_PID)
     lock.force_release()
-    lock.acquire(dead_identity(spawn_process))
+    lock.acquire(dead_identity(spawn_sleeper))
     lock.acquire(MY_PID)  # breaks the stale record
     lock.release()
     assert os.stat(lock.guard_path).st_ino == inode
@@ -996,11 +980,11 @@ def test_flock_on_two_descriptions_of_one_file_excludes_within_a_process(tmp_pat
 
 
 def test_threads_with_their_own_lock_objects_exclude_each_other(
-    worker_dir: Path, spawn_process: Callable[[], subprocess.Popen[bytes]]
+    worker_dir: Path, spawn_sleeper: Callable[[], subprocess.Popen[bytes]]
 ) -> None:
     # One process, two LockFile objects (as two lock actors would be), four threads, each
     # acquiring for a different live owner. Every round exactly one may win.
-    owners = [spawn_process().pid for _ in range(4)]
+    owners = [spawn_sleeper().pid for _ in range(4)]
     locks = [LockFile(worker_dir), LockFile(worker_dir)]
     referee = LockFile(worker_dir)
     race_threads(
@@ -1013,12 +997,12 @@ def test_threads_with_their_own_lock_objects_exclude_each_other(
 
 
 def test_readers_never_see_a_torn_or_mixed_record_while_records_are_rewritten(
-    worker_dir: Path, spawn_process: Callable[[], subprocess.Popen[bytes]]
+    worker_dir: Path, spawn_sleeper: Callable[[], subprocess.Popen[bytes]]
 ) -> None:
     # One writer cycles acquire/release for two owners with sessions of different
     # lengths (records grow and shrink); readers in other threads, each with
     # its own LockFile, must only ever see no record or a whole one of those owners.
-    other = spawn_process().pid
+    other = spawn_sleeper().pid
     owners = {MY_PID: "%a", other: "%a-much-longer-session-id-than-the-other-one"}
     writer = LockFile(worker_dir)
     writer.acquire(MY_PID)
@@ -1132,13 +1116,13 @@ def test_readers_in_many_processes_never_starve_a_writer(worker_dir: Path, tmp_p
 
 @pytest.mark.slow
 def test_of_eight_racing_processes_exactly_one_wins_every_round(
-    worker_dir: Path, tmp_path: Path, spawn_process: Callable[[], subprocess.Popen[bytes]]
+    worker_dir: Path, tmp_path: Path, spawn_sleeper: Callable[[], subprocess.Popen[bytes]]
 ) -> None:
     # Eight processes, each with its own LockFile, are told "acquire" together, round
     # after round. Every third round starts from a stale record of a dead process, so
     # breaking it races too. The winner releases before the next round.
     referee = LockFile(worker_dir)
-    dead = dead_identity(spawn_process)
+    dead = dead_identity(spawn_sleeper)
     with start_racers(RACER, worker_dir, tmp_path, 8) as racers:
         for round_index in range(240):
             if round_index % 3 == 2:
