@@ -161,6 +161,17 @@ def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def _rate_figures(
+    layout: str, rounds: int, calls: int, rates: dict[str, list[float]], ratios: list[float], target: float
+) -> dict[str, Any]:
+    """The figures of a two-sided rate comparison: each side's median rate and time per call."""
+    figures: dict[str, Any] = {"layout": layout, "rounds": rounds, "calls_per_round": calls}
+    figures.update({f"{side}_calls_per_s": _median(values) for side, values in rates.items()})
+    figures.update({f"{side}_us_per_call": 1e6 / _median(values) for side, values in rates.items()})
+    figures.update(ratio=_median(ratios), ratio_min=min(ratios), ratio_max=max(ratios), target=target)
+    return figures
+
+
 def _orders(rounds: int, sides: list[str]) -> Iterator[list[str]]:
     """Rotate which side goes first each round."""
     for index in range(rounds):
@@ -213,19 +224,7 @@ def bench_handle_overhead(rounds: int = 20, calls: int = 2_000, warmup: int = 50
             bare.stop()
         if sup is not None:
             sup.stop()
-    return {
-        "layout": layout["note"],
-        "rounds": rounds,
-        "calls_per_round": calls,
-        "handle_calls_per_s": _median(rates["handle"]),
-        "bare_calls_per_s": _median(rates["bare"]),
-        "handle_us_per_call": 1e6 / _median(rates["handle"]),
-        "bare_us_per_call": 1e6 / _median(rates["bare"]),
-        "ratio": _median(ratios),
-        "ratio_min": min(ratios),
-        "ratio_max": max(ratios),
-        "target": HANDLE_OVERHEAD_TARGET,
-    }
+    return _rate_figures(layout["note"], rounds, calls, rates, ratios, HANDLE_OVERHEAD_TARGET)
 
 
 # -- (b) restart latency ---------------------------------------------------------------------
@@ -373,19 +372,7 @@ def bench_await_vs_get(rounds: int = 20, calls: int = 2_000, warmup: int = 500) 
         loop.close()
         if sup is not None:
             sup.stop()
-    return {
-        "layout": layout["note"],
-        "rounds": rounds,
-        "calls_per_round": calls,
-        "await_calls_per_s": _median(rates["await"]),
-        "get_calls_per_s": _median(rates["get"]),
-        "await_us_per_call": 1e6 / _median(rates["await"]),
-        "get_us_per_call": 1e6 / _median(rates["get"]),
-        "ratio": _median(ratios),
-        "ratio_min": min(ratios),
-        "ratio_max": max(ratios),
-        "target": AWAIT_VS_GET_TARGET,
-    }
+    return _rate_figures(layout["note"], rounds, calls, rates, ratios, AWAIT_VS_GET_TARGET)
 
 
 async def _largest_gap(tick: float, until: asyncio.Event) -> float:
