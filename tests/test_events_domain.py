@@ -9,12 +9,12 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _processes import end, sleeper
 
 import supervision._events as events_module
 from actors import start_tree
@@ -54,15 +54,6 @@ def tree(tmp_path: Path, manual_clock: ManualClock, actor_cleanup: None) -> Iter
 
 def take(subscription: Subscription, count: int) -> list[Event]:
     return [subscription.get(timeout=TIMEOUT) for _ in range(count)]
-
-
-def sleeper() -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-
-
-def end(process: subprocess.Popen[bytes]) -> None:
-    process.kill()
-    process.wait()
 
 
 # -- names ------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from typing import Any
 
 import psutil
 import pytest
+from _processes import end, sleeper
 from _disks import fill, small_tmpfs
 
 import actors._process as process_module
@@ -39,16 +40,6 @@ from supervision.testing import wait_until
 
 TIMEOUT = 10.0
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def sleeper() -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
-
-
-def end(process: subprocess.Popen[Any]) -> None:
-    if process.poll() is None:
-        process.kill()
-    process.wait(timeout=TIMEOUT)
 
 
 @pytest.fixture

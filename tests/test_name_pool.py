@@ -19,6 +19,7 @@ from typing import Any
 
 import pykka
 import pytest
+from _processes import end, sleeper
 from pykka import messages as pykka_messages
 
 import actors.names._pool as name_pool_module
@@ -141,16 +142,6 @@ def snapshot_state(path: Path) -> NameState:
     data = SnapshotStore(path, version=1).load()
     assert data is not None
     return NameState.from_snapshot(data)
-
-
-def sleeper() -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-
-
-def end(process: subprocess.Popen[Any]) -> None:
-    if process.poll() is None:
-        process.kill()
-    process.wait(timeout=TIMEOUT)
 
 
 class OwnerGate:
