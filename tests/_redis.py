@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
-_PATH = Path(__file__).resolve().parent.parent / "scripts" / "_redis_server.py"
-_spec = importlib.util.spec_from_file_location("_redis_server", _PATH)
-assert _spec is not None and _spec.loader is not None
-_module = sys.modules.get("_redis_server") or importlib.util.module_from_spec(_spec)
-if "_redis_server" not in sys.modules:
-    sys.modules["_redis_server"] = _module
-    _spec.loader.exec_module(_module)
+_SCRIPTS = str(Path(__file__).resolve().parent.parent / "scripts")
+if _SCRIPTS not in sys.path:
+    sys.path.insert(0, _SCRIPTS)  # as chaos_fleet.py and fleet_demo.py import it
 
-RedisServer = _module.RedisServer
-redis_binary = _module.redis_binary
+from _redis_server import RedisServer, redis_binary  # noqa: E402
 
 __all__ = ["RedisServer", "redis_binary"]

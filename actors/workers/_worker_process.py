@@ -456,16 +456,16 @@ class WorkerProcess(SupervisedActor):
             except (ActorCrashed, pykka.ActorDeadError) as error:
                 # Cut off by a crash of the pool: it did not happen; its next incarnation.
                 if names.is_gone() or time.monotonic() >= deadline:
-                    self._keep_name(name, pid, error)
+                    self._log_name_kept(name, pid, error)
                     return
             except Exception as error:
-                self._keep_name(name, pid, error)
+                self._log_name_kept(name, pid, error)
                 return
         self._pid_holds_name = True
         self._urn_holds_name = False
         self._release(self.actor_urn)
 
-    def _keep_name(self, name: str, pid: int, error: Exception) -> None:
+    def _log_name_kept(self, name: str, pid: int, error: Exception) -> None:
         # The URN keeps the name, so it cannot go to someone else while the process uses
         # it; the process can still claim it (inherit_identity: the daemon knows it spawned
         # it as `name`); the URN lets go when this incarnation ends.
