@@ -19,7 +19,7 @@ idle half. Before each timed region — the `sorted()` baseline's too — the be
 for the disposals to finish, runs `gc.collect()` and reads a buffer larger than the
 last-level cache, so each starts from a settled heap and cold caches, as a sweep that
 runs once every ``sweep_interval`` finds them (``BENCH_AGENTS_WARM=1`` skips the
-buffer; see docs/design-agents.md). The collector stays on inside the timed region, and
+buffer; see docs/design.md, "The agent pool"). The collector stays on inside the timed region, and
 the collections that run there are counted (``gc_collections_in_sweeps``). The sides are interleaved in each round and the
 figures are medians (ratios: medians of the per-round ratios). The calling thread is
 pinned to one CPU and the pool's thread (with the disposal threads it starts) to
@@ -179,7 +179,7 @@ class _RollingPool:
 # Larger than the last-level cache (32 MiB here): reading it before each timed region
 # starts every side cold, as a sweep that runs every sweep_interval finds the caches.
 # Otherwise a 10k pool just filled is swept from cache while a 100k one cannot fit,
-# and the growth figure measures the cache, not the pool (see docs/design-agents.md).
+# and the growth figure measures the cache, not the pool (see docs/design.md, "The agent pool").
 _SCRATCH_BYTES = 96 << 20
 COLD = os.environ.get("BENCH_AGENTS_WARM") is None
 

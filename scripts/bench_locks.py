@@ -10,7 +10,7 @@
   `LockFile` core alone) and `two_asks_s` (two asks to an actor doing nothing) show
   where a cycle's time goes; `filesystem` names the one measured: on an ext4 without a
   journal (this VM's root) each record's fresh inode costs 10 µs to ~0.7 ms depending on
-  how many inodes *any* process freed there in the last 1-6 minutes (docs/design-locks.md);
+  how many inodes *any* process freed there in the last 1-6 minutes (docs/design.md, "Worker identity locks");
 - growth: the cycle's time with 1,000 live lock actors vs with 10 (target: <= 1.25);
 - resident memory (RSS) of 1,000 live `WorkerLock` actors (each on its own worker
   directory, on a `ManualClock` so no timer fires) vs 1,000 bare `pykka.ThreadingActor`s,
@@ -59,7 +59,7 @@ ACTORS = 1_000
 
 def _filesystem(path: str) -> str:
     """The filesystem holding `path`, e.g. "ext4 /dev/vda (no journal)": what a lock
-    record's fresh inode costs depends on it (docs/design-locks.md)."""
+    record's fresh inode costs depends on it (docs/design.md, "Worker identity locks")."""
     resolved = os.path.realpath(path)
     best, found = "", "unknown"
     try:

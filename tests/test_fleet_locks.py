@@ -430,6 +430,58 @@ def test_renewals_keep_the_lease_and_without_one_the_lock_is_lost_before_the_lea
     assert lock.proxy().status().get(timeout=T) == "unlocked"  # the local record went with the lease
 
 
+def retire_decisions(records: list[dict[str, Any]]) -> list[str]:
+    """What each idle lock decided, from its DEBUG lines: "kept" or "retiring"."""
+    return [("kept" if ": kept," in record["message"] else "retiring") for record in records
+            if " idle for " in record["message"] and record["level"].name == "DEBUG"]
+
+
+def test_a_lost_lock_stays_to_tell_its_living_owner_past_idle_retire_and_retires_once_it_is_dead(
+    redis_server: RedisServer, worker: Path, spawn_sleeper: Callable[[], Any], log_records: list[dict[str, Any]]
+) -> None:
+    """The lock actor is where a lost lease is remembered: retiring it when idle would turn
+    the owner's next call into a fresh lock's `NotLocked`, as if nothing had happened."""
+    clock = ManualClock()
+    # No owner-check ticks: the retire decision alone is watched (a tick queued counts as a caller).
+    host = LockSupervisor.start(clock=clock, idle_retire=30.0, check_interval=3600.0,
+                                fleet=settings(redis_server.url, "host-a"))
+    try:
+        lock = lock_of(host, worker)
+        owner = spawn_sleeper()
+        lock.proxy().acquire("s", owner.pid).get(timeout=T)
+        redis_server.pause()
+        try:
+            with subscribe(kinds={"lock_lost"}) as events:
+                clock.advance(LEASE)  # past the deadline: no renewal was confirmed
+                assert events.get(timeout=T).data["pid"] == owner.pid
+        finally:
+            redis_server.resume()
+        clock.advance(60.0)  # twice idle_retire: an idle lock with nothing to tell would retire now
+        wait_until(lambda: retire_decisions(log_records), timeout=T)
+        assert retire_decisions(log_records) == ["kept"]
+        with pytest.raises(LockLost, match="was lost"):
+            lock.proxy().check(owner.pid).get(timeout=T)  # the same actor, still there to say so
+        with pytest.raises(LockLost, match="was lost"):
+            lock.proxy().acquire("again", owner.pid).get(timeout=T)  # the owner is told once more
+        lock.proxy().acquire("again", owner.pid).get(timeout=T)  # then it starts afresh
+        lock.proxy().release(owner.pid).get(timeout=T)
+        # Lost again, and this time the owner dies without asking: nobody is left to tell.
+        lock.proxy().acquire("s", owner.pid).get(timeout=T)
+        redis_server.pause()
+        try:
+            with subscribe(kinds={"lock_lost"}) as events:
+                clock.advance(LEASE)
+                events.get(timeout=T)
+        finally:
+            redis_server.resume()
+        owner.kill()
+        owner.wait(timeout=T)
+        clock.advance(60.0)
+        wait_until(lambda: not lock.is_alive(), timeout=T)
+    finally:
+        host.stop()
+
+
 def test_a_paused_store_never_blocks_a_call_past_fleet_timeout_nor_crashes_the_lock(
     start_host: Callable[..., Any], redis_server: RedisServer, worker: Path,
 ) -> None:

@@ -25,7 +25,7 @@ How it works:
   ``is_busy`` or planning error is logged and counted and never stops this or a later
   sweep. One handler per sweep, so sweeps never overlap. It costs O(entries) for the
   probes plus O(evicted) for the rest, and creates no object per evicted entry beyond
-  its key string (docs/design-agents.md).
+  its key string (docs/design.md, "The agent pool").
 - **Disposal off the thread.** Evicted, replaced and closed backends go, one batch per
   sweep and reason, to up to ``_DISPOSAL_THREADS`` daemon threads; a slow ``dispose()``
   never delays `get`, `register` or `health`, and a key requested again gets a fresh

@@ -273,7 +273,7 @@ class Removed(NamedTuple):
 
     The backends are not disposed: that is the caller's job (off its thread). Two lists
     rather than a list of pairs, so removing many entries allocates two objects, not one
-    per entry (see docs/design-agents.md, "Garbage").
+    per entry (see docs/design.md, "The agent pool", "Garbage").
     """
 
     keys: list[AgentKey]

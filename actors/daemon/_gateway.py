@@ -16,7 +16,7 @@ No peer can exhaust the daemon: a frame is refused once more than 1 MiB of it ha
 arrived (nothing of it is decoded before it is whole); a partial frame held for more
 than `frame_timeout` closes its connection; when every slot is taken the connection idle
 the longest makes room; the accept loop backs off when out of descriptors and answers a
-connection it cannot give a thread with an error. See docs/design-daemon.md.
+connection it cannot give a thread with an error. See docs/design.md, "The daemon and its socket".
 """
 
 from __future__ import annotations

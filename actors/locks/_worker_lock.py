@@ -700,6 +700,12 @@ class WorkerLock(SupervisedActor):
             remaining = self._idle_retire - idle
             self._look_at_retiring_in(remaining if remaining > 0 else self._idle_retire)
             return
+        if self._lost is not None and record_liveness(self._lost.info) is not Liveness.DEAD:
+            # Its owner has not been told: it must hear LockLost, not a fresh lock's NotLocked.
+            self._log.debug("{} idle for {}s: kept, its owner has not heard its lease was lost",
+                            self._lock_file.worker_dir, idle)
+            self._look_at_retiring_in(self._idle_retire)
+            return
         try:
             is_held = self._lock_file.inspect().state is LockState.HELD
         except (OSError, ClientError):

@@ -24,7 +24,7 @@ states, written by the previous version) are read as whole states.
 
 Storage faults: a frame that cannot be written fails its replies (and every reply queued
 behind it) with `StorageError`; the writer then refuses everything until `rollback` and a
-successful `checkpoint`. See `docs/design-names.md` for why each step is safe.
+successful `checkpoint`. See `docs/design.md` ("The name pool") for why each step is safe.
 """
 
 from __future__ import annotations
