@@ -2,7 +2,8 @@
 
 It grows with every new acquisition (never with a refresh by the holder), survives
 releases and restarts of the lock (it is kept in the guard file, which is never replaced),
-and no two acquisitions ever share one, however they race. With a fleet the store's fence
+never goes back after a power cut (a reservation is synced before it is used), and no two
+acquisitions ever share one, however they race. With a fleet the store's fence
 is used instead (tests/test_fleet_locks.py).
 """
 
@@ -17,7 +18,9 @@ from typing import Any
 import pytest
 
 from actors._errors import Locked
-from actors.locks._lock_file import GUARD_NAME, RECORD_NAME, LockFile, parse_record
+from actors import _process
+from actors.locks import _lock_file
+from actors.locks._lock_file import FENCE_RESERVE, GUARD_NAME, RECORD_NAME, LockFile, parse_record
 from actors.locks._worker_lock import LockSupervisor, WorkerLock
 from supervision import ManualClock
 
@@ -111,3 +114,49 @@ def test_racing_acquisitions_never_share_a_fence(worker: Path, spawn_sleeper: Ca
         thread.join(T)
     assert fences and len(set(fences)) == len(fences)  # every acquisition a fence of its own
     assert max(fences) == len(fences)  # and none skipped: the count is exact
+
+
+def cycles(lock: LockFile, count: int) -> list[int]:
+    """The fences of `count` acquire+release cycles by this process."""
+    fences = []
+    for _ in range(count):
+        fences.append(lock.acquire(os.getpid()).fence)
+        lock.release(os.getpid())
+    return fences
+
+
+def test_no_fence_above_what_is_synced_is_handed_out(worker: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The count is written without a sync; what a power cut cannot take is the reservation,
+    synced (with the directories holding it) before the first fence above the last one."""
+    guard = worker / ".runtime" / GUARD_NAME
+    synced: list[str] = []  # the guard's text at each sync of it
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        if os.path.samestat(os.fstat(fd), os.stat(guard)):
+            synced.append(guard.read_text())
+
+    monkeypatch.setattr(_lock_file.os, "fsync", fsync)
+    fences = cycles(LockFile(worker), FENCE_RESERVE + 10)
+    assert fences == list(range(1, FENCE_RESERVE + 11))
+    boot = _process.BOOT_ID or "-"
+    assert synced == [f"1 {FENCE_RESERVE} {boot}\n", f"{FENCE_RESERVE + 1} {2 * FENCE_RESERVE} {boot}\n"]
+
+
+def test_after_a_power_cut_the_fence_goes_on_from_the_reservation_never_back(worker: Path) -> None:
+    lock = LockFile(worker)
+    assert cycles(lock, 3) == [1, 2, 3]
+    guard = worker / ".runtime" / GUARD_NAME
+    # What a power cut can leave: the count as last synced (1), the reservation, another boot.
+    guard.write_text(f"1 {FENCE_RESERVE} 00000000-0000-0000-0000-000000000000\n")
+    assert cycles(lock, 2) == [FENCE_RESERVE + 1, FENCE_RESERVE + 2]
+    # The same guard in this boot (a daemon restart, no power cut) counts on: no skip.
+    assert cycles(LockFile(worker), 1) == [FENCE_RESERVE + 3]
+
+
+def test_a_bare_count_from_the_previous_version_goes_on_from_it(worker: Path) -> None:
+    cycles(LockFile(worker), 1)
+    (worker / ".runtime" / GUARD_NAME).write_text("41\n")
+    assert cycles(LockFile(worker), 2) == [42, 43]
+    assert (worker / ".runtime" / GUARD_NAME).read_text().split()[:2] == ["43", str(41 + FENCE_RESERVE)]

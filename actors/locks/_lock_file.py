@@ -78,7 +78,9 @@ _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # The guard is opened read-write: it also keeps the worker's fence counter (see `_next_fence`).
 _GUARD_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-_FENCE_BYTES = 32
+_FENCE_BYTES = 128
+#: Fences reserved per fsync of the guard: a power cut can lose the count, never the reservation.
+FENCE_RESERVE = 256
 
 
 _PROC_DEVICE = os.stat("/proc").st_dev if os.path.isdir("/proc") else None
@@ -296,6 +298,25 @@ def judge(
     return Verdict(LockState.HELD, info)
 
 
+def _parse_counter(text: bytes) -> tuple[int, int, str | None]:
+    """(count, reserved, boot id) from a guard's text; a bare count (v3.0) reserved nothing
+    and names no boot. ValueError when it is not one of those."""
+    fields = text.decode("ascii").split() if text.strip(b"\0 \n") else ["0"]
+    if len(fields) == 1:
+        return int(fields[0]), int(fields[0]), None
+    if len(fields) != 3:
+        raise ValueError(f"{len(fields)} fields")
+    return int(fields[0]), int(fields[1]), None if fields[2] == "-" else fields[2]
+
+
+def _fsync_directory(path: str) -> None:
+    fd = os.open(path, _DIR_FLAGS)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _is_same_owner(info: LockInfo, owner: int | ProcessIdentity) -> bool:
     """Whether a held record names `owner` (a bare pid: the process running as it now)."""
     if isinstance(owner, int):
@@ -404,7 +425,7 @@ class LockFile:
                 info = replace(info, fence=take_lease(info))
             elif is_new:
                 assert guard_fd is not None
-                info = replace(info, fence=self._next_fence(guard_fd))
+                info = replace(info, fence=self._next_fence(dir_fd, guard_fd))
             self._write(dir_fd, info)
             if verdict.state is LockState.STALE:
                 self._log.warning("broke the stale lock record ({}): {}", verdict.describe(self.record_path),
@@ -700,24 +721,38 @@ class LockFile:
             raise
         return guard_fd
 
-    def _next_fence(self, guard_fd: int) -> int:
+    def _next_fence(self, dir_fd: int, guard_fd: int) -> int:
         """Count one more acquisition in the guard file (call under the guard) and return it.
 
         The guard is never renamed or deleted, so the count outlives releases and daemon
-        restarts; it only grows, so its decimal text never gets shorter and is simply
-        written over. Written before the record: a failed record write leaves a gap, never
-        a fence handed out twice. Unreadable content starts the count again (logged).
+        restarts. It holds `count reserved boot_id`: the count is written without a sync,
+        but no fence above `reserved` is handed out before a new `reserved` (count + 256) is
+        on disk, so a guard last written in another boot (a power cut may have lost the
+        count) goes on from `reserved`: fences never go back, they may skip. Written before
+        the record: a failed record write leaves a gap, never a fence handed out twice.
+        Unreadable content starts the count again (logged).
         """
         text = os.pread(guard_fd, _FENCE_BYTES, 0)
         try:
-            fence = int(text.decode("ascii")) if text.strip() else 0
-        except (UnicodeDecodeError, ValueError):
+            count, reserved, boot_id = _parse_counter(text)
+        except ValueError:
             self._log.warning("fence counter in {} unreadable ({!r}): counting from 0", self.guard_path, text)
-            fence = 0
-            os.ftruncate(guard_fd, 0)
-        fence += 1
+            count, reserved, boot_id = 0, 0, _process.BOOT_ID
+        if boot_id != _process.BOOT_ID:
+            count = max(count, reserved)
+        fence = count + 1
+        is_reserving = fence > reserved
+        if is_reserving:
+            reserved = count + FENCE_RESERVE
+        new_text = f"{fence} {reserved} {_process.BOOT_ID or '-'}\n".encode("ascii")
         try:
-            os.pwrite(guard_fd, f"{fence}\n".encode("ascii"), 0)
+            os.pwrite(guard_fd, new_text, 0)
+            if len(new_text) < len(text):
+                os.ftruncate(guard_fd, len(new_text))
+            if is_reserving:  # the guard, its name and the name of .runtime must survive a power cut
+                os.fsync(guard_fd)
+                os.fsync(dir_fd)
+                _fsync_directory(self.worker_dir)
         except OSError as error:
             raise StorageError(error.errno, f"cannot count the acquisition in {self.guard_path} (beside "
                                             f"{RECORD_NAME}): {error.strerror}") from error
