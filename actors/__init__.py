@@ -92,7 +92,7 @@ if TYPE_CHECKING:
         StateDirInUse,
         TooManyLocks,
     )
-    from actors.locks._lock_file import LockInfo
+    from actors.locks._record import LockInfo
     from actors.names._pool import NamePool
     from actors.names._source import RESERVED_NAMES, THEMES, ThemedSource, validate_name
     from actors._tree import Tree, start_tree

@@ -43,9 +43,10 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 import filelock  # noqa: E402
 import psutil  # noqa: E402
 import pykka  # noqa: E402
-
 from _pinning import cpu_pair, pinned  # noqa: E402
-from actors.locks._lock_file import LockFile, own_identity  # noqa: E402
+
+from actors.locks._lock_file import LockFile  # noqa: E402
+from actors.locks._record import own_identity  # noqa: E402
 from actors.locks._worker_lock import WorkerLock  # noqa: E402
 from supervision import ManualClock, SupervisedActor  # noqa: E402
 

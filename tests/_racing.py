@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from actors.locks._lock_file import LockFile, LockInfo
+    from actors.locks._lock_file import LockFile
+    from actors.locks._record import LockInfo
 
 ROOT = Path(__file__).resolve().parent.parent
 

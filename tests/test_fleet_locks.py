@@ -25,7 +25,7 @@ import pytest
 from actors._errors import FleetUnavailable, InvalidWorkerDir, Locked, LockLost, NotLocked
 from actors.fleet._connection import FleetSettings
 from actors.fleet._leases import RenewalJob, Renewer, WorkerLeases, list_worker_leases, owner_key
-from actors.locks._lock_file import LockInfo
+from actors.locks._record import LockInfo
 from actors.locks._worker_lock import LEASE_QUERY, LockSupervisor, lock_child_id
 from supervision import ClientError, Event, ManualClock, subscribe
 from supervision.testing import wait_until

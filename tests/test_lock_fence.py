@@ -17,10 +17,11 @@ from typing import Any
 
 import pytest
 
-from actors._errors import Locked
 from actors import _process
+from actors._errors import Locked
 from actors.locks import _lock_file
-from actors.locks._lock_file import FENCE_RESERVE, GUARD_NAME, RECORD_NAME, LockFile, parse_record
+from actors.locks._lock_file import FENCE_RESERVE, GUARD_NAME, RECORD_NAME, LockFile
+from actors.locks._record import parse_record
 from actors.locks._worker_lock import LockSupervisor, WorkerLock
 from supervision import ManualClock
 

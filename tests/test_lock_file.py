@@ -25,18 +25,9 @@ from loguru import logger
 
 from actors._errors import InvalidLock, InvalidOwner, Locked, NotLocked
 from actors._process import Liveness, ProcessIdentity, identify
-from actors.locks import _lock_file
-from actors.locks._lock_file import (
-    GUARD_NAME,
-    RECORD_NAME,
-    LockFile,
-    LockInfo,
-    LockState,
-    Verdict,
-    encode_record,
-    judge,
-    parse_record,
-)
+from actors.locks import _lock_file, _record
+from actors.locks._lock_file import GUARD_NAME, RECORD_NAME, LockFile
+from actors.locks._record import LockInfo, LockState, Verdict, encode_record, judge, parse_record
 from supervision import ClientError
 
 RACER = Path(__file__).resolve().parent / "_lock_racer.py"
@@ -356,13 +347,14 @@ def test_a_different_start_time_for_the_holders_pid_is_another_owner(lock: LockF
 def test_a_record_naming_this_process_needs_no_proc_read(lock: LockFile, monkeypatch: pytest.MonkeyPatch) -> None:
     """The process running the code is alive: judging its own record, or taking the lock for
     itself by pid, answers from the identity cached once per process."""
-    assert _lock_file.own_identity() == ME
+    assert _record.own_identity() == ME
 
     def no_proc_read(*args: object) -> None:
         raise AssertionError(f"read /proc for {args}")
 
+    monkeypatch.setattr(_lock_file, "identify", no_proc_read)
     for name in ("identify", "liveness", "liveness_by_start_time"):
-        monkeypatch.setattr(_lock_file, name, no_proc_read)
+        monkeypatch.setattr(_record, name, no_proc_read)
     info = lock.acquire(MY_PID, "%1")
     assert (info.pid, info.start_ticks, info.boot_id) == (MY_PID, ME.start_ticks, ME.boot_id)
     assert lock.status() == f"locked by pid {MY_PID} (session %1)"
@@ -378,14 +370,14 @@ def test_a_record_naming_this_pid_with_another_start_time_is_judged_by_proc(
     lock: LockFile, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     asked: list[tuple[object, ...]] = []
-    real_liveness, real_by_start_time = _lock_file.liveness, _lock_file.liveness_by_start_time
+    real_liveness, real_by_start_time = _record.liveness, _record.liveness_by_start_time
 
     def recording(*args: Any) -> Liveness:
         asked.append(args)
         return real_liveness(*args) if len(args) == 3 else real_by_start_time(*args)
 
-    monkeypatch.setattr(_lock_file, "liveness", recording)
-    monkeypatch.setattr(_lock_file, "liveness_by_start_time", recording)
+    monkeypatch.setattr(_record, "liveness", recording)
+    monkeypatch.setattr(_record, "liveness_by_start_time", recording)
     earlier = pid_reused(ME)
     lock.acquire(earlier, "%old")  # v3: judged by start ticks and boot id
     assert lock.inspect().state is LockState.STALE  # an earlier process with our pid
@@ -396,14 +388,14 @@ def test_a_record_naming_this_pid_with_another_start_time_is_judged_by_proc(
 
 
 def test_a_forked_child_knows_its_own_identity(lock: LockFile) -> None:
-    assert _lock_file.own_identity() == ME  # cached in the parent first
+    assert _record.own_identity() == ME  # cached in the parent first
     held = lock.acquire(MY_PID, "%parent")
     reader, writer = os.pipe()
     child = os.fork()
     if child == 0:  # pragma: no cover - the child reports through the pipe
         try:
             facts = {
-                "identity": _lock_file.own_identity() == identify(os.getpid()) != ME,
+                "identity": _record.own_identity() == identify(os.getpid()) != ME,
                 "parent_holds": lock.inspect() == Verdict(LockState.HELD, held),
                 "refused": False,
             }

@@ -23,8 +23,9 @@ from _racing import race_round, race_threads, start_racers
 
 from actors._errors import InvalidLock, InvalidOwner, Locked, NotLocked
 from actors._process import ProcessIdentity, identify
-from actors.locks import _lock_file
-from actors.locks._lock_file import GUARD_NAME, RECORD_NAME, LockFile, LockInfo, encode_record
+from actors.locks import _lock_file, _record
+from actors.locks._lock_file import GUARD_NAME, RECORD_NAME, LockFile
+from actors.locks._record import LockInfo, encode_record
 from actors.locks._worker_lock import InvalidWorkerDir, LockSupervisor, WorkerLock, lock_child_id
 from supervision import (
     BadCall,
@@ -144,13 +145,14 @@ def test_the_calling_process_locks_and_unlocks_without_reading_proc(
 ) -> None:
     """The default owner is this process: its identity is cached, and its own record is
     alive without asking /proc (the lock cycle's hot path)."""
-    assert _lock_file.own_identity() == ME
+    assert _record.own_identity() == ME
 
     def no_proc_read(*args: object) -> None:
         raise AssertionError(f"read /proc for {args}")
 
+    monkeypatch.setattr(_lock_file, "identify", no_proc_read)
     for name in ("identify", "liveness", "liveness_by_start_time"):
-        monkeypatch.setattr(_lock_file, name, no_proc_read)
+        monkeypatch.setattr(_record, name, no_proc_read)
     info = lock.acquire("%1").get(timeout=T)
     assert (info.pid, info.start_ticks, info.boot_id) == (MY_PID, ME.start_ticks, ME.boot_id)
     lock.check().get(timeout=T)

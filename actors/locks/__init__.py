@@ -13,7 +13,7 @@ Modules: `_lock_file` (the flock-guarded record), `_worker_lock` (the actors and
 fleet leases); the store's scripts are in `actors.fleet._leases`.
 """
 
-from actors.locks._lock_file import LockInfo
+from actors.locks._record import LockInfo
 from actors.locks._worker_lock import LockSupervisor, WorkerLock
 
 __all__ = ["LockInfo", "LockSupervisor", "WorkerLock"]

@@ -47,7 +47,8 @@ from actors._errors import FleetUnavailable, InvalidOwner, InvalidWorkerDir, Loc
 from actors._process import Liveness, ProcessIdentity
 from actors.fleet._connection import SAFETY_MARGIN, FleetSettings, renew_interval
 from actors.fleet._leases import RenewalJob, Renewer, WorkerLeases, list_worker_leases, owner_key
-from actors.locks._lock_file import LockFile, LockInfo, LockState, _is_same_owner, own_identity, record_liveness
+from actors.locks._lock_file import LockFile
+from actors.locks._record import LockInfo, LockState, _is_same_owner, own_identity, record_liveness
 from supervision import (
     BadCall,
     ChildSpec,
