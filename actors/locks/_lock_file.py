@@ -43,13 +43,13 @@ from actors.locks._record import (
     LockInfo,
     LockState,
     Verdict,
-    _check_owner,
-    _is_same_owner,
-    _rfc3339,
-    _start_time,
+    check_owner,
     encode_record,
+    is_same_owner,
     judge,
     own_identity,
+    rfc3339,
+    start_time_of,
 )
 from supervision import BadCall, StorageError
 
@@ -167,7 +167,7 @@ class LockFile:
         refuse by itself then: the store's lease decides. Without it the fence is this
         host's count of the worker's acquisitions.
         """
-        owner = _check_owner(owner)
+        owner = check_owner(owner)
         if not isinstance(session_id, str) or len(session_id) > MAX_SESSION_ID_LENGTH:
             raise BadCall(f"session_id must be a str of at most {MAX_SESSION_ID_LENGTH} characters, "
                           f"not {reprlib.repr(session_id)}")
@@ -175,11 +175,11 @@ class LockFile:
         with self._refusals(), self._guarded_fds(create=True) as (dir_fd, guard_fd):
             assert dir_fd is not None
             verdict = self._judge(self._read(dir_fd))
-            now = _rfc3339(self._wall_time())
+            now = rfc3339(self._wall_time())
             is_new = verdict.state in (LockState.UNLOCKED, LockState.STALE) or (
                 verdict.state is LockState.FOREIGN and take_lease is not None)
             if is_new:
-                info = LockInfo(identity.pid, _start_time(identity), now, session_id, self.hostname,
+                info = LockInfo(identity.pid, start_time_of(identity), now, session_id, self.hostname,
                                 start_ticks=identity.start_ticks, boot_id=identity.boot_id)
             else:
                 held = self._held_by(verdict, identity)
@@ -210,7 +210,7 @@ class LockFile:
         raises, the record is removed, then its error is raised.
         """
         if owner is not None:
-            owner = _check_owner(owner)
+            owner = check_owner(owner)
         with self._refusals(), self._guarded(create=False) as dir_fd:
             verdict = self._judge(None if dir_fd is None else self._read(dir_fd))
             if verdict.state is LockState.UNLOCKED:
@@ -248,7 +248,7 @@ class LockFile:
 
         Another host's record counts as held; a corrupt record raises `InvalidLock`.
         """
-        owner = _check_owner(owner)
+        owner = check_owner(owner)
         verdict = self.inspect()
         if verdict.state not in (LockState.UNLOCKED, LockState.STALE):
             self._held_by(verdict, owner)
@@ -336,7 +336,7 @@ class LockFile:
     def _held_by(self, verdict: Verdict, owner: int | ProcessIdentity) -> LockInfo:
         """The info of a HELD verdict naming `owner`; raise otherwise."""
         info = self._held_here(verdict)
-        if not _is_same_owner(info, owner):
+        if not is_same_owner(info, owner):
             unknown = " (whether it lives cannot be told now)" if verdict.is_unknown else ""
             raise Locked(f"locked by pid {info.pid} (session {info.session_id}) "
                          f"since {info.acquired_at}{unknown}: {self.record_path}")

@@ -34,11 +34,15 @@ __all__ = [
     "LockInfo",
     "LockState",
     "Verdict",
+    "check_owner",
     "encode_record",
+    "is_same_owner",
     "judge",
     "own_identity",
     "parse_record",
     "record_liveness",
+    "rfc3339",
+    "start_time_of",
 ]
 
 #: A real record is ~250 bytes; anything larger than this is not one of ours.
@@ -175,12 +179,12 @@ def encode_record(info: LockInfo) -> bytes:
 
 
 @functools.lru_cache(maxsize=256)
-def _start_time(identity: ProcessIdentity) -> float:
+def start_time_of(identity: ProcessIdentity) -> float:
     """The v2 epoch start time written beside the ticks (reading the boot time costs ~25 µs)."""
     return identity.start_time
 
 
-def _rfc3339(epoch_seconds: float) -> str:
+def rfc3339(epoch_seconds: float) -> str:
     return datetime.fromtimestamp(epoch_seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -258,7 +262,7 @@ def judge(
     return Verdict(LockState.HELD, info)
 
 
-def _is_same_owner(info: LockInfo, owner: int | ProcessIdentity) -> bool:
+def is_same_owner(info: LockInfo, owner: int | ProcessIdentity) -> bool:
     """Whether a held record names `owner` (a bare pid: the process running as it now)."""
     if isinstance(owner, int):
         return info.pid == owner
@@ -269,7 +273,7 @@ def _is_same_owner(info: LockInfo, owner: int | ProcessIdentity) -> bool:
     return abs(info.start_time - owner.start_time) <= _process.CREATE_TIME_TOLERANCE
 
 
-def _check_owner(owner: object) -> int | ProcessIdentity:
+def check_owner(owner: object) -> int | ProcessIdentity:
     if isinstance(owner, ProcessIdentity) or _is_pid(owner):
         return owner  # type: ignore[return-value]
     raise InvalidOwner(f"owner must be a positive int pid, not {reprlib.repr(owner)}")

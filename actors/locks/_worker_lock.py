@@ -48,7 +48,7 @@ from actors._process import Liveness, ProcessIdentity
 from actors.fleet._connection import SAFETY_MARGIN, FleetSettings, renew_interval
 from actors.fleet._leases import RenewalJob, Renewer, WorkerLeases, list_worker_leases, owner_key
 from actors.locks._lock_file import LockFile
-from actors.locks._record import LockInfo, LockState, _is_same_owner, own_identity, record_liveness
+from actors.locks._record import LockInfo, LockState, is_same_owner, own_identity, record_liveness
 from supervision import (
     BadCall,
     ChildSpec,
@@ -657,7 +657,7 @@ class WorkerLock(SupervisedActor):
     def _raise_if_lost(self, owner: int | ProcessIdentity | None, *, clear: bool) -> None:
         """`LockLost` to the owner of a lease lost here (any caller when `owner` is None)."""
         lost = self._lost
-        if lost is None or (owner is not None and not _is_same_owner(lost.info, owner)):
+        if lost is None or (owner is not None and not is_same_owner(lost.info, owner)):
             return
         if clear:
             self._lost = None  # told once; a new acquire starts afresh
