@@ -89,8 +89,12 @@ def _parse_counter(text: bytes) -> tuple[int, int, str | None]:
     return int(fields[0]), int(fields[1]), None if fields[2] == "-" else fields[2]
 
 
-def _fsync_directory(path: str) -> None:
-    fd = os.open(path, _DIR_FLAGS)
+def _sync_directory_if_readable(path: str) -> None:
+    """fsync a directory we may only write to (a worker directory need not be readable)."""
+    try:
+        fd = os.open(path, _DIR_FLAGS)
+    except PermissionError:
+        return
     try:
         os.fsync(fd)
     finally:
@@ -401,6 +405,7 @@ class LockFile:
                 return None  # no .runtime: no lock
             try:
                 os.mkdir(self._runtime_path, 0o700)
+                _sync_directory_if_readable(self.worker_dir)  # the guard's fence counter lives in it
             except FileExistsError:
                 pass  # a racing process made it first
             return self._reopen_runtime()
@@ -512,10 +517,9 @@ class LockFile:
             os.pwrite(guard_fd, new_text, 0)
             if len(new_text) < len(text):
                 os.ftruncate(guard_fd, len(new_text))
-            if is_reserving:  # the guard, its name and the name of .runtime must survive a power cut
+            if is_reserving:  # the guard and its name must survive a power cut
                 os.fsync(guard_fd)
                 os.fsync(dir_fd)
-                _fsync_directory(self.worker_dir)
         except OSError as error:
             raise StorageError(error.errno, f"cannot count the acquisition in {self.guard_path} (beside "
                                             f"{RECORD_NAME}): {error.strerror}") from error
