@@ -1,7 +1,7 @@
 """CPU pinning for the benchmarks: the caller on one CPU, the threads it measures on the other.
 
     caller_cpu, other_cpu, layout = cpu_pair("lock actor")
-    with pinned(caller_cpu, [actor_thread_id], other_cpu):
+    with pinned(caller_cpu, [actor_thread_id(lock_ref)], other_cpu):
         ...  # timed
 
 A thread handoff on these 2-CPU machines otherwise flips between ~25 µs and ~150 µs.
@@ -13,6 +13,15 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
+
+
+def actor_thread_id(ref: Any) -> int:
+    """The native id of the thread running the actor behind `ref` (a pykka `ActorRef`), to pin it."""
+    thread = getattr(ref._actor_weakref(), "_thread", None)
+    if thread is None or thread.native_id is None:
+        raise RuntimeError(f"cannot find the thread of {ref}")
+    return int(thread.native_id)
 
 
 def cpu_pair(other: str) -> tuple[int | None, int | None, str]:

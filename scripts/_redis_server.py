@@ -5,6 +5,7 @@
     server.pause(); server.resume()          # SIGSTOP / SIGCONT: a partition, as clients see it
     server.kill(); server.restart()          # SIGKILL, then the same data dir again
     server.stop()
+    with serving(url_or_none, tmp_path) as (url, pid): ...   # that URL, or a server of our own
 
 The binary is `$ACTORS_TEST_REDIS_SERVER` or `redis-server` (or `valkey-server`) on PATH;
 scripts/test.sh and scripts/run.sh install Debian's package when it is missing and they run
@@ -18,6 +19,8 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,3 +127,17 @@ class RedisServer:
                 self.process.kill()
                 self.process.wait(START_TIMEOUT)
         self.process = None
+
+
+@contextmanager
+def serving(url: str | None, directory: Path) -> Iterator[tuple[str, int | None]]:
+    """(URL, server pid): `url` itself (pid None) when given, else a server of our own
+    started in `directory` and stopped at the end."""
+    if url is not None:
+        yield url, None
+        return
+    server = RedisServer.start(directory)
+    try:
+        yield server.url, server.pid
+    finally:
+        server.stop()

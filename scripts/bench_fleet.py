@@ -37,20 +37,13 @@ if str(SCRIPTS) not in sys.path:
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
-from _pinning import cpu_pair, interleaved, pinned  # noqa: E402
-from _redis_server import RedisServer  # noqa: E402
+from _pinning import actor_thread_id, cpu_pair, interleaved, pinned  # noqa: E402
+from _redis_server import serving  # noqa: E402
 from bench_fleet_locks import FLEET_LOCKS_TARGET, bench_fleet_locks  # noqa: E402
 
 __all__ = ["FLEET_NAMES_TARGET", "bench_fleet_names", "fleet_rows"]
 
 FLEET_NAMES_TARGET = 0.5  # fleet checkout+checkin / two bare redis-py SETs, at least (contract §7)
-
-
-def _native_id(ref: Any) -> int:
-    thread = getattr(ref._actor_weakref(), "_thread", None)
-    if thread is None or thread.native_id is None:
-        raise RuntimeError(f"cannot find the thread of {ref}")
-    return int(thread.native_id)
 
 
 def _measure_names(url: str, server_pid: int | None, scratch: str, rounds: int, cycles: int,
@@ -77,7 +70,7 @@ def _measure_names(url: str, server_pid: int | None, scratch: str, rounds: int, 
         caller_cpu, other_cpu, layout = cpu_pair("name pool actor and redis-server")
         ref = tree.names.current()
         assert ref is not None, "the name pool is not running"
-        others = [_native_id(ref)] + ([server_pid] if server_pid is not None else [])
+        others = [actor_thread_id(ref)] + ([server_pid] if server_pid is not None else [])
         with pinned(caller_cpu, others, other_cpu):
             rates, ratios = interleaved(sides, "two_sets", rounds=rounds, cycles=cycles, warmup=warmup)
     finally:
@@ -101,14 +94,9 @@ def bench_fleet_names(url: str | None = None, quick: bool = False) -> dict[str, 
     """The names figures; `url` is an existing fleet server, else one is started here."""
     rounds, cycles, warmup = (6, 100, 50) if quick else (16, 250, 150)
     assert gc.isenabled()
-    with tempfile.TemporaryDirectory(prefix="bench-fleet-") as scratch:
-        if url is not None:
-            return _measure_names(url, None, scratch, rounds, cycles, warmup)
-        server = RedisServer.start(Path(scratch) / "redis")
-        try:
-            return _measure_names(server.url, server.pid, scratch, rounds, cycles, warmup)
-        finally:
-            server.stop()
+    with tempfile.TemporaryDirectory(prefix="bench-fleet-") as scratch, \
+            serving(url, Path(scratch) / "redis") as (server_url, server_pid):
+        return _measure_names(server_url, server_pid, scratch, rounds, cycles, warmup)
 
 
 def bench_fleet(url: str | None = None, quick: bool = False) -> dict[str, Any]:

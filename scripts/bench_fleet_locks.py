@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
-from _pinning import cpu_pair, interleaved, pinned  # noqa: E402
+from _pinning import actor_thread_id, cpu_pair, interleaved, pinned  # noqa: E402
+from _redis_server import serving  # noqa: E402
 
 from actors.fleet._connection import FleetSettings  # noqa: E402
 from actors.locks._worker_lock import WorkerLock  # noqa: E402
@@ -39,13 +40,6 @@ from supervision import ManualClock  # noqa: E402
 __all__ = ["FLEET_LOCKS_TARGET", "bench_fleet_locks"]
 
 FLEET_LOCKS_TARGET = 0.5  # ours / redis-py Lock cycles per second, at least (contract §7)
-
-
-def _actor_thread_id(ref: Any) -> int:
-    thread = getattr(ref._actor_weakref(), "_thread", None)
-    if thread is None or thread.native_id is None:
-        raise RuntimeError(f"cannot find the thread of {ref}")
-    return int(thread.native_id)
 
 
 def _measure(url: str, server_pid: int | None, scratch: str, rounds: int, cycles: int, warmup: int) -> dict[str, Any]:
@@ -70,7 +64,7 @@ def _measure(url: str, server_pid: int | None, scratch: str, rounds: int, cycles
 
         sides: dict[str, Callable[[], None]] = {"ours": ours, "redis_py_lock": baseline}
         caller_cpu, other_cpu, layout = cpu_pair("lock actor and redis-server")
-        others = [_actor_thread_id(ref)] + ([server_pid] if server_pid is not None else [])
+        others = [actor_thread_id(ref)] + ([server_pid] if server_pid is not None else [])
         with pinned(caller_cpu, others, other_cpu):
             rates, ratios = interleaved(sides, "redis_py_lock", rounds=rounds, cycles=cycles, warmup=warmup)
     finally:
@@ -97,16 +91,9 @@ def bench_fleet_locks(url: str | None = None, quick: bool = False) -> dict[str, 
     """The figures above; `url` is an existing fleet server, else one is started here."""
     rounds, cycles, warmup = (6, 200, 100) if quick else (16, 500, 300)
     assert gc.isenabled()
-    with tempfile.TemporaryDirectory(prefix="bench-fleet-locks-") as scratch:
-        if url is not None:
-            return _measure(url, None, scratch, rounds, cycles, warmup)
-        from tests._redis import RedisServer
-
-        server = RedisServer.start(Path(scratch) / "redis")
-        try:
-            return _measure(server.url, server.pid, scratch, rounds, cycles, warmup)
-        finally:
-            server.stop()
+    with tempfile.TemporaryDirectory(prefix="bench-fleet-locks-") as scratch, \
+            serving(url, Path(scratch) / "redis") as (server_url, server_pid):
+        return _measure(server_url, server_pid, scratch, rounds, cycles, warmup)
 
 
 def main() -> None:

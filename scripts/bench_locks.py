@@ -43,7 +43,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 import filelock  # noqa: E402
 import psutil  # noqa: E402
 import pykka  # noqa: E402
-from _pinning import cpu_pair, pinned  # noqa: E402
+from _pinning import actor_thread_id, cpu_pair, pinned, rate  # noqa: E402
 
 from actors.locks._lock_file import LockFile  # noqa: E402
 from actors.locks._record import own_identity  # noqa: E402
@@ -89,23 +89,7 @@ def _worker_dir(scratch: str, name: str) -> Path:
     return path
 
 
-def _actor_thread_id(ref: pykka.ActorRef[Any]) -> int:
-    actor = ref._actor_weakref()
-    thread = getattr(actor, "_thread", None)
-    if thread is None or thread.native_id is None:
-        raise RuntimeError(f"cannot find the thread of {ref}")
-    return int(thread.native_id)
-
-
 # -- (a) acquire + release cycles ---------------------------------------------------------------
-
-
-def _rate(cycle: Callable[[], None], cycles: int) -> float:
-    """Cycles per second of `cycle` run `cycles` times."""
-    start = time.perf_counter()
-    for _ in range(cycles):
-        cycle()
-    return cycles / (time.perf_counter() - start)
 
 
 class _Echo(SupervisedActor):
@@ -155,17 +139,17 @@ def bench_cycles(rounds: int = 20, cycles: int = 1_000, warmup: int = 300) -> di
             rates: dict[str, list[float]] = {"ours": [], "filelock": [], "two_asks": []}
             ratios: list[float] = []
             core_times: dict[str, list[float]] = {"acquire": [], "release": []}
-            with pinned(caller_cpu, [_actor_thread_id(ref), _actor_thread_id(echo_ref)], actor_cpu):
+            with pinned(caller_cpu, [actor_thread_id(ref), actor_thread_id(echo_ref)], actor_cpu):
                 for cycle in [*sides.values(), two_asks]:
-                    _rate(cycle, warmup)
+                    rate(cycle, warmup)
                 names = list(sides)
                 for index in range(rounds):
                     shift = index % len(names)  # each side takes each place in turn
-                    measured = {name: _rate(sides[name], cycles) for name in names[shift:] + names[:shift]}
+                    measured = {name: rate(sides[name], cycles) for name in names[shift:] + names[:shift]}
                     for name, value in measured.items():
                         rates[name].append(value)
                     ratios.append(measured["ours"] / measured["filelock"])
-                    rates["two_asks"].append(_rate(two_asks, max(1, cycles // 4)))
+                    rates["two_asks"].append(rate(two_asks, max(1, cycles // 4)))
                     for _ in range(max(1, cycles // 4)):
                         started = time.perf_counter()
                         core.acquire(me, "bench")
@@ -210,18 +194,18 @@ def bench_growth(rounds: int = 6, cycles: int = 400, few: int = 10, many: int = 
         refs = [WorkerLock.start(_worker_dir(scratch, f"w{index}"), clock=clock) for index in range(few)]
         cycle = _awaited_cycle(refs[0].proxy())
         try:
-            with pinned(caller_cpu, [_actor_thread_id(refs[0])], actor_cpu):
-                _rate(cycle, cycles)
+            with pinned(caller_cpu, [actor_thread_id(refs[0])], actor_cpu):
+                rate(cycle, cycles)
                 for _ in range(rounds):
                     gc.collect()  # each side starts from a settled heap (the collector stays on)
-                    times[few].append(1.0 / _rate(cycle, cycles))
+                    times[few].append(1.0 / rate(cycle, cycles))
                     extra = [WorkerLock.start(_worker_dir(scratch, f"x{index}"), clock=clock)
                              for index in range(many - few)]
                     for ref in extra:
                         ref.proxy().status().get()  # each has run once, as a live lock has
                     try:
                         gc.collect()
-                        times[many].append(1.0 / _rate(cycle, cycles))
+                        times[many].append(1.0 / rate(cycle, cycles))
                     finally:
                         for ref in extra:
                             ref.stop()
