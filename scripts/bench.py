@@ -239,7 +239,7 @@ def durable_ceiling(threads: int, rounds: int, per_thread: int) -> dict[str, Any
     import threading
 
     bench = load_script("bench_names")
-    caller_cpu, actor_cpu, _ = bench._cpus()
+    caller_cpu, actor_cpu, _ = bench.cpu_pair("actors")
     scratch = tempfile.mkdtemp(prefix="bench-ceiling-")
     path = os.path.join(scratch, "frames")
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -269,23 +269,13 @@ def durable_ceiling(threads: int, rounds: int, per_thread: int) -> dict[str, Any
             state["flushes"] += 1
             condition.notify_all()
 
+    def round_trips() -> None:
+        for _ in range(per_thread):
+            durable_change()
+            durable_change()
+
     def group_rate() -> float:
-        barrier = threading.Barrier(threads + 1)
-
-        def work() -> None:
-            barrier.wait()
-            for _ in range(per_thread):
-                durable_change()
-                durable_change()
-
-        workers = [threading.Thread(target=work, daemon=True) for _ in range(threads)]
-        for worker in workers:
-            worker.start()
-        barrier.wait()
-        started = time.perf_counter()
-        for worker in workers:
-            worker.join()
-        return threads * per_thread / (time.perf_counter() - started)
+        return bench.threads_rate([round_trips] * threads, per_thread)
 
     try:
         os.pwrite(fd, bytes(1 << 24), 0)  # preallocated, as the journal is: a flush writes data only

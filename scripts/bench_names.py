@@ -37,10 +37,13 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run from a checkout without installing
-    sys.path.insert(0, str(ROOT))
+SCRIPTS = Path(__file__).resolve().parent
+for path in (SCRIPTS, ROOT):  # run from a checkout without installing
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
 import pykka  # noqa: E402
+from _pinning import cpu_pair  # noqa: E402
 
 from actors.names._pool import NamePool  # noqa: E402
 from actors.names._state import NameState  # noqa: E402
@@ -56,16 +59,6 @@ GROWTH_SIZES = (10, 1_000, 10_000)
 
 
 # -- CPU pinning ----------------------------------------------------------------------------
-
-
-def _cpus() -> tuple[int | None, int | None, str]:
-    """(caller CPU, actor CPU, note)."""
-    if not hasattr(os, "sched_setaffinity"):
-        return None, None, "no os.sched_setaffinity here: threads are not pinned"
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) >= 2:
-        return cpus[0], cpus[1], f"callers on CPU {cpus[0]}, actors on CPU {cpus[1]}"
-    return cpus[0], cpus[0], f"only CPU {cpus[0]} available: everything runs there"
 
 
 def _pin(cpu: int | None) -> None:
@@ -138,20 +131,20 @@ def _bare_round_trips(proxy: Any, count: int) -> float:
     return time.perf_counter() - start
 
 
-def _concurrent_rate(ref: pykka.ActorRef[Any], threads: int, per_thread: int) -> float:
-    """Round trips per second of `threads` callers, each with its own cached proxy."""
-    proxies = [ref.proxy() for _ in range(threads)]  # built outside the timed region
-    barrier = threading.Barrier(threads + 1)
+def threads_rate(works: list[Callable[[], object]], per_thread: int) -> float:
+    """Round trips per second of one thread per `works` entry, started together, each
+    running its work once (`per_thread` round trips); the first error is raised here."""
+    barrier = threading.Barrier(len(works) + 1)
     errors: list[BaseException] = []
 
-    def work(proxy: Any) -> None:
+    def run(work: Callable[[], object]) -> None:
         barrier.wait()
         try:
-            _pool_round_trips(proxy, per_thread)
+            work()
         except BaseException as error:  # reported by the main thread
             errors.append(error)
 
-    workers = [threading.Thread(target=work, args=(proxy,), daemon=True) for proxy in proxies]
+    workers = [threading.Thread(target=run, args=(work,), daemon=True) for work in works]
     for worker in workers:
         worker.start()
     barrier.wait()
@@ -161,7 +154,13 @@ def _concurrent_rate(ref: pykka.ActorRef[Any], threads: int, per_thread: int) ->
     elapsed = time.perf_counter() - start
     if errors:
         raise errors[0]
-    return threads * per_thread / elapsed
+    return len(works) * per_thread / elapsed
+
+
+def _concurrent_rate(ref: pykka.ActorRef[Any], threads: int, per_thread: int) -> float:
+    """Round trips per second of `threads` callers, each with its own cached proxy."""
+    proxies = [ref.proxy() for _ in range(threads)]  # built outside the timed region
+    return threads_rate([lambda proxy=proxy: _pool_round_trips(proxy, per_thread) for proxy in proxies], per_thread)
 
 
 def _interleaved(
@@ -200,7 +199,7 @@ def bench_names(rounds: int = 15, quick: bool = False) -> dict[str, Any]:
     single_calls = 200 if quick else 500
     per_thread = 25 if quick else 60
     growth_calls = 100 if quick else 300
-    caller_cpu, actor_cpu, note = _cpus()
+    caller_cpu, actor_cpu, note = cpu_pair("actors")
     state_dir = tempfile.mkdtemp(prefix="bench-names-")
     affinity_before = os.sched_getaffinity(0) if caller_cpu is not None else None
     refs: list[pykka.ActorRef[Any]] = []
