@@ -57,11 +57,19 @@ from typing import Any, TypeVar
 
 import pykka
 
-from actors._errors import FleetUnavailable, InvalidName, NameSourceError, NotPermitted
+from actors._errors import FleetUnavailable, NameSourceError, NotPermitted
 from actors._process import Liveness, identify, liveness, liveness_by_start_time
 from actors.names._journal import Journal
 from actors.names._source import ThemedSource, validate_name
-from actors.names._state import CheckinOutcome, NameState, Owner, ProcessStart, Start, validate_owner
+from actors.names._state import (
+    CheckinOutcome,
+    NameState,
+    Owner,
+    ProcessStart,
+    Start,
+    validate_listed_names,
+    validate_owner,
+)
 from supervision import (
     BadCall,
     Clock,
@@ -1142,13 +1150,7 @@ class NamePool(SupervisedActor):
         return self._fleet_read(lambda: fleet_status(self._fleet_names, self._fleet_host))
 
     def _fleet_reconcile(self, names_in_use: list[str]) -> None:
-        if isinstance(names_in_use, (str, bytes, bytearray)):
-            raise InvalidName(f"reconcile expects a list of names, not a single {type(names_in_use).__name__}")
-        try:
-            listed = [validate_name(name) for name in names_in_use]
-        except TypeError:
-            raise InvalidName(f"reconcile expects a list of names, not {describe(names_in_use)}") from None
-        listed = list(dict.fromkeys(name for name in listed if name != self._default_name))
+        listed = list(validate_listed_names(names_in_use, self._default_name))
         held = self._fleet_read(lambda: self._fleet_names.host_names(self._fleet_host.id))
         live = {
             name: [

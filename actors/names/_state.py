@@ -90,6 +90,18 @@ def validate_owner(owner: object) -> Owner:
     raise InvalidOwner(f"invalid owner {describe(owner)}: an owner is None, an int process id (1..2**31-1) or a str")
 
 
+def validate_listed_names(names_in_use: Iterable[object], default_name: str) -> dict[str, None]:
+    """`reconcile`'s list, validated whole first (one bad name: `InvalidName`, nothing
+    changed), in order, without repeats or the default name (a dict used as an ordered set)."""
+    if isinstance(names_in_use, (str, bytes, bytearray)):
+        raise InvalidName(f"reconcile expects a list of names, not a single {type(names_in_use).__name__}")
+    try:
+        listed = [validate_name(name) for name in names_in_use]
+    except TypeError:
+        raise InvalidName(f"reconcile expects a list of names, not {describe(names_in_use)}") from None
+    return dict.fromkeys(name for name in listed if name != default_name)
+
+
 def _normalise_start_time(start_time: object) -> Start:
     if start_time is None or type(start_time) is ProcessStart:
         return start_time  # type: ignore[return-value]
@@ -497,13 +509,7 @@ class NameState:
         by those owners only, and is returned so the shell can log a WARNING. The default
         name is ignored.
         """
-        if isinstance(names_in_use, (str, bytes, bytearray)):
-            raise InvalidName(f"reconcile expects a list of names, not a single {type(names_in_use).__name__}")
-        try:
-            listed_names = [validate_name(name) for name in names_in_use]
-        except TypeError:
-            raise InvalidName(f"reconcile expects a list of names, not {describe(names_in_use)}") from None
-        listed = dict.fromkeys(name for name in listed_names if name != self._default_name)
+        listed = validate_listed_names(names_in_use, self._default_name)
 
         # Ask about every process before changing anything, so a failing check leaves
         # the state as it was.
