@@ -203,37 +203,35 @@ def test_lock_acquired_and_released_at_the_locks_path(tree: Any, events: Subscri
         events.get(timeout=0.2)
 
 
-def test_a_dead_holders_lock_is_broken_by_the_check_naming_it(tree: Any, events: Subscription, tmp_path: Path,
-                                                              manual_clock: ManualClock) -> None:
-    worker = tmp_path / "w2"
+def held_by_a_process_now_dead(tree: Any, events: Subscription, worker: Path, session_id: str) -> tuple[Any, int]:
+    """(the proxy of `worker`'s lock, the pid) after a process took the lock and died; its
+    `lock_acquired` event is taken."""
     worker.mkdir()
     holder = sleeper()
     lock = tree.locks.proxy().lock_for(str(worker)).get(timeout=TIMEOUT).proxy()
     try:
-        lock.acquire("gone", holder.pid).get(timeout=TIMEOUT)
+        lock.acquire(session_id, holder.pid).get(timeout=TIMEOUT)
         take(events, 1)
     finally:
         end(holder)
+    return lock, holder.pid
+
+
+def test_a_dead_holders_lock_is_broken_by_the_check_naming_it(tree: Any, events: Subscription, tmp_path: Path,
+                                                              manual_clock: ManualClock) -> None:
+    _, holder_pid = held_by_a_process_now_dead(tree, events, tmp_path / "w2", "gone")
     manual_clock.advance(5.0)
     (broken,) = take(events, 1)
     assert broken.kind == "lock_broken" and broken.path.startswith("locks/")
-    assert broken.data["previous"] == {"pid": holder.pid, "session_id": "gone", "hostname": os.uname().nodename}
+    assert broken.data["previous"] == {"pid": holder_pid, "session_id": "gone", "hostname": os.uname().nodename}
 
 
 def test_taking_over_a_stale_record_emits_broken_then_acquired(tree: Any, events: Subscription, tmp_path: Path,
                                                                manual_clock: ManualClock) -> None:
-    worker = tmp_path / "w3"
-    worker.mkdir()
-    holder = sleeper()
-    lock = tree.locks.proxy().lock_for(str(worker)).get(timeout=TIMEOUT).proxy()
-    try:
-        lock.acquire("old", holder.pid).get(timeout=TIMEOUT)
-        take(events, 1)
-    finally:
-        end(holder)
+    lock, holder_pid = held_by_a_process_now_dead(tree, events, tmp_path / "w3", "old")
     lock.acquire("new").get(timeout=TIMEOUT)  # before any check noticed
     broken, acquired = take(events, 2)
-    assert broken.kind == "lock_broken" and broken.data["previous"]["pid"] == holder.pid
+    assert broken.kind == "lock_broken" and broken.data["previous"]["pid"] == holder_pid
     assert acquired.kind == "lock_acquired" and acquired.data["pid"] == os.getpid()
 
 
