@@ -64,12 +64,13 @@ def rate(cycle: Callable[[], None], cycles: int) -> float:
 
 
 def interleaved(
-    sides: dict[str, Callable[[], None]], baseline: str, *, rounds: int, cycles: int, warmup: int
+    sides: dict[str, Callable[[], None]], baseline: str, *, rounds: int, cycles: int, warmup: int,
+    after_each_round: Callable[[], None] | None = None,
 ) -> tuple[dict[str, list[float]], list[float]]:
     """Each side's rate per round, taking each place in turn, and `ours / baseline` per round.
 
     Call it inside `pinned(...)`: the sides share one machine, so only rates measured in the
-    same short rounds compare.
+    same short rounds compare. `after_each_round` measures something else in the same rounds.
     """
     rates: dict[str, list[float]] = {name: [] for name in sides}
     ratios: list[float] = []
@@ -82,4 +83,6 @@ def interleaved(
         for name, value in measured.items():
             rates[name].append(value)
         ratios.append(measured["ours"] / measured[baseline])
+        if after_each_round is not None:
+            after_each_round()
     return rates, ratios

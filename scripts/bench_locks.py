@@ -43,7 +43,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 import filelock  # noqa: E402
 import psutil  # noqa: E402
 import pykka  # noqa: E402
-from _pinning import actor_thread_id, cpu_pair, pinned, rate  # noqa: E402
+from _pinning import actor_thread_id, cpu_pair, interleaved, pinned, rate  # noqa: E402
 
 from actors.locks._lock_file import LockFile  # noqa: E402
 from actors.locks._record import own_identity  # noqa: E402
@@ -136,33 +136,29 @@ def bench_cycles(rounds: int = 20, cycles: int = 1_000, warmup: int = 300) -> di
                 echo.ping().get()
 
             sides: dict[str, Callable[[], None]] = {"ours": _awaited_cycle(ref.proxy()), "filelock": baseline}
-            rates: dict[str, list[float]] = {"ours": [], "filelock": [], "two_asks": []}
-            ratios: list[float] = []
+            two_asks_rates: list[float] = []
             core_times: dict[str, list[float]] = {"acquire": [], "release": []}
+
+            def where_a_cycle_goes() -> None:  # in the same rounds as the sides
+                two_asks_rates.append(rate(two_asks, max(1, cycles // 4)))
+                for _ in range(max(1, cycles // 4)):
+                    started = time.perf_counter()
+                    core.acquire(me, "bench")
+                    acquired = time.perf_counter()
+                    core.release()
+                    core_times["acquire"].append(acquired - started)
+                    core_times["release"].append(time.perf_counter() - acquired)
+
             with pinned(caller_cpu, [actor_thread_id(ref), actor_thread_id(echo_ref)], actor_cpu):
-                for cycle in [*sides.values(), two_asks]:
-                    rate(cycle, warmup)
-                names = list(sides)
-                for index in range(rounds):
-                    shift = index % len(names)  # each side takes each place in turn
-                    measured = {name: rate(sides[name], cycles) for name in names[shift:] + names[:shift]}
-                    for name, value in measured.items():
-                        rates[name].append(value)
-                    ratios.append(measured["ours"] / measured["filelock"])
-                    rates["two_asks"].append(rate(two_asks, max(1, cycles // 4)))
-                    for _ in range(max(1, cycles // 4)):
-                        started = time.perf_counter()
-                        core.acquire(me, "bench")
-                        acquired = time.perf_counter()
-                        core.release()
-                        core_times["acquire"].append(acquired - started)
-                        core_times["release"].append(time.perf_counter() - acquired)
+                rate(two_asks, warmup)
+                rates, ratios = interleaved(sides, "filelock", rounds=rounds, cycles=cycles, warmup=warmup,
+                                            after_each_round=where_a_cycle_goes)
         finally:
             ref.stop()
             echo_ref.stop()
     ours_rate = statistics.median(rates["ours"])
     baseline_rate = statistics.median(rates["filelock"])
-    two_asks_rate = statistics.median(rates["two_asks"])
+    two_asks_rate = statistics.median(two_asks_rates)
     return {
         "lock_cycles_per_s": ours_rate,
         "filelock_cycles_per_s": baseline_rate,
